@@ -1,0 +1,290 @@
+"""Log-space scans for linear recurrences h_t = a_t * h_{t-1} + b_t (a in (0,1), b > 0).
+
+The linear-recurrent cells (minGRU, minLSTM) reduce a whole sequence to this one
+recurrence, so training them needs no per-step Python loop over time. Everything here
+is a pure function of tensors shaped [B, T, H] (batch, time, hidden) holding *logs*:
+log_a, log_b, log_h. A state h = 0 is log_h = -inf.
+
+A segment of the recurrence is an affine map h_T = A * h_0 + B (its *summary*).
+Summaries compose associatively but not commutatively, which is what makes the
+sequence axis exact for these cells: each rank summarises its segment, an exclusive
+scan of the summaries gives each rank its incoming state, and the rank then finishes
+its segment from that state. `incoming_states` is that exclusive scan done serially.
+
+Two exact methods for the in-segment scan (`log_scan(..., method=...)`):
+
+* "logcumsumexp": the paper's formula, log_h = a* + logcumsumexp(log_b - a*) with
+  a* = cumsum(log_a). One torch call, but on CPU logcumsumexp is not vectorised and its
+  backward costs about three of it. Worse, a* grows like -T: adding it back loses
+  ulp(|a*|) of log_h, about 1e-3 relative in float32 at T = 16384.
+* "chunked" (the default): the cross-rank algorithm applied inside the segment.
+  Time is cut into chunks; one pass of per-step logaddexp (vectorised over batch,
+  hidden and all chunks at once) summarises every chunk, a recursive scan of the
+  summaries gives every chunk its incoming state, and a second pass finishes the
+  chunks. No quantity grows with T, so float32 stays at a few ulp. Its backward is
+  written by hand (see `_ChunkedLogScan`) as a reverse linear scan with coefficients
+  in [0, 1], again chunked.
+
+Exercise: python -m pytest -q tests/test_linear_cells.py;
+timings: python benchmarks/scan_methods.py
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch.autograd.function import once_differentiable
+
+Summary = tuple[torch.Tensor, torch.Tensor]
+"""(log_A, log_B), each [B, H]: the affine map h -> A * h + B of a whole segment."""
+
+METHODS = ("auto", "chunked", "logcumsumexp")
+
+
+# ---------------------------------------------------------------- public API
+
+
+def log_scan(
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    log_h0: torch.Tensor | None = None,
+    method: str = "auto",
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """log h_t for t = 1..T of h_t = a_t h_{t-1} + b_t, given log a, log b [B, T, H].
+
+    log_h0 [B, H] is the log of the incoming state; None (or -inf entries) means
+    h_0 = 0. Gradients flow to log_a, log_b and log_h0, and are finite when log_h0 is
+    -inf (they are 0 there: log h does not move with log h_0 when h_0 = 0).
+    log_b must be finite (b > 0), as the cells guarantee.
+
+    method: "auto" (= "chunked", measured fastest on CPU, see benchmarks/scan_methods.py),
+    "chunked" or "logcumsumexp" (use the latter if you need double backward).
+    chunk: chunk length for "chunked"; None picks one from T.
+    """
+    _check_shapes(log_a, log_b, log_h0)
+    if method not in METHODS:
+        raise ValueError(f"log_scan: method must be one of {METHODS}, got {method!r}")
+    if method == "logcumsumexp":
+        return _log_scan_logcumsumexp(log_a, log_b, log_h0)
+    if log_h0 is None:
+        log_h0 = log_a.new_full((log_a.shape[0], log_a.shape[2]), -math.inf)
+    return _ChunkedLogScan.apply(log_a, log_b, log_h0, chunk or default_chunk(log_a.shape[1]))
+
+
+def finish_segment(
+    log_a: torch.Tensor, log_b: torch.Tensor, log_h0: torch.Tensor | None, **kwargs
+) -> torch.Tensor:
+    """log h of a segment once its incoming state log_h0 is known.
+
+    This is what a rank does on the sequence axis after the exclusive scan of summaries
+    has told it the state at the start of its segment; it is `log_scan` itself, so the
+    segments together compute exactly what one serial scan would.
+    """
+    return log_scan(log_a, log_b, log_h0, **kwargs)
+
+
+def segment_summary(log_a: torch.Tensor, log_b: torch.Tensor, **kwargs) -> Summary:
+    """The segment as one affine map h_T = A h_0 + B: (log_A, log_B), each [B, H].
+
+    log_A = sum_t log a_t; log_B = log h_T when h_0 = 0. Differentiable.
+    """
+    _check_shapes(log_a, log_b, None)
+    return log_a.sum(dim=1), log_scan(log_a, log_b, None, **kwargs)[:, -1]
+
+
+def combine(left: Summary, right: Summary) -> Summary:
+    """The map `left` followed by `right` (time order): A = A_l A_r, B = A_r B_l + B_r.
+
+    Associative, not commutative. Safe with the identity (0, -inf) on either side.
+    """
+    log_a_left, log_b_left = left
+    log_a_right, log_b_right = right
+    return log_a_left + log_a_right, _logaddexp(log_a_right + log_b_left, log_b_right)
+
+
+def apply_summary(summary: Summary, log_h0: torch.Tensor | None) -> torch.Tensor:
+    """log(A h_0 + B): the state after a segment entered with state h_0 (None: 0)."""
+    log_a, log_b = summary
+    if log_h0 is None:
+        return log_b
+    return _logaddexp(log_a + log_h0, log_b)
+
+
+def identity_summary(like: torch.Tensor) -> Summary:
+    """The map h -> h, (0, -inf) shaped like `like` [B, H]: the exclusive scan's start."""
+    return torch.zeros_like(like), torch.full_like(like, -math.inf)
+
+
+def incoming_states(
+    summaries: list[Summary], log_h0: torch.Tensor | None = None
+) -> list[torch.Tensor | None]:
+    """The state entering each segment, given every segment's summary in time order.
+
+    The serial reference of the cross-rank exclusive scan: entry k is
+    apply_summary(summary_0 ∘ ... ∘ summary_{k-1}, log_h0); entry 0 is log_h0 itself
+    (None stays None).
+    """
+    states: list[torch.Tensor | None] = [log_h0]
+    for summary in summaries[:-1]:
+        states.append(apply_summary(summary, states[-1]))
+    return states
+
+
+def default_chunk(length: int) -> int:
+    """Chunk length for the chunked scan: about sqrt(T), between 16 and 128.
+
+    A pass over a chunk costs one vectorised step per time step of the chunk, so
+    long chunks mean few, large steps (good on CPU) and short chunks mean few steps
+    overall (good where each step is a kernel launch). See benchmarks/scan_methods.py.
+    """
+    return int(min(128, max(16, round(math.sqrt(length)))))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_shapes(log_a, log_b, log_h0) -> None:
+    """Refuse mismatched shapes with a message, before any compute."""
+    if log_a.dim() != 3 or log_a.shape != log_b.shape:
+        raise ValueError(
+            f"log_a and log_b must both be [B, T, H]; got {tuple(log_a.shape)} "
+            f"and {tuple(log_b.shape)}"
+        )
+    if log_a.shape[1] == 0:
+        raise ValueError("log_scan needs at least one time step")
+    if log_h0 is not None and log_h0.shape != (log_a.shape[0], log_a.shape[2]):
+        raise ValueError(
+            f"log_h0 must be [B, H] = {(log_a.shape[0], log_a.shape[2])}; "
+            f"got {tuple(log_h0.shape)}"
+        )
+
+
+def _logaddexp(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logaddexp whose gradient is 0, not NaN, where both inputs are -inf (h = 0 + 0)."""
+    both = torch.isneginf(x) & torch.isneginf(y)
+    out = torch.logaddexp(torch.where(both, 0.0, x), torch.where(both, 0.0, y))
+    return torch.where(both, -math.inf, out)
+
+
+def _log_scan_logcumsumexp(log_a, log_b, log_h0):
+    """The paper's closed form, differentiated by autograd.
+
+    The incoming state is added with a separate logaddexp rather than as a -inf slot
+    inside logcumsumexp, so that no -inf ever reaches logcumsumexp's backward.
+    """
+    a_star = torch.cumsum(log_a, dim=1)
+    log_h = a_star + torch.logcumsumexp(log_b - a_star, dim=1)
+    if log_h0 is None:
+        return log_h
+    return _logaddexp(a_star + log_h0.unsqueeze(1), log_h)
+
+
+# ------------------------------------------------- chunked scan (no autograd)
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _log_step(a_t, b_t, x):
+    """One step in log space: log(a h + b)."""
+    return torch.logaddexp(a_t + x, b_t)
+
+
+def _linear_step(a_t, b_t, x):
+    """One step in linear space: a x + b (used for the backward's adjoint)."""
+    return torch.addcmul(b_t, a_t, x)
+
+
+def _to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[B, T, H] -> time-major chunks [chunk, B, n, H], zero-padded at the end.
+
+    Time-major so that step c of every chunk is one contiguous [B, n, H] slice. The
+    padding comes after the last real step, so it changes no output that is kept.
+    """
+    batch, length, hidden = x.shape
+    n_chunks = -(-length // chunk)
+    full = length // chunk
+    out = x.new_zeros((chunk, batch, n_chunks, hidden))
+    out[:, :, :full] = x[:, : full * chunk].reshape(batch, full, chunk, hidden).permute(2, 0, 1, 3)
+    rest = length - full * chunk
+    if rest:
+        out[:rest, :, full] = x[:, full * chunk :].transpose(0, 1)
+    return out
+
+
+def _from_chunks(y: torch.Tensor, length: int) -> torch.Tensor:
+    """Inverse of `_to_chunks`: [chunk, B, n, H] -> [B, T, H] (contiguous)."""
+    chunk, batch, n_chunks, hidden = y.shape
+    flat = y.permute(1, 2, 0, 3).reshape(batch, n_chunks * chunk, hidden)
+    return flat if n_chunks * chunk == length else flat[:, :length].contiguous()
+
+
+def _scan_time_major(step: Step, a, b, x, out=None):
+    """Run `step` over dim 0 of a, b from state x; store states in `out` if given."""
+    for t in range(a.shape[0]):
+        x = step(a[t], b[t], x)
+        if out is not None:
+            out[t] = x
+    return x
+
+
+def _scan_chunked(step: Step, reduce: Callable, empty: float, a, b, x0, chunk: int):
+    """States x_1..x_T of x_t = step(a_t, b_t, x_{t-1}) for [B, T, H] inputs.
+
+    Summarise every chunk from the empty state (coefficient: `reduce` of a over the
+    chunk; offset: the final state), scan the summaries recursively (a chunk is one
+    step of the same recurrence), then rerun every chunk from its true incoming state.
+    """
+    length = a.shape[1]
+    if length <= chunk:
+        out = b.new_empty((length, b.shape[0], b.shape[2]))
+        _scan_time_major(step, a.transpose(0, 1), b.transpose(0, 1), x0, out)
+        return out.transpose(0, 1)
+    a_c, b_c = _to_chunks(a, chunk), _to_chunks(b, chunk)
+    empty_state = torch.full_like(b_c[0], empty)
+    chunk_b = _scan_time_major(step, a_c, b_c, empty_state)  # [B, n, H]
+    chunk_a = reduce(a_c, dim=0)
+    after = _scan_chunked(step, reduce, empty, chunk_a, chunk_b, x0, chunk)
+    before = torch.cat([x0.unsqueeze(1), after[:, :-1]], dim=1)
+    out = torch.empty_like(b_c)
+    _scan_time_major(step, a_c, b_c, before, out)
+    return _from_chunks(out, length)
+
+
+class _ChunkedLogScan(torch.autograd.Function):
+    """Chunked log-space scan with a hand-written backward.
+
+    Backward, with g_t = dL/dlog h_t and gamma_t = h_t dL/dh_t (total, future included):
+        gamma_t = g_t + w_{t+1} gamma_{t+1},   w_t = a_t h_{t-1} / h_t  in [0, 1]
+        dL/dlog a_t = gamma_t w_t,   dL/dlog b_t = gamma_t b_t / h_t,
+        dL/dlog h_0 = gamma_1 w_1.
+    w and b/h are the shares of h_t that come from the carried state and from b_t;
+    both are computed from O(1) logs, and the adjoint recurrence has coefficients in
+    [0, 1], so it runs in linear space without overflow, chunked like the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, log_a, log_b, log_h0, chunk):
+        log_h = _scan_chunked(_log_step, torch.sum, -math.inf, log_a, log_b, log_h0, chunk)
+        ctx.save_for_backward(log_a, log_b, log_h0, log_h)
+        ctx.chunk = chunk
+        return log_h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        log_a, log_b, log_h0, log_h = ctx.saved_tensors
+        log_prev = torch.cat([log_h0.unsqueeze(1), log_h[:, :-1]], dim=1)
+        carried = torch.exp(log_a + log_prev - log_h)  # w_t; 0 where h_0 = 0
+        # gamma_t = g_t + w_{t+1} gamma_{t+1}: a forward linear scan on reversed time.
+        coef = torch.cat([carried[:, 1:], torch.zeros_like(carried[:, :1])], dim=1)
+        zero = torch.zeros_like(log_h0)
+        gamma = _scan_chunked(
+            _linear_step, torch.prod, 0.0, coef.flip(1), grad.flip(1), zero, ctx.chunk
+        ).flip(1)
+        grad_a = gamma * carried if ctx.needs_input_grad[0] else None
+        grad_b = gamma * torch.exp(log_b - log_h) if ctx.needs_input_grad[1] else None
+        grad_h0 = gamma[:, 0] * carried[:, 0] if ctx.needs_input_grad[2] else None
+        return grad_a, grad_b, grad_h0, None
