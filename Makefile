@@ -1,0 +1,48 @@
+# mpirnn: `make demo` sets everything up and trains the embedded default; `make test` runs the tests.
+# Launch settings live here once: override them on the command line, e.g. `make demo NP=2`.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+TORCH   ?= torch==2.13.0
+NP      ?= 4
+MPIEXEC ?= $(VENV)/bin/mpirun
+PY      := $(VENV)/bin/python
+# Seconds any one MPI test run may take before it is killed (no hang ever blocks CI).
+MPI_TEST_TIMEOUT ?= 900
+
+.PHONY: setup demo test test-unit test-mpi test-slurm bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -e '.[test,plots]'
+	touch $@
+
+demo: setup
+	$(MPIEXEC) -n $(NP) $(PY) -m mpirnn.train
+
+test: test-unit test-mpi test-slurm
+
+test-unit: setup
+	$(PY) -m pytest -q tests -m "not mpi and not slurm"
+
+# Every MPI test file at 1, 2, 3 and 4 ranks (4 is oversubscribed on small machines: fine for correctness).
+test-mpi: setup
+	@for n in 1 2 3 4; do \
+	  echo "== MPI tests at -n $$n"; \
+	  timeout -k 10 $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n $$n $(PY) -m pytest -q --with-mpi -m mpi tests/mpi \
+	    || { echo "MPI tests failed at -n $$n"; exit 1; }; \
+	done
+
+# Needs the local cluster (slurm/local-cluster.sh start); the tests skip, saying so, when it is down.
+test-slurm: setup
+	$(PY) -m pytest -q tests/slurm -m slurm -rs
+
+bench: setup
+	$(PY) -m mpirnn.bench
+
+clean:
+	rm -rf $(VENV) runs data/stdlib-bytes

@@ -1,0 +1,114 @@
+"""Crash-safe checkpoints: atomic writes, checksums, the last K kept, code-free loading.
+
+A checkpoint is `ckpt-00000120.pt` (torch.save of tensors and plain values only, so
+`torch.load(weights_only=True)` can read it and it can never run code) plus
+`ckpt-00000120.json` holding its SHA-256, the step and the resolved config. Both are
+written to a temporary file, fsynced and renamed, the JSON last: a checkpoint without a
+matching JSON is incomplete and is never used. At resume the newest checkpoint whose
+checksum matches is taken; corrupt or partial ones are skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from mpirnn.errors import CheckpointError
+
+NAME = re.compile(r"^ckpt-(\d{8})\.json$")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def save(directory: str | Path, step: int, state: dict, config: dict, keep: int) -> Path:
+    """Write checkpoint `step` (the number of optimizer steps done) and prune to the newest `keep`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    weights = directory / f"ckpt-{step:08d}.pt"
+    _atomic_write(weights, payload)
+    meta = {"step": step, "file": weights.name, "sha256": hashlib.sha256(payload).hexdigest(),
+            "bytes": len(payload), "config": config}
+    _atomic_write(directory / f"ckpt-{step:08d}.json", json.dumps(meta, indent=1).encode())
+    for old in sorted(steps(directory))[:-keep]:
+        for suffix in (".json", ".pt"):  # JSON first: a half-pruned checkpoint is never taken as valid
+            (directory / f"ckpt-{old:08d}{suffix}").unlink(missing_ok=True)
+    return weights
+
+
+def steps(directory: Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted(int(m.group(1)) for name in os.listdir(directory) if (m := NAME.match(name)))
+
+
+def verify(directory: Path, step: int) -> str | None:
+    """None when checkpoint `step` is complete and intact, else why not."""
+    try:
+        meta = json.loads((directory / f"ckpt-{step:08d}.json").read_text())
+        payload = (directory / meta["file"]).read_bytes()
+    except (OSError, ValueError, KeyError) as exc:
+        return f"unreadable ({exc.__class__.__name__})"
+    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        return "checksum mismatch (partial or corrupt write)"
+    return None
+
+
+def newest_valid(directory: str | Path, warn=lambda text: print(text, file=sys.stderr)) -> int | None:
+    """The newest intact checkpoint's step, warning about each newer one that is not; None if none."""
+    directory = Path(directory)
+    for step in reversed(steps(directory)):
+        problem = verify(directory, step)
+        if problem is None:
+            return step
+        warn(f"mpirnn: warning: checkpoint {directory / f'ckpt-{step:08d}.pt'} is {problem}; trying an older one")
+    return None
+
+
+def load(directory: str | Path, step: int, device="cpu") -> tuple[dict, dict]:
+    """(state, meta) of checkpoint `step`, read without running any code from the file."""
+    directory = Path(directory)
+    meta = json.loads((directory / f"ckpt-{step:08d}.json").read_text())
+    try:
+        state = torch.load(directory / meta["file"], map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {directory / meta['file']} cannot be loaded: {exc}") from None
+    return state, meta
+
+
+def check_compatible(model: torch.nn.Module, state: dict, path: str) -> None:
+    """Refuse a checkpoint of another model shape with a message naming the first difference."""
+    saved = state["model"]
+    for name, tensor in model.state_dict().items():
+        if name not in saved:
+            raise CheckpointError(f"checkpoint {path} has no parameter {name}: it is from a different model; "
+                                  f"use a new checkpoint.dir or the matching model settings")
+        if tuple(saved[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {path} is from a different model: {name} has shape {tuple(saved[name].shape)} "
+                f"there and {tuple(tensor.shape)} here; use a new checkpoint.dir or the matching model settings")
+    extra = set(saved) - set(model.state_dict())
+    if extra:
+        raise CheckpointError(f"checkpoint {path} has parameters this model lacks ({sorted(extra)[0]}, ...): "
+                              f"it is from a different model (model.cell?)")

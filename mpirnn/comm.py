@@ -1,0 +1,181 @@
+"""The thin communication layer: communicators per grid axis, tensor transfers, agreement.
+
+Communicators are made when a run starts (`Comms.create`), never at import time, and
+all library traffic runs on a `Dup()` of the world. Tensors travel with buffer (upper
+case) methods only — no pickle of received data. CUDA tensors go straight to MPI when
+the library is CUDA-aware and are staged through pinned host memory otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from mpirnn.errors import UsageError, one_line
+from mpirnn.grid import AXES, Grid
+
+MESSAGE_BYTES = 1024
+
+
+class AgreedError(UsageError):
+    """An error every rank knows about (raised on all ranks at once), so no one aborts."""
+
+
+def cuda_aware() -> bool:
+    query = getattr(MPI, "Query_cuda_support", None)
+    try:
+        return bool(query()) if query else False
+    except Exception:
+        return False
+
+
+class CommTimer:
+    """Seconds spent waiting in MPI, summed over the step (the metrics' comm_time_s)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._start
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+@dataclass
+class Comms:
+    """One communicator per grid axis, plus the ones training needs."""
+
+    world: MPI.Comm
+    grid: Grid
+    coords: dict
+    axis: dict          # axis name -> communicator over that axis (ranks differing only there)
+    replicas: MPI.Comm  # ranks holding the same parameters (same pp and tp coordinate): gradient sums
+    local_rank: int
+    local_size: int
+    timer: CommTimer
+
+    @classmethod
+    def create(cls, grid: Grid, world: MPI.Comm | None = None) -> "Comms":
+        world = (world or MPI.COMM_WORLD).Dup()
+        coords = grid.coords(world.rank)
+        axis = {}
+        for name in AXES:
+            # Ranks that agree on every other coordinate form this axis's communicator.
+            colour = grid.rank_of(**{a: coords[a] for a in AXES if a != name})
+            axis[name] = world.Split(colour, coords[name])
+        replicas = world.Split(coords["pp"] * grid.tp + coords["tp"], world.rank)
+        node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.rank)
+        local_rank, local_size = node.rank, node.size
+        node.Free()
+        return cls(world, grid, coords, axis, replicas, local_rank, local_size, CommTimer())
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    def free(self) -> None:
+        for comm in [*self.axis.values(), self.replicas, self.world]:
+            if comm != MPI.COMM_NULL:
+                comm.Free()
+
+
+def host_view(tensor: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor (shares memory, so MPI writes land in the tensor)."""
+    return tensor.detach().numpy()
+
+
+class Transfer:
+    """A nonblocking send or receive of one tensor; `wait()` completes it."""
+
+    def __init__(self, request, tensor=None, staged=None, timer=None):
+        self.request, self.tensor, self.staged, self.timer = request, tensor, staged, timer
+
+    def wait(self) -> torch.Tensor | None:
+        if self.timer is not None:
+            with self.timer:
+                self.request.Wait()
+        else:
+            self.request.Wait()
+        if self.staged is not None and self.tensor is not None:
+            self.tensor.copy_(self.staged, non_blocking=False)
+        return self.tensor
+
+
+def _staged(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+
+
+def isend(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None) -> Transfer:
+    tensor = tensor.detach().contiguous()
+    if tensor.is_cuda and not cuda_aware():
+        host = _staged(tensor)
+        host.copy_(tensor)
+        return Transfer(comm.Isend(host_view(host), dest, tag), staged=host, timer=timer)
+    if tensor.is_cuda:
+        torch.cuda.current_stream().synchronize()
+        return Transfer(comm.Isend(tensor, dest, tag), tensor=None, staged=tensor, timer=timer)
+    return Transfer(comm.Isend(host_view(tensor), dest, tag), staged=tensor, timer=timer)
+
+
+def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None) -> Transfer:
+    """Receive into a new tensor shaped like `like` (on like's device)."""
+    out = torch.empty_like(like, memory_format=torch.contiguous_format)
+    if out.is_cuda and not cuda_aware():
+        host = _staged(out)
+        return Transfer(comm.Irecv(host_view(host), source, tag), tensor=out, staged=host, timer=timer)
+    if out.is_cuda:
+        torch.cuda.current_stream().synchronize()
+        return Transfer(comm.Irecv(out, source, tag), tensor=out, timer=timer)
+    return Transfer(comm.Irecv(host_view(out), source, tag), tensor=out, timer=timer)
+
+
+def allreduce_(comm: MPI.Comm, tensor: torch.Tensor, op=MPI.SUM, timer=None) -> torch.Tensor:
+    """In-place sum (or `op`) of a tensor over `comm`."""
+    if comm.size == 1:
+        return tensor
+    host = tensor if not tensor.is_cuda else tensor.detach().cpu()
+    buffer = host_view(host.contiguous()) if host.is_contiguous() else host_view(host.contiguous())
+    if timer is not None:
+        with timer:
+            comm.Allreduce(MPI.IN_PLACE, buffer, op)
+    else:
+        comm.Allreduce(MPI.IN_PLACE, buffer, op)
+    if tensor.is_cuda:
+        tensor.copy_(torch.from_numpy(buffer))
+    elif not tensor.is_contiguous():
+        tensor.copy_(torch.from_numpy(buffer))
+    return tensor
+
+
+def agree(comm: MPI.Comm, action, *args, **kwargs):
+    """Run `action` on every rank; if it raises a UsageError anywhere, raise the same AgreedError everywhere.
+
+    The cause reported is the lowest failing rank's, so all ranks (and the one line the
+    user sees) name the same problem. Other exceptions propagate (and abort the job).
+    """
+    message = None
+    result = None
+    try:
+        result = action(*args, **kwargs)
+    except UsageError as exc:
+        message = one_line(exc)
+    failed = np.array([comm.rank if message is not None else comm.size], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, failed, MPI.MIN)
+    first = int(failed[0])
+    if first == comm.size:
+        return result
+    text = np.zeros(MESSAGE_BYTES, dtype=np.uint8)
+    if comm.rank == first:
+        raw = message.encode("utf-8", "replace")[:MESSAGE_BYTES]
+        text[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    comm.Bcast(text, root=first)
+    raise AgreedError(bytes(text).rstrip(b"\0").decode("utf-8", "replace"))

@@ -1,0 +1,214 @@
+"""Typed run configuration: dataclasses with one documented field each, read from TOML.
+
+`load_config(path, overrides)` builds a `Config` from the embedded defaults, an optional
+TOML file and `--set section.key=value` overrides, rejecting unknown keys ("did you
+mean ...") and wrong types before anything runs. `python -m mpirnn.config` prints every
+key with its default and doc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mpirnn.errors import ConfigError
+
+CELLS = ("rnn", "lstm", "gru", "mingru", "minlstm")
+DTYPES = ("float32", "float64")
+
+
+def doc(default, text: str):
+    """A dataclass field with a default and its one-line documentation."""
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class ModelConfig:
+    cell: str = doc("lstm", f"recurrent cell: one of {', '.join(CELLS)}")
+    hidden: int = doc(256, "hidden units per layer")
+    layers: int = doc(2, "stacked recurrent layers")
+    embed: int = doc(64, "embedding size (tokens) or input projection size (series)")
+    dtype: str = doc("float32", "parameter and activation dtype: float32 or float64")
+
+
+@dataclass
+class DataConfig:
+    path: str = doc("data/stdlib-bytes", "dataset directory made by `python -m mpirnn.data prepare`")
+    seq_len: int = doc(128, "time steps per training sequence (the target is the next step)")
+    batch_size: int = doc(32, "global batch: sequences per step over all ranks")
+    validate: bool = doc(True, "scan the dataset for bad values (NaN, ids past the vocabulary) before training")
+
+
+@dataclass
+class ParallelConfig:
+    dp: int = doc(-1, "data-parallel degree (batch rows); -1 = world size / (sp*pp*tp)")
+    sp: int = doc(1, "sequence-parallel degree (time segments)")
+    pp: int = doc(1, "pipeline-parallel degree (layer stages)")
+    tp: int = doc(1, "tensor-parallel degree (hidden units)")
+    microbatches: int = doc(0, "microbatches per step for the sp/pp wavefront; 0 = automatic (8, capped by the batch)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = doc(300, "optimizer steps in total (a resumed run continues up to this)")
+    seed: int = doc(0, "seed for parameters and batch order: same seed, same run on any grid")
+    lr: float = doc(3e-3, "Adam learning rate")
+    grad_clip: float = doc(1.0, "clip the global gradient norm to this; 0 = off")
+    stateful: bool = doc(False, "carry each sequence's final state into the next step (truncated BPTT over a stream)")
+    device: str = doc("auto", "auto (a GPU per rank when there is one), cpu, or cuda")
+    threads: int = doc(0, "torch threads per rank; 0 = the cores available to the rank")
+    comm_timeout_s: float = doc(0.0, "abort when one step takes longer than this many seconds (hung peer); 0 = off")
+    bucket_mb: float = doc(4.0, "gradient allreduce bucket size in MiB (overlapped with backward)")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = doc("", "checkpoint directory; empty = no checkpoints")
+    every: int = doc(0, "write a checkpoint every this many steps; 0 = only at the end and on signals")
+    resume: bool = doc(False, "continue from the newest valid checkpoint in dir")
+    keep: int = doc(3, "checkpoints to keep")
+
+
+@dataclass
+class OutputConfig:
+    metrics: str = doc("runs/default/metrics.jsonl", "metrics file (JSON Lines, rank 0); the resolved config goes beside it")
+    log_every: int = doc(1, "write a metrics line every this many steps")
+    progress: bool = doc(True, "progress bar on rank 0 (stderr)")
+    sample_bytes: int = doc(300, "after training, print a sample of this many generated tokens (token data only)")
+    sample_prompt: str = doc("def ", "prompt for the generated sample")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(where: str, value, kind):
+    """Check a TOML value against a field's type; ints are accepted for floats."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool) or kind is not bool and isinstance(value, bool):
+        raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _apply(cfg: Config, table: dict, origin: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(cfg)}
+    for section, values in table.items():
+        if section not in sections:
+            raise ConfigError(f"{origin}: unknown section [{section}]{_suggest(section, sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table of keys")
+        target = getattr(cfg, section)
+        hints = typing.get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{origin}: unknown key {section}.{key}{_suggest(key, hints)}")
+            setattr(target, key, _coerce(f"{origin}: {section}.{key}", value, hints[key]))
+
+
+def parse_override(text: str) -> dict:
+    """`section.key=value` → {section: {key: value}}; value read as TOML, else a plain string."""
+    name, sep, raw = text.partition("=")
+    if not sep or name.count(".") != 1:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.steps=100")
+    section, key = name.strip().split(".")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return {section: {key: value}}
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _apply(cfg, table, str(path))
+    for text in overrides:
+        _apply(cfg, parse_override(text), "--set")
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Config) -> None:
+    """Value checks that need no MPI and no data (the grid is checked against the world later)."""
+    m, d, p, t, c, o = cfg.model, cfg.data, cfg.parallel, cfg.train, cfg.checkpoint, cfg.output
+    if m.cell not in CELLS:
+        raise ConfigError(f"model.cell = {m.cell!r} is not a known cell{_suggest(m.cell, CELLS)}; choose one of {', '.join(CELLS)}")
+    if m.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype = {m.dtype!r}: choose float32 or float64")
+    positive = {"model.hidden": m.hidden, "model.layers": m.layers, "model.embed": m.embed,
+                "data.seq_len": d.seq_len, "data.batch_size": d.batch_size,
+                "output.log_every": o.log_every, "checkpoint.keep": c.keep}
+    non_negative = {"train.steps": t.steps, "parallel.microbatches": p.microbatches,
+                    "checkpoint.every": c.every, "train.threads": t.threads,
+                    "train.grad_clip": t.grad_clip, "train.comm_timeout_s": t.comm_timeout_s,
+                    "output.sample_bytes": o.sample_bytes}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} = {value} must be positive")
+    for name, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name} = {value} must not be negative")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr = {t.lr} must be positive")
+    if t.bucket_mb <= 0:
+        raise ConfigError(f"train.bucket_mb = {t.bucket_mb} must be positive")
+    for axis in ("dp", "sp", "pp", "tp"):
+        value = getattr(p, axis)
+        if value == 0 or value < -1:
+            raise ConfigError(f"parallel.{axis} = {value}: use a positive degree, or -1 to infer it")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"train.device = {t.device!r}: choose auto, cpu or cuda")
+    if c.resume and not c.dir:
+        raise ConfigError("checkpoint.resume = true needs checkpoint.dir")
+
+
+def describe() -> str:
+    """Every key with its default and doc, as TOML comments (python -m mpirnn.config)."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        lines.append(f"[{section.name}]")
+        for f in dataclasses.fields(section.default_factory()):
+            default = getattr(section.default_factory(), f.name)
+            lines.append(f"{f.name} = {_toml(default):<22} # {f.metadata['doc']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+if __name__ == "__main__":
+    print(describe())

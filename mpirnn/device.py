@@ -1,0 +1,43 @@
+"""Which device and how many threads a rank uses.
+
+Node-local rank comes from MPI's shared-memory split (works under mpirun, srun and any
+other launcher), not from launcher-specific environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from mpirnn.errors import ConfigError
+
+
+def cores_per_rank(local_size: int) -> int:
+    """Cores this rank may use: Slurm's allocation if set, else its CPU affinity shared by the node's ranks."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, available // max(1, local_size))
+
+
+def choose_device(requested: str, local_rank: int) -> torch.device:
+    """cuda:(local_rank % visible GPUs) when asked for or available, else the CPU."""
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise ConfigError("train.device = cuda but no CUDA device is visible to this rank; use auto or cpu")
+    if requested == "cpu" or not has_cuda:
+        return torch.device("cpu")
+    index = local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def bind(requested: str, threads: int, local_rank: int, local_size: int) -> torch.device:
+    """Pin this rank to its device and set its torch thread count; returns the device."""
+    torch.set_num_threads(threads or cores_per_rank(local_size))
+    return choose_device(requested, local_rank)

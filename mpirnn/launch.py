@@ -1,0 +1,52 @@
+"""Running an entry point so that no failure leaves a rank hanging.
+
+- An error every rank agreed on (AgreedError: bad config or data found collectively):
+  rank 0 prints one line, every rank exits 1 normally.
+- Any other exception on any rank: that rank prints one line naming itself, then
+  MPI_Abort ends the whole job at once (the peers may be blocked in a collective).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from mpirnn.errors import UsageError, one_line
+
+EXIT_FAILURE = 1
+
+
+def _say(text: str) -> None:
+    sys.stdout.flush()
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_guarded(main, argv=None) -> int:
+    from mpi4py import MPI
+
+    from mpirnn.comm import AgreedError
+
+    world = MPI.COMM_WORLD
+    rank, size = world.rank, world.size
+    try:
+        return main(argv) or 0
+    except AgreedError as exc:
+        if rank == 0:
+            _say(f"mpirnn: error: {one_line(exc)}")
+        return EXIT_FAILURE
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - anything else must end every rank, not hang them
+        where = f"rank {rank} of {size}" if size > 1 else "error"
+        if isinstance(exc, UsageError):
+            _say(f"mpirnn: {where}: {one_line(exc)}")
+        elif isinstance(exc, KeyboardInterrupt):
+            _say(f"mpirnn: {where}: interrupted")
+        else:
+            _say(f"mpirnn: {where}: {one_line(exc)} (a bug or a fault: rerun with MPIRNN_TRACEBACK=1 for the traceback)")
+            if os.environ.get("MPIRNN_TRACEBACK"):
+                import traceback
+                traceback.print_exc()
+        if size > 1:
+            world.Abort(EXIT_FAILURE)
+        return EXIT_FAILURE

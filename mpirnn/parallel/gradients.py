@@ -1,0 +1,116 @@
+"""Gradient sums over replicas: bucketed, nonblocking allreduce overlapped with backward.
+
+Parameters are grouped into buckets of about `bucket_mb` MiB in reverse registration
+order (roughly the order backward produces them). A hook on each parameter notes when
+its gradient is complete for the step; when a whole bucket is complete its flattened
+gradients are sent with `Iallreduce` while backward goes on with earlier layers. Buckets
+are always started in index order, because MPI requires every rank to start collectives
+in the same order, and the order of hooks is not guaranteed to match across ranks.
+
+Losses are normalized by the global element count, so the gradient of the serial loss
+is the plain SUM of the ranks' gradients (not the mean).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from mpi4py import MPI
+
+from mpirnn.comm import host_view
+
+
+class Bucket:
+    def __init__(self, params: list[torch.nn.Parameter], device):
+        self.params = params
+        self.size = sum(p.numel() for p in params)
+        self.buffer = torch.zeros(self.size, dtype=params[0].dtype)  # host buffer for MPI
+        self.pending = 0
+        self.request = None
+
+
+class GradientReducer:
+    """Sums gradients over `comm` (the ranks sharing these parameters) during backward."""
+
+    def __init__(self, params, comm: MPI.Comm, bucket_mb: float = 4.0, timer=None):
+        self.params = [p for p in params if p.requires_grad]
+        self.comm, self.timer = comm, timer
+        self.lock = threading.Lock()  # CUDA backward runs hooks on its own thread
+        self.buckets: list[Bucket] = []
+        limit = int(bucket_mb * 2**20)
+        current, size = [], 0
+        for p in reversed(self.params):
+            current.append(p)
+            size += p.numel() * p.element_size()
+            if size >= limit:
+                self.buckets.append(Bucket(current, p.device))
+                current, size = [], 0
+        if current:
+            self.buckets.append(Bucket(current, current[0].device))
+        self.bucket_of = {id(p): b for b in self.buckets for p in b.params}
+        self.expected = 1
+        self.started = 0
+        self.handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self.params]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def begin(self, backward_passes: int = 1) -> None:
+        """Call before a step's backward passes: each parameter's hook fires once per pass."""
+        self.expected = backward_passes
+        self.started = 0
+        for bucket in self.buckets:
+            bucket.pending = len(bucket.params) * backward_passes
+            bucket.request = None
+
+    def _on_grad(self, param) -> None:
+        if self.comm.size == 1:
+            return
+        with self.lock:
+            bucket = self.bucket_of[id(param)]
+            bucket.pending -= 1
+            self._start_ready()
+
+    def _start_ready(self) -> None:
+        while self.started < len(self.buckets) and self.buckets[self.started].pending == 0:
+            self._start(self.buckets[self.started])
+            self.started += 1
+
+    def _start(self, bucket: Bucket) -> None:
+        offset = 0
+        for p in bucket.params:
+            n = p.numel()
+            view = bucket.buffer[offset:offset + n]
+            if p.grad is None:
+                view.zero_()
+            else:
+                view.copy_(p.grad.reshape(-1))
+            offset += n
+        bucket.request = self.comm.Iallreduce(MPI.IN_PLACE, host_view(bucket.buffer), MPI.SUM)
+
+    def finish(self) -> None:
+        """After backward: start buckets whose parameters got no gradient, wait, write sums back."""
+        if self.comm.size == 1:
+            return
+        with self.lock:
+            for bucket in self.buckets[self.started:]:
+                bucket.pending = 0
+            self._start_ready()
+        requests = [b.request for b in self.buckets]
+        if self.timer is not None:
+            with self.timer:
+                MPI.Request.Waitall(requests)
+        else:
+            MPI.Request.Waitall(requests)
+        for bucket in self.buckets:
+            offset = 0
+            for p in bucket.params:
+                n = p.numel()
+                summed = bucket.buffer[offset:offset + n].view_as(p)
+                if p.grad is None:
+                    p.grad = summed.to(p.device, copy=True)
+                else:
+                    p.grad.copy_(summed)
+                offset += n

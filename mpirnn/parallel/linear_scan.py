@@ -1,0 +1,75 @@
+"""Exact sequence parallelism for linear-recurrent cells (mingru, minlstm): a cross-rank scan.
+
+h_t = a_t * h_{t-1} + b_t is affine in h, so a whole segment is one affine map
+h_end = A * h_start + B. Per layer, every rank computes its segment's (A, B) in parallel,
+the sp ranks Allgather the S summaries (S is small, so this beats a log-depth Exscan
+with a user op and needs no pickle), each rank folds the summaries before its own to get
+its incoming state, and then finishes its segment from that state. In backward the
+gradient with respect to every summary is summed over the sp ranks and each rank takes
+its own. Everything is in log space (a, b > 0), like the in-segment scan.
+"""
+
+from __future__ import annotations
+
+import torch
+from mpi4py import MPI
+
+from mpirnn.comm import host_view
+from mpirnn.models.scan import apply_summary, finish_segment, segment_summary
+
+
+def _fold(stacked: torch.Tensor, upto: int) -> torch.Tensor:
+    """Incoming log-state of segment `upto` from [S, 3, B, H] = (log_A, log_B, log_h0) per rank."""
+    log_h = stacked[0, 2]
+    for r in range(upto):
+        log_h = apply_summary((stacked[r, 0], stacked[r, 1]), log_h)
+    return log_h
+
+
+class ExchangeStates(torch.autograd.Function):
+    """(this segment's log_A, log_B, the true initial log-state) -> this segment's incoming log-state."""
+
+    @staticmethod
+    def forward(ctx, log_A, log_B, log_h0, comm, timer):
+        mine = torch.stack([log_A, log_B, log_h0]).detach().cpu().contiguous()
+        gathered = torch.empty((comm.size, *mine.shape), dtype=mine.dtype)
+        _timed(timer, comm.Allgather, host_view(mine), host_view(gathered))
+        ctx.comm, ctx.timer, ctx.device = comm, timer, log_A.device
+        ctx.save_for_backward(gathered)
+        return _fold(gathered, comm.rank).to(log_A.device)
+
+    @staticmethod
+    def backward(ctx, grad_incoming):
+        (gathered,) = ctx.saved_tensors
+        leaf = gathered.clone().requires_grad_()
+        with torch.enable_grad():
+            incoming = _fold(leaf, ctx.comm.rank)
+            (grads,) = torch.autograd.grad(incoming, leaf, grad_incoming.cpu(), allow_unused=True)
+        grads = torch.zeros_like(leaf) if grads is None else torch.nan_to_num(grads.contiguous(), nan=0.0)
+        _timed(ctx.timer, ctx.comm.Allreduce, MPI.IN_PLACE, host_view(grads), MPI.SUM)
+        mine = grads[ctx.comm.rank].to(ctx.device)
+        return mine[0], mine[1], mine[2], None, None
+
+
+def _timed(timer, call, *args):
+    if timer is None:
+        return call(*args)
+    with timer:
+        return call(*args)
+
+
+def scan_step(model, comm, inputs, targets, state, norm: float, timer=None):
+    """Forward and backward of this rank's segment; returns (local loss, final state of the last segment)."""
+    features = model.input(inputs)
+    finals = []
+    for index, layer in enumerate(model.layers):
+        log_a, log_b = layer.gates(features)
+        log_A, log_B = segment_summary(log_a, log_b)
+        log_h0 = layer.log_state(state[index, 0])
+        incoming = ExchangeStates.apply(log_A, log_B, log_h0, comm, timer)
+        log_h = finish_segment(log_a, log_b, incoming)
+        features = torch.exp(log_h)
+        finals.append(features[:, -1].detach())
+    loss = model.loss_sum(features, targets) / norm
+    loss.backward()
+    return loss.detach().double().cpu(), torch.stack(finals).unsqueeze(1)

@@ -1,0 +1,58 @@
+"""The serial reference: the plain model trained on one process, no MPI anywhere.
+
+Every parallel path is checked against this (same seed, same global batches, same
+optimizer), so it is written as plainly as possible and shares only the model, the
+sampler and the reader with the parallel code.
+
+    python -m mpirnn.reference --set train.steps=20    # prints the serial loss per step
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mpirnn.config import load_config
+from mpirnn.data.loader import BatchLoader
+from mpirnn.data.manifest import load_manifest
+from mpirnn.grid import Grid
+from mpirnn.models import build_model
+
+SERIAL = Grid(1)
+SERIAL_COORDS = {"dp": 0, "sp": 0, "pp": 0, "tp": 0}
+
+
+def serial_losses(cfg, steps: int | None = None) -> list[float]:
+    """Losses of `steps` optimizer steps of the serial run of `cfg`."""
+    manifest = load_manifest(cfg.data.path)
+    dtype = getattr(torch, cfg.model.dtype)
+    model = build_model(cfg, vocab_size=manifest.vocab_size if manifest.kind == "tokens" else None,
+                        features=manifest.features if manifest.kind != "tokens" else None)
+    loader = BatchLoader(manifest, cfg, SERIAL, SERIAL_COORDS, "cpu", dtype)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    losses, state = [], None
+    for step in range(cfg.train.steps if steps is None else steps):
+        inputs, targets = loader.batch(step)
+        if state is None or loader.restarts(step) or not cfg.train.stateful:
+            state = model.zero_state(inputs.shape[0], inputs)
+        optimizer.zero_grad()
+        loss, final = model(inputs, targets, state)
+        loss = loss / loader.elements
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        state = final.detach()
+        losses.append(float(loss.detach()))
+    loader.close()
+    return losses
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    for step, loss in enumerate(serial_losses(load_config(args.config, args.overrides)), 1):
+        print(step, loss)
