@@ -1,0 +1,64 @@
+"""This rank's batches: the global batch of each step (from the sampler), cut to the
+rank's rows (dp) and time segment (sp), read from HDF5 — and the checks that the
+dataset fits the run, done on every rank and agreed before any compute.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpirnn.data.manifest import Manifest
+from mpirnn.data.reader import Reader
+from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
+from mpirnn.errors import DataError
+from mpirnn.grid import Grid, rows_of, segment_of
+
+
+def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
+    """Refuse a dataset that cannot serve this config, with what to change."""
+    d = cfg.data
+    if d.seq_len < grid.sp:
+        raise DataError(f"data.seq_len = {d.seq_len} is shorter than the {grid.sp} sequence-parallel segments: "
+                        f"use data.seq_len >= parallel.sp")
+    if d.batch_size < grid.dp:
+        raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
+                        f"use data.batch_size >= parallel.dp")
+    if manifest.kind == "sequences" and d.seq_len + 1 > manifest.seq_len:
+        raise DataError(f"data.seq_len = {d.seq_len} needs {d.seq_len + 1} steps per row but the dataset's rows "
+                        f"have {manifest.seq_len}: use data.seq_len <= {manifest.seq_len - 1}")
+    windows = Reader(manifest).n_windows(d.seq_len)
+    if windows < d.batch_size:
+        raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps, fewer than one batch "
+                        f"of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
+
+
+class BatchLoader:
+    def __init__(self, manifest: Manifest, cfg, grid: Grid, coords: dict, device, dtype):
+        self.reader = Reader(manifest)
+        self.seq_len, self.batch_size = cfg.data.seq_len, cfg.data.batch_size
+        self.seed, self.stateful = cfg.train.seed, cfg.train.stateful
+        self.rows = rows_of(self.batch_size, grid, coords["dp"])
+        self.segment = segment_of(self.seq_len, grid, coords["sp"])
+        self.windows = self.reader.n_windows(self.seq_len)
+        self.device, self.dtype = device, dtype
+        # Every loss term of the global batch: the serial loss is a mean over these.
+        self.elements = self.batch_size * self.seq_len * (manifest.features or 1)
+
+    def global_windows(self, step: int) -> np.ndarray:
+        if self.stateful:
+            return lane_batch(step, self.batch_size, self.windows)
+        return shuffled_batch(step, self.batch_size, self.windows, self.seed)
+
+    def restarts(self, step: int) -> bool:
+        """Stateful lanes wrapped round: carried states must start from zero again."""
+        return self.stateful and lane_restarts(step, self.batch_size, self.windows)
+
+    def batch(self, step: int):
+        """(inputs, targets) for this rank's rows and segment of step `step`."""
+        windows = self.global_windows(step)[slice(*self.rows)]
+        return self.reader.batch(windows, self.seq_len, *self.segment, device=self.device, dtype=self.dtype)
+
+    def close(self) -> None:
+        self.reader.close()
+
+

@@ -1,0 +1,78 @@
+"""Reading one rank's part of a batch from a sharded HDF5 dataset.
+
+A rank reads only its rows and its time segment (plus the one extra step its targets
+need), never the whole dataset. Shard files stay open for the run.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import torch
+
+from mpirnn.data.manifest import Manifest
+from mpirnn.errors import DataError
+
+
+class Reader:
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+        self._files: dict[int, h5py.File] = {}
+        self._starts = np.array([s.offset for s in manifest.shards], dtype=np.int64)
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+    def _shard(self, index: int) -> h5py.Dataset:
+        if index not in self._files:
+            path = self.manifest.shard_path(index)
+            try:
+                self._files[index] = h5py.File(path, "r")
+            except OSError as exc:
+                raise DataError(f"{path.name}: cannot open ({exc}); re-run prepare") from None
+        return self._files[index][self.manifest.dataset]
+
+    def n_windows(self, seq_len: int) -> int:
+        """How many training sequences of seq_len steps (+1 target step) the dataset holds."""
+        m = self.manifest
+        if m.is_stream:
+            return max(0, (m.length - 1) // seq_len)
+        return m.length if seq_len + 1 <= m.seq_len else 0
+
+    def read_span(self, start: int, stop: int) -> np.ndarray:
+        """Stream steps [start, stop) across shard boundaries."""
+        first = int(np.searchsorted(self._starts, start, side="right") - 1)
+        pieces = []
+        index = first
+        while start < stop:
+            shard = self.manifest.shards[index]
+            local = start - shard.offset
+            take = min(stop - start, shard.length - local)
+            pieces.append(self._shard(index)[local:local + take])
+            start += take
+            index += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def read_row(self, row: int, t0: int, t1: int) -> np.ndarray:
+        index = int(np.searchsorted(self._starts, row, side="right") - 1)
+        return self._shard(index)[row - self.manifest.shards[index].offset, t0:t1]
+
+    def window(self, window: int, seq_len: int, t0: int, t1: int) -> np.ndarray:
+        """Steps [t0, t1 + 1) of a window: inputs are [:-1], targets [1:]."""
+        if self.manifest.is_stream:
+            base = window * seq_len
+            return self.read_span(base + t0, base + t1 + 1)
+        return self.read_row(window, t0, t1 + 1)
+
+    def batch(self, windows, seq_len: int, t0: int, t1: int, device="cpu", dtype=torch.float32):
+        """(inputs, targets) tensors for the given windows over time steps [t0, t1)."""
+        block = np.stack([self.window(int(w), seq_len, t0, t1) for w in windows])
+        tensor = torch.from_numpy(block)
+        if self.manifest.kind == "tokens":
+            tensor = tensor.long()
+        else:
+            tensor = tensor.to(dtype)
+        tensor = tensor.to(device)
+        return tensor[:, :-1], tensor[:, 1:]

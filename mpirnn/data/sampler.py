@@ -1,0 +1,36 @@
+"""Which windows make up the global batch of each step: a pure function of (seed, step).
+
+Because the global batch does not depend on the grid, a dp=4 run and a 1-rank run see
+the same samples in the same step; each rank then takes its own rows of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def shuffled_batch(step: int, batch_size: int, n_windows: int, seed: int) -> np.ndarray:
+    """Window ids of step `step`: a fresh permutation per epoch, the remainder dropped."""
+    per_epoch = n_windows // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{n_windows} windows cannot fill a batch of {batch_size}")
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_windows)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def lane_batch(step: int, batch_size: int, n_windows: int) -> np.ndarray:
+    """Stateful order: row i reads consecutive windows of lane i, so state carries over.
+
+    The stream is cut into `batch_size` contiguous lanes; step k reads window k of each
+    lane (wrapping round at the end of a lane, where the carried state is reset).
+    """
+    lane_length = n_windows // batch_size
+    if lane_length == 0:
+        raise ValueError(f"{n_windows} windows cannot fill a batch of {batch_size}")
+    return np.arange(batch_size) * lane_length + step % lane_length
+
+
+def lane_restarts(step: int, batch_size: int, n_windows: int) -> bool:
+    """True when stateful lanes wrap round at this step (the carried state must be zeroed)."""
+    return step % (n_windows // batch_size) == 0
