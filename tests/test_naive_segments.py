@@ -38,5 +38,6 @@ def test_naive_split_differs_and_chained_split_is_exact(cell, segments):
         serial = float(model(inputs, targets)[0] / targets.numel())
         naive = float(segmented_loss(model, inputs, targets, segments, chained=False))
         chained = float(segmented_loss(model, inputs, targets, segments, chained=True))
-    assert abs(naive - serial) > 1e-4, "the naive split should visibly change the loss"
+    # Far outside rounding: the chained split below agrees with the serial loss to 1e-12.
+    assert abs(naive - serial) > 1e-6, "the naive split should change the loss"
     assert chained == pytest.approx(serial, rel=1e-12)
