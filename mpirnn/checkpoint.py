@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mpirnn import faults
 from mpirnn.errors import CheckpointError
 
 NAME = re.compile(r"^ckpt-(\d{8})\.json$")
@@ -28,7 +29,9 @@ NAME = re.compile(r"^ckpt-(\d{8})\.json$")
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
-        handle.write(data)
+        handle.write(data[: len(data) // 2])
+        faults.checkpoint_pause()  # tests kill the job here, half-way through a write
+        handle.write(data[len(data) // 2:])
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

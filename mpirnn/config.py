@@ -61,6 +61,7 @@ class TrainConfig:
     stateful: bool = doc(False, "carry each sequence's final state into the next step (truncated BPTT over a stream)")
     device: str = doc("auto", "auto (a GPU per rank when there is one), cpu, or cuda")
     threads: int = doc(0, "torch threads per rank; 0 = the cores available to the rank")
+    skip_nonfinite: bool = doc(False, "skip a step whose loss or gradients are not finite (on all ranks) instead of stopping")
     comm_timeout_s: float = doc(0.0, "abort when one step takes longer than this many seconds (hung peer); 0 = off")
     bucket_mb: float = doc(4.0, "gradient allreduce bucket size in MiB (overlapped with backward)")
 

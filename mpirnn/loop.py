@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from mpirnn import checkpoint
+from mpirnn import checkpoint, faults
 from mpirnn.comm import AgreedError, agree, host_view
 from mpirnn.metrics import MetricsWriter
 from mpirnn.parallel.step import StepRunner
@@ -122,30 +122,36 @@ class Trainer:
         started = time.perf_counter()
         self.comms.timer.take()
         self.watchdog.phase("reading the batch")
+        faults.at_step(self.comms.rank, self.step + 1)
         inputs, targets = loader.batch(self.step)
+        inputs = faults.corrupt_batch(self.comms.rank, self.step + 1, inputs)
         state = self._initial_state(inputs)
         self.optimizer.zero_grad(set_to_none=True)
         self.watchdog.phase("forward/backward (boundary-state exchange and gradient allreduce)")
         loss, final = self.runner(inputs, targets, state, float(loader.elements))
         grad_norm = self._grad_norm()
         self.watchdog.phase("agreeing on the loss")
-        # [loss share, non-finite flag as a bit per rank (first 52 ranks), signal]: one allreduce.
+        # Two tiny allreduces agree on what every rank needs at the boundary: the loss and
+        # how many ranks saw non-finite values (SUM); a pending stop signal and comm time (MAX).
         finite = bool(torch.isfinite(loss)) and np.isfinite(grad_norm)
         shared = np.array([float(loss), 0.0 if finite else 1.0], dtype=np.float64)
-        flags = np.array([self.stop_signal, 0 if finite else 1, self.comms.timer.seconds], dtype=np.float64)
+        flags = np.array([self.stop_signal, self.comms.timer.seconds], dtype=np.float64)
         self.comms.world.Allreduce(MPI.IN_PLACE, shared, MPI.SUM)
         self.comms.world.Allreduce(MPI.IN_PLACE, flags, MPI.MAX)
-        if shared[1] > 0:
-            self._nonfinite(loss, grad_norm)
-        self.optimizer.step()
-        self._carry(final)
+        skipped = shared[1] > 0
+        if skipped:
+            self._nonfinite(loss, grad_norm)  # raises unless train.skip_nonfinite
+            self.state = None  # the skipped step's final states may be non-finite: restart lanes from zero
+        else:
+            self.optimizer.step()
+            self._carry(final)
         self.stop_signal_seen = int(flags[0])
         self.step += 1
         self.watchdog.end()
         elapsed = time.perf_counter() - started
         return {"step": self.step, "loss": float(shared[0]), "step_time_s": elapsed,
                 "tokens_per_s": cfg.data.batch_size * cfg.data.seq_len / elapsed,
-                "comm_time_s": float(flags[2]), "grad_norm": grad_norm}
+                "comm_time_s": float(flags[1]), "grad_norm": grad_norm, **({"skipped": True} if skipped else {})}
 
     def _initial_state(self, inputs):
         rows = inputs.shape[0]
@@ -180,6 +186,11 @@ class Trainer:
         every = np.zeros(self.comms.world.size, dtype=np.int8)
         self.comms.world.Allgather(mine, every)
         ranks = ", ".join(str(r) for r in np.flatnonzero(every))
+        if self.cfg.train.skip_nonfinite:
+            if self.rank0:
+                print(f"mpirnn: warning: step {self.step + 1} skipped: non-finite loss or gradients on rank(s) {ranks}",
+                      file=sys.stderr, flush=True)
+            return
         raise AgreedError(f"non-finite loss or gradients at step {self.step + 1} on rank(s) {ranks}: "
                           f"lower train.lr, set train.grad_clip, or check the data; no checkpoint was written "
                           f"for this step")
@@ -217,7 +228,7 @@ class Trainer:
             return None
         from tqdm import tqdm
         return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
-                    file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+                    file=sys.stdout, dynamic_ncols=True, mininterval=0.5)
 
     def _report(self, summary) -> None:
         out = self.cfg.output
