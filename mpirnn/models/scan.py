@@ -32,6 +32,7 @@ timings: python benchmarks/scan_methods.py
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -184,73 +185,78 @@ def _log_scan_logcumsumexp(log_a, log_b, log_h0):
 
 # ------------------------------------------------- chunked scan (no autograd)
 
-Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+@dataclass(frozen=True)
+class _Affine:
+    """One flavour of x_t = a_t x_{t-1} + b_t: its step, how coefficients compose, its identity.
+
+    The identity step (a, b) = (one, zero) leaves x unchanged; it pads ragged chunks, and
+    `zero` is the empty state a chunk is summarised from.
+    """
+
+    step: Callable[..., torch.Tensor]  # (a_t, b_t, x, out=None) -> next x
+    reduce: Callable[..., torch.Tensor]
+    one: float
+    zero: float
 
 
-def _log_step(a_t, b_t, x):
-    """One step in log space: log(a h + b)."""
-    return torch.logaddexp(a_t + x, b_t)
+_LOG = _Affine(lambda a, b, x, out=None: torch.logaddexp(a + x, b, out=out), torch.sum, 0.0, -math.inf)
+"""The forward: log(a h + b) from logs."""
+
+_LINEAR = _Affine(lambda a, b, x, out=None: torch.addcmul(b, a, x, out=out), torch.prod, 1.0, 0.0)
+"""The backward's adjoint, a linear recurrence with coefficients in [0, 1]."""
 
 
-def _linear_step(a_t, b_t, x):
-    """One step in linear space: a x + b (used for the backward's adjoint)."""
-    return torch.addcmul(b_t, a_t, x)
+def _chunked(x: torch.Tensor, chunk: int, pad: float) -> torch.Tensor:
+    """[B, T, H] -> time-major chunks [chunk, B, n, H]: step c of every chunk is x_c[c].
 
-
-def _to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """[B, T, H] -> time-major chunks [chunk, B, n, H], zero-padded at the end.
-
-    Time-major so that step c of every chunk is one contiguous [B, n, H] slice. The
-    padding comes after the last real step, so it changes no output that is kept.
+    A view when T is a multiple of `chunk` (no copy); otherwise a copy padded at the end
+    with `pad` (the identity step, so the padding changes no state in either direction).
     """
     batch, length, hidden = x.shape
     n_chunks = -(-length // chunk)
-    full = length // chunk
-    out = x.new_zeros((chunk, batch, n_chunks, hidden))
-    out[:, :, :full] = x[:, : full * chunk].reshape(batch, full, chunk, hidden).permute(2, 0, 1, 3)
-    rest = length - full * chunk
-    if rest:
-        out[:rest, :, full] = x[:, full * chunk :].transpose(0, 1)
-    return out
+    if n_chunks * chunk == length and x.is_contiguous():
+        return x.view(batch, n_chunks, chunk, hidden).permute(2, 0, 1, 3)
+    padded = x.new_empty((batch, n_chunks * chunk, hidden))
+    padded[:, :length] = x
+    padded[:, length:] = pad
+    return padded.view(batch, n_chunks, chunk, hidden).permute(2, 0, 1, 3)
 
 
-def _from_chunks(y: torch.Tensor, length: int) -> torch.Tensor:
-    """Inverse of `_to_chunks`: [chunk, B, n, H] -> [B, T, H] (contiguous)."""
-    chunk, batch, n_chunks, hidden = y.shape
-    flat = y.permute(1, 2, 0, 3).reshape(batch, n_chunks * chunk, hidden)
-    return flat if n_chunks * chunk == length else flat[:, :length].contiguous()
-
-
-def _scan_time_major(step: Step, a, b, x, out=None):
-    """Run `step` over dim 0 of a, b from state x; store states in `out` if given."""
-    for t in range(a.shape[0]):
-        x = step(a[t], b[t], x)
-        if out is not None:
-            out[t] = x
+def _scan_steps(algebra: _Affine, a, b, x, out=None, reverse=False):
+    """Run the step over dim 0 of a, b from state x (backwards if reverse); fill `out`."""
+    steps = range(a.shape[0] - 1, -1, -1) if reverse else range(a.shape[0])
+    for t in steps:
+        x = algebra.step(a[t], b[t], x, out=None if out is None else out[t])
     return x
 
 
-def _scan_chunked(step: Step, reduce: Callable, empty: float, a, b, x0, chunk: int):
-    """States x_1..x_T of x_t = step(a_t, b_t, x_{t-1}) for [B, T, H] inputs.
+def _scan_chunked(algebra: _Affine, a, b, x0, chunk: int, reverse: bool = False):
+    """States x_1..x_T [B, T, H] of x_t = a_t x_{t-1} + b_t from x0 [B, H].
 
     Summarise every chunk from the empty state (coefficient: `reduce` of a over the
-    chunk; offset: the final state), scan the summaries recursively (a chunk is one
+    chunk; offset: the state it ends in), scan the summaries recursively (a chunk is one
     step of the same recurrence), then rerun every chunk from its true incoming state.
+    reverse=True runs time backwards (x0 enters after the last step).
     """
-    length = a.shape[1]
+    batch, length, hidden = a.shape
     if length <= chunk:
-        out = b.new_empty((length, b.shape[0], b.shape[2]))
-        _scan_time_major(step, a.transpose(0, 1), b.transpose(0, 1), x0, out)
-        return out.transpose(0, 1)
-    a_c, b_c = _to_chunks(a, chunk), _to_chunks(b, chunk)
-    empty_state = torch.full_like(b_c[0], empty)
-    chunk_b = _scan_time_major(step, a_c, b_c, empty_state)  # [B, n, H]
-    chunk_a = reduce(a_c, dim=0)
-    after = _scan_chunked(step, reduce, empty, chunk_a, chunk_b, x0, chunk)
-    before = torch.cat([x0.unsqueeze(1), after[:, :-1]], dim=1)
-    out = torch.empty_like(b_c)
-    _scan_time_major(step, a_c, b_c, before, out)
-    return _from_chunks(out, length)
+        out = b.new_empty((batch, length, hidden))
+        _scan_steps(algebra, a.transpose(0, 1), b.transpose(0, 1), x0, out.transpose(0, 1), reverse)
+        return out
+    a_c, b_c = _chunked(a, chunk, algebra.one), _chunked(b, chunk, algebra.zero)
+    empty = torch.full_like(b_c[0], algebra.zero)
+    chunk_b = _scan_steps(algebra, a_c, b_c, empty, reverse=reverse)  # [B, n, H]
+    chunk_a = algebra.reduce(a_c, dim=0)
+    after = _scan_chunked(algebra, chunk_a, chunk_b, x0, chunk, reverse)
+    if reverse:
+        before = torch.cat([after[:, 1:], x0.unsqueeze(1)], dim=1)
+    else:
+        before = torch.cat([x0.unsqueeze(1), after[:, :-1]], dim=1)
+    out = b.new_empty((batch, a_c.shape[2] * chunk, hidden))
+    out_c = out.view(batch, -1, chunk, hidden).permute(2, 0, 1, 3)
+    _scan_steps(algebra, a_c, b_c, before, out_c, reverse)
+    return out[:, :length]
 
 
 class _ChunkedLogScan(torch.autograd.Function):
@@ -267,7 +273,7 @@ class _ChunkedLogScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_a, log_b, log_h0, chunk):
-        log_h = _scan_chunked(_log_step, torch.sum, -math.inf, log_a, log_b, log_h0, chunk)
+        log_h = _scan_chunked(_LOG, log_a, log_b, log_h0, chunk)
         ctx.save_for_backward(log_a, log_b, log_h0, log_h)
         ctx.chunk = chunk
         return log_h
@@ -276,15 +282,21 @@ class _ChunkedLogScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         log_a, log_b, log_h0, log_h = ctx.saved_tensors
-        log_prev = torch.cat([log_h0.unsqueeze(1), log_h[:, :-1]], dim=1)
-        carried = torch.exp(log_a + log_prev - log_h)  # w_t; 0 where h_0 = 0
-        # gamma_t = g_t + w_{t+1} gamma_{t+1}: a forward linear scan on reversed time.
-        coef = torch.cat([carried[:, 1:], torch.zeros_like(carried[:, :1])], dim=1)
-        zero = torch.zeros_like(log_h0)
-        gamma = _scan_chunked(
-            _linear_step, torch.prod, 0.0, coef.flip(1), grad.flip(1), zero, ctx.chunk
-        ).flip(1)
-        grad_a = gamma * carried if ctx.needs_input_grad[0] else None
-        grad_b = gamma * torch.exp(log_b - log_h) if ctx.needs_input_grad[1] else None
-        grad_h0 = gamma[:, 0] * carried[:, 0] if ctx.needs_input_grad[2] else None
+        # next_w[:, t] = w_{t+1} (0 after the last step); w_1 from the incoming state.
+        next_w = torch.zeros_like(log_h[:, :1]).expand_as(log_h).contiguous()
+        if log_h.shape[1] > 1:
+            torch.sub(log_h[:, :-1], log_h[:, 1:], out=next_w[:, :-1])
+            next_w[:, :-1].add_(log_a[:, 1:]).exp_()
+        first_w = torch.exp(log_a[:, 0] + log_h0 - log_h[:, 0])  # 0 where h_0 = 0
+        gamma = _scan_chunked(_LINEAR, next_w, grad, torch.zeros_like(log_h0), ctx.chunk, reverse=True)
+        grad_a = grad_b = grad_h0 = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.empty_like(gamma)
+            if log_h.shape[1] > 1:
+                torch.mul(gamma[:, 1:], next_w[:, :-1], out=grad_a[:, 1:])
+            torch.mul(gamma[:, 0], first_w, out=grad_a[:, 0])
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.sub(log_b, log_h).exp_().mul_(gamma)
+        if ctx.needs_input_grad[2]:
+            grad_h0 = gamma[:, 0] * first_w
         return grad_a, grad_b, grad_h0, None
