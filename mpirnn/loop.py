@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from mpirnn import checkpoint, faults
+from mpirnn import checkpoint, faults, placement
 from mpirnn.comm import AgreedError, agree, host_view
 from mpirnn.metrics import MetricsWriter
 from mpirnn.parallel.step import StepRunner
@@ -109,7 +109,8 @@ class Trainer:
                    "final_loss": losses[-1] if losses else None, "time_s": elapsed,
                    "tokens_per_s": tokens * len(losses) / elapsed if losses else 0.0,
                    "grid": dict(zip(("dp", "sp", "pp", "tp"), self.comms.grid.shape)),
-                   "world_size": self.comms.world.size}
+                   "world_size": self.comms.world.size,
+                   "placement": placement.gather(self.comms, placement.this_rank(self.comms, self.model.head.weight.device))}
         metrics.write(summary)
         metrics.close()
         if self.rank0 and losses:
