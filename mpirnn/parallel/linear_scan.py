@@ -45,7 +45,7 @@ class ExchangeStates(torch.autograd.Function):
         with torch.enable_grad():
             incoming = _fold(leaf, ctx.comm.rank)
             (grads,) = torch.autograd.grad(incoming, leaf, grad_incoming.cpu(), allow_unused=True)
-        grads = torch.zeros_like(leaf) if grads is None else torch.nan_to_num(grads.contiguous(), nan=0.0)
+        grads = torch.zeros_like(leaf) if grads is None else grads.contiguous()
         _timed(ctx.timer, ctx.comm.Allreduce, MPI.IN_PLACE, host_view(grads), MPI.SUM)
         mine = grads[ctx.comm.rank].to(ctx.device)
         return mine[0], mine[1], mine[2], None, None
