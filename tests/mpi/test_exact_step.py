@@ -65,7 +65,7 @@ def serial(cell, dtype, layers, tokens, random_state):
     loss, final = model(inputs, targets, initial_state(model, dtype, random_state))
     loss = loss / targets.numel()
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}, final.detach()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, final.detach()
 
 
 def parallel(cell, dtype, layers, tokens, random_state, dp, sp, microbatches):
