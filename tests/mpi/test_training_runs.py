@@ -82,7 +82,7 @@ def test_twenty_steps_match_serial(shared_dir, cell):
         assert got[-1] < got[0] - 0.1, "training should reduce the loss"
 
 
-@pytest.mark.parametrize("cell", ["gru", "minlstm"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mingru", "minlstm"])
 def test_stateful_series_matches_serial(shared_dir, cell):
     grid = grids()[-1]
     run = f"stateful-{cell}"
