@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Runs the mpirnn trainer under Slurm; every argument goes to `python -m mpirnn.train`.
+#
+#   sbatch slurm/job.sh --config run.toml --set train.steps=100
+#   sbatch --nodes=4 --gpus-per-node=4 --ntasks-per-node=4 slurm/job.sh --config run.toml
+#
+# Node, task and GPU counts live only in the #SBATCH lines below or on the sbatch command
+# line (which overrides them); the body never repeats them: srun takes the allocation's.
+# GPUs: add --gpus-per-node=G (and --ntasks-per-node=G) to sbatch. The trainer binds each rank
+# to GPU (node-local rank mod visible GPUs), the node-local rank coming from MPI's
+# Split_type(COMM_TYPE_SHARED), so nothing here maps ranks to devices.
+#
+# Where the project is: $MPIRNN_HOME if set; else the submit directory or one above it when it
+# holds mpirnn/ (sbatch runs a copy of this script, so its own location says nothing); else
+# the directory of the script as submitted (from `scontrol show job`). The Python used is
+# $MPIRNN_PYTHON, else the project's .venv, else python3 on PATH.
+#
+# Preemption and time limits: Slurm sends USR1 to this shell 60 s before the limit
+# (--signal=B:USR1@60, "B:" = batch shell only). The shell forwards it to srun, which passes it
+# to every rank; the ranks agree on it at the next step boundary, write a checkpoint (set
+# checkpoint.dir) and exit with 128+USR1 = 138. The script then requeues the job (--requeue);
+# the next run resumes (checkpoint.resume=true is added when SLURM_RESTART_COUNT > 0). A run
+# that finishes before it sees the signal exits 0 and is not requeued. Output is appended
+# across requeues (--open-mode=append).
+#
+#SBATCH --job-name=mpirnn
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=1
+#SBATCH --time=00:30:00
+#SBATCH --output=mpirnn-%j.out
+#SBATCH --signal=B:USR1@60
+#SBATCH --requeue
+#SBATCH --open-mode=append
+set -euo pipefail
+
+die() { echo "job.sh: $*" >&2; exit 2; }
+
+is_home() { [[ -f $1/mpirnn/__init__.py ]]; }
+
+find_home() {
+    if [[ -n ${MPIRNN_HOME:-} ]]; then
+        is_home "$MPIRNN_HOME" || die "MPIRNN_HOME=$MPIRNN_HOME has no mpirnn/ package"
+        echo "$MPIRNN_HOME"; return
+    fi
+    local d cmd
+    for d in "${SLURM_SUBMIT_DIR:-$PWD}" "${SLURM_SUBMIT_DIR:-$PWD}/.."; do
+        if is_home "$d"; then (cd "$d" && pwd); return; fi
+    done
+    # The path the user gave sbatch (Command=...), or this file itself when run without sbatch.
+    if [[ -n ${SLURM_JOB_ID:-} ]]; then
+        cmd=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
+    else
+        cmd=${BASH_SOURCE[0]}
+    fi
+    if [[ -n ${cmd:-} ]] && is_home "$(dirname "$cmd")/.."; then
+        (cd "$(dirname "$cmd")/.." && pwd); return
+    fi
+    die "cannot find the mpirnn project: set MPIRNN_HOME or submit from the repository"
+}
+
+MPIRNN_HOME=$(find_home)
+if [[ -n ${MPIRNN_PYTHON:-} ]]; then
+    python=$MPIRNN_PYTHON
+elif [[ -x $MPIRNN_HOME/.venv/bin/python ]]; then
+    python=$MPIRNN_HOME/.venv/bin/python
+else
+    python=$(command -v python3) || die "no python3: set MPIRNN_PYTHON"
+fi
+export MPIRNN_HOME PYTHONPATH=$MPIRNN_HOME${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1   # lines reach the output file as they happen, not at exit
+
+# Threads per rank = CPUs per task (the trainer's train.threads=0 reads SLURM_CPUS_PER_TASK
+# too). Since Slurm 22.05 srun no longer inherits --cpus-per-task from the batch allocation;
+# SRUN_CPUS_PER_TASK passes it on to the tasks.
+threads=${SLURM_CPUS_PER_TASK:-1}
+export OMP_NUM_THREADS=$threads
+if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
+
+args=("$@")
+if [[ ${SLURM_RESTART_COUNT:-0} -gt 0 ]]; then
+    # A requeued run continues from the newest checkpoint (a later --set could still override).
+    args=(--set checkpoint.resume=true "${args[@]}")
+fi
+
+echo "job.sh: job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}," \
+     "${SLURM_NTASKS:-?} tasks x $threads threads; project $MPIRNN_HOME; python $python"
+
+# The traps are set before srun starts: an untrapped USR1 would kill this shell, job and all.
+srun_pid="" signalled=""
+forward() {
+    signalled=$1
+    echo "job.sh: got SIG$1, forwarding it to the ranks" >&2
+    if [[ -n $srun_pid ]]; then kill -s "$1" "$srun_pid" 2>/dev/null || true; fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+
+# srun runs in the background so that this shell can run its traps while waiting: bash defers
+# a trap until the foreground command ends, and the signal would arrive too late.
+# --kill-on-bad-exit: one rank that dies ends the whole step (no rank hangs in a collective;
+# the trainer itself calls MPI_Abort on a one-rank error, this covers crashes).
+# The mpirun alternative (MPICH's hydra; no PMI plugin needed, but Slurm then neither tracks
+# nor signals the tasks, so preemption needs care):
+#   "$MPIRNN_HOME/.venv/bin/mpirun" -n "$SLURM_NTASKS" -ppn "$SLURM_NTASKS_PER_NODE" \
+#       "$python" -m mpirnn.train "${args[@]}"
+srun --mpi=pmi2 --kill-on-bad-exit=1 "$python" -m mpirnn.train "${args[@]}" &
+srun_pid=$!
+
+# wait returns early (status > 128) whenever a trapped signal arrives: keep waiting while srun
+# lives, then collect its status (bash keeps it after reaping the process).
+while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid" || true; done
+wait "$srun_pid" && rc=0 || rc=$?
+echo "job.sh: srun exited with status $rc"
+
+if [[ $signalled == USR1 && $rc -eq $((128 + 10)) ]]; then
+    # The trainer stopped at our request after a checkpoint (exit 128+SIGUSR1): queue the rest.
+    echo "job.sh: requeueing job $SLURM_JOB_ID to resume from its checkpoint"
+    scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$rc"
