@@ -283,7 +283,8 @@ class _ChunkedLogScan(torch.autograd.Function):
     def backward(ctx, grad):
         log_a, log_b, log_h0, log_h = ctx.saved_tensors
         # next_w[:, t] = w_{t+1} (0 after the last step); w_1 from the incoming state.
-        next_w = torch.zeros_like(log_h[:, :1]).expand_as(log_h).contiguous()
+        next_w = torch.empty_like(log_h, memory_format=torch.contiguous_format)
+        next_w[:, -1] = 0
         if log_h.shape[1] > 1:
             torch.sub(log_h[:, :-1], log_h[:, 1:], out=next_w[:, :-1])
             next_w[:, :-1].add_(log_a[:, 1:]).exp_()
