@@ -15,15 +15,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from mpirnn.errors import UsageError, one_line
 from mpirnn.grid import AXES, Grid
-
-MESSAGE_BYTES = 1024
-
-
-class AgreedError(UsageError):
-    """An error every rank knows about (raised on all ranks at once), so no one aborts."""
-
 
 def cuda_aware() -> bool:
     query = getattr(MPI, "Query_cuda_support", None)
@@ -154,28 +146,3 @@ def allreduce_(comm: MPI.Comm, tensor: torch.Tensor, op=MPI.SUM, timer=None) -> 
     elif not tensor.is_contiguous():
         tensor.copy_(torch.from_numpy(buffer))
     return tensor
-
-
-def agree(comm: MPI.Comm, action, *args, **kwargs):
-    """Run `action` on every rank; if it raises a UsageError anywhere, raise the same AgreedError everywhere.
-
-    The cause reported is the lowest failing rank's, so all ranks (and the one line the
-    user sees) name the same problem. Other exceptions propagate (and abort the job).
-    """
-    message = None
-    result = None
-    try:
-        result = action(*args, **kwargs)
-    except UsageError as exc:
-        message = one_line(exc)
-    failed = np.array([comm.rank if message is not None else comm.size], dtype=np.int64)
-    comm.Allreduce(MPI.IN_PLACE, failed, MPI.MIN)
-    first = int(failed[0])
-    if first == comm.size:
-        return result
-    text = np.zeros(MESSAGE_BYTES, dtype=np.uint8)
-    if comm.rank == first:
-        raw = message.encode("utf-8", "replace")[:MESSAGE_BYTES]
-        text[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    comm.Bcast(text, root=first)
-    raise AgreedError(bytes(text).rstrip(b"\0").decode("utf-8", "replace"))

@@ -16,7 +16,8 @@ import torch
 from mpi4py import MPI
 
 from mpirnn import checkpoint, faults, placement
-from mpirnn.comm import AgreedError, agree, host_view
+from mpirnn.agreement import AgreedError, agree
+from mpirnn.comm import host_view
 from mpirnn.metrics import MetricsWriter
 from mpirnn.parallel.step import StepRunner
 from mpirnn.watchdog import Watchdog

@@ -33,8 +33,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def validate_shard(manifest: Manifest, i: int, check_checksum: bool = False) -> None:
-    """Raise DataError unless shard `i` matches the manifest and holds only valid values."""
+def validate_shard(manifest: Manifest, i: int, check_checksum: bool = False,
+                   scan_values: bool = True) -> None:
+    """Raise DataError unless shard `i` matches the manifest and holds only valid values.
+
+    With scan_values=False only the file, dataset and layout are checked (no data is read).
+    """
     shard = manifest.shards[i]
     path = manifest.shard_path(i)
     if check_checksum and file_sha256(path) != shard.sha256:
@@ -44,14 +48,16 @@ def validate_shard(manifest: Manifest, i: int, check_checksum: bool = False) -> 
         with h5py.File(path, "r") as f:
             dataset = _open_dataset(f, manifest, shard.file)
             _check_layout(dataset, manifest, shard.file, shard.length)
-            _scan_values(dataset, manifest, shard.file, shard.offset)
+            if scan_values:
+                _scan_values(dataset, manifest, shard.file, shard.offset)
     except OSError as exc:
         raise DataError(f"{shard.file} is not a readable HDF5 file (truncated or corrupt?): "
                         f"{_REPREPARE} [{' '.join(str(exc).split())}]") from None
 
 
 def validate_dataset(path_or_manifest: str | os.PathLike | Manifest, part: int = 0,
-                     parts: int = 1, *, check_checksum: bool = False) -> Manifest:
+                     parts: int = 1, *, check_checksum: bool = False,
+                     scan_values: bool = True) -> Manifest:
     """Validate shards i with i % parts == part, so `parts` processes share the work.
 
     Returns the manifest. With the defaults every shard is checked (the serial case).
@@ -61,7 +67,7 @@ def validate_dataset(path_or_manifest: str | os.PathLike | Manifest, part: int =
     manifest = (path_or_manifest if isinstance(path_or_manifest, Manifest)
                 else load_manifest(path_or_manifest))
     for i in range(part, len(manifest.shards), parts):
-        validate_shard(manifest, i, check_checksum=check_checksum)
+        validate_shard(manifest, i, check_checksum=check_checksum, scan_values=scan_values)
     return manifest
 
 
