@@ -232,8 +232,8 @@ def token_past_vocabulary(good, tmp, n):
 
 
 def truncated_shard_unvalidated(good, tmp, n):
-    # With data.validate=false the damage is found while reading a batch, on every rank whose
-    # rows of step 1 live in that shard (ranks 0, 2 and 3 at -n 4 for shard 2): still one line.
+    # With data.validate=false values are not scanned, but every shard is still opened before
+    # training (by the rank whose share it is), so the damage is agreed and reported once.
     data = copy_of(good, "tokens", tmp)
     shard = data / "shard-00002.h5"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
@@ -341,14 +341,8 @@ SINGLE_AND_MANY = [missing_dir, no_manifest, truncated_shard, deleted_shard, wro
 # These grids need more than one rank, so they run at -n 2 and -n 4.
 SEVERAL_RANKS = [seq_shorter_than_segments, pipeline_parallel, tensor_parallel]
 CASES = {case.__name__: case for case in SINGLE_AND_MANY + SEVERAL_RANKS}
-# Known trainer failures: (case, n) -> reason. Not strict where the failure is a race.
-KNOWN = {("truncated_shard_unvalidated", 4): pytest.mark.xfail(strict=False, reason=(
-    "a DataError raised while reading a batch is not agreed: every rank that reads the damaged shard "
-    "prints its own 'mpirnn: rank R of 4' line before MPI_Abort ends the job: 2 lines when a second "
-    "rank prints before the first abort lands (a race, seen in 2 of 13 runs under load), hence not strict"))}
-RUNS = [pytest.param(run, marks=KNOWN.get(run, ()))
-        for run in [(case.__name__, n) for case in SINGLE_AND_MANY for n in (1, 4)]
-        + [(case.__name__, n) for case in SEVERAL_RANKS for n in (2, 4)]]
+RUNS = ([(case.__name__, n) for case in SINGLE_AND_MANY for n in (1, 4)]
+        + [(case.__name__, n) for case in SEVERAL_RANKS for n in (2, 4)])
 
 
 @pytest.fixture(scope="module")
