@@ -74,19 +74,35 @@ def verify(directory: Path, step: int) -> str | None:
     except (OSError, ValueError, KeyError) as exc:
         return f"unreadable ({exc.__class__.__name__})"
     if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
-        return "checksum mismatch (partial or corrupt write)"
+        return "corrupt: its checksum does not match (a partial or damaged write)"
     return None
 
 
 def newest_valid(directory: str | Path, warn=lambda text: print(text, file=sys.stderr)) -> int | None:
-    """The newest intact checkpoint's step, warning about each newer one that is not; None if none."""
+    """The newest intact checkpoint's step, warning about each newer one that is not.
+
+    None when the directory holds no checkpoint at all (a first run); a CheckpointError
+    when it holds some and none is intact, rather than silently starting over.
+    """
     directory = Path(directory)
-    for step in reversed(steps(directory)):
+    found = steps(directory)
+    for step in reversed(found):
         problem = verify(directory, step)
         if problem is None:
             return step
         warn(f"mpirnn: warning: checkpoint {directory / f'ckpt-{step:08d}.pt'} is {problem}; trying an older one")
+    if found:
+        raise CheckpointError(f"none of the {len(found)} checkpoint(s) in {directory} is intact: use another "
+                              f"checkpoint.dir (or remove them) to start over, or restore one from a backup")
     return None
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Half-written files of writers that were killed (never read; safe to delete once nobody writes)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for leftover in directory.glob(".ckpt-*.tmp-*"):
+            leftover.unlink(missing_ok=True)
 
 
 def load(directory: str | Path, step: int, device="cpu") -> tuple[dict, dict]:

@@ -102,14 +102,25 @@ class Transfer:
         return self.tensor
 
 
-def _staged(tensor: torch.Tensor) -> torch.Tensor:
-    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+_PINNED: dict[tuple, torch.Tensor] = {}
+
+
+def _staged(tensor: torch.Tensor, key: tuple) -> torch.Tensor:
+    """A pinned host buffer for one message, reused every step (pinning memory is slow).
+
+    `key` names the message (direction, peer, tag): messages in flight at once never share
+    a buffer, and the same message of the next step finds its buffer already pinned.
+    """
+    key = (*key, tuple(tensor.shape), tensor.dtype)
+    if key not in _PINNED:
+        _PINNED[key] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return _PINNED[key]
 
 
 def isend(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None) -> Transfer:
     tensor = tensor.detach().contiguous()
     if tensor.is_cuda and not cuda_aware():
-        host = _staged(tensor)
+        host = _staged(tensor, ("send", id(comm), dest, tag))
         host.copy_(tensor)
         return Transfer(comm.Isend(host_view(host), dest, tag), staged=host, timer=timer)
     if tensor.is_cuda:
@@ -122,7 +133,7 @@ def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None)
     """Receive into a new tensor shaped like `like` (on like's device)."""
     out = torch.empty_like(like, memory_format=torch.contiguous_format)
     if out.is_cuda and not cuda_aware():
-        host = _staged(out)
+        host = _staged(out, ("recv", id(comm), source, tag))
         return Transfer(comm.Irecv(host_view(host), source, tag), tensor=out, staged=host, timer=timer)
     if out.is_cuda:
         torch.cuda.current_stream().synchronize()

@@ -32,6 +32,10 @@ def choose_device(requested: str, local_rank: int) -> torch.device:
         raise ConfigError("train.device = cuda but no CUDA device is visible to this rank; use auto or cpu")
     if requested == "cpu" or not has_cuda:
         return torch.device("cpu")
+    # TF32 would make float32 results depend on batch splits far beyond rtol 1e-5: the
+    # exactness contract needs true float32 in cuDNN's RNNs and in matrix products.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     index = local_rank % torch.cuda.device_count()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

@@ -42,12 +42,13 @@ def at_step(rank: int, step: int) -> None:
             time.sleep(3600)
 
 
-def corrupt_batch(rank: int, step: int, inputs):
+def corrupt_batch(rank: int, step: int, block):
+    """A rank's batch block (inputs and targets) as read from disk, spoiled when a `nan:` fault is due."""
     if not _due("nan", rank, step):
-        return inputs
-    if inputs.is_floating_point():
-        return inputs * float("nan")
-    return inputs + 1_000_000
+        return block
+    if block.is_floating_point():
+        return block * float("nan")
+    return block + 1_000_000
 
 
 def checkpoint_pause() -> None:

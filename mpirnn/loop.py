@@ -36,6 +36,7 @@ class Trainer:
         self.first_segment = comms.coords["sp"] == 0
         self.state = None  # carried states (stateful mode), on the first segment's ranks
         self.step = 0
+        self.saved_step = None
         self.stop_signal = 0       # set by the handler on this rank
         self.stop_signal_seen = 0  # agreed over all ranks at the last step boundary
         self.watchdog = Watchdog(cfg.train.comm_timeout_s, comms)
@@ -51,9 +52,8 @@ class Trainer:
     def resume(self) -> None:
         c = self.cfg.checkpoint
         step = np.array([-1], dtype=np.int64)
-        if self.rank0:
-            found = checkpoint.newest_valid(c.dir)
-            step[0] = -1 if found is None else found
+        found = agree(self.comms.world, self._newest_checkpoint)  # rank 0 looks; a failure there ends all
+        step[0] = -1 if found is None else found
         self.comms.world.Bcast(step, root=0)
         if step[0] < 0:
             if self.rank0:
@@ -66,6 +66,12 @@ class Trainer:
         carried = state.get("carried")
         if carried is not None and self.first_segment:
             self.state = carried[:, :, slice(*self.loader.rows)].to(self.model.head.weight.device)
+
+    def _newest_checkpoint(self):
+        if not self.rank0:
+            return None
+        checkpoint.remove_stale_temporaries(self.cfg.checkpoint.dir)
+        return checkpoint.newest_valid(self.cfg.checkpoint.dir)
 
     def _load(self, step):
         state, meta = checkpoint.load(self.cfg.checkpoint.dir, step)
@@ -100,13 +106,13 @@ class Trainer:
                     return 128 + self.stop_signal_seen
                 if cfg.checkpoint.dir and cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                     self.save()
-            if cfg.checkpoint.dir:
+            if cfg.checkpoint.dir and self.saved_step != self.step:
                 self.save()
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - started
-        summary = {"summary": True, "steps": self.step, "first_loss": losses[0] if losses else None,
+        summary = {"summary": True, "steps": self.step, "steps_run": len(losses), "first_loss": losses[0] if losses else None,
                    "final_loss": losses[-1] if losses else None, "time_s": elapsed,
                    "tokens_per_s": tokens * len(losses) / elapsed if losses else 0.0,
                    "grid": dict(zip(("dp", "sp", "pp", "tp"), self.comms.grid.shape)),
@@ -126,7 +132,6 @@ class Trainer:
         self.watchdog.phase("reading the batch")
         faults.at_step(self.comms.rank, self.step + 1)
         inputs, targets = loader.batch(self.step)
-        inputs = faults.corrupt_batch(self.comms.rank, self.step + 1, inputs)
         state = self._initial_state(inputs)
         self.optimizer.zero_grad(set_to_none=True)
         self.watchdog.phase("forward/backward (boundary-state exchange and gradient allreduce)")
@@ -184,18 +189,24 @@ class Trainer:
         return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
 
     def _nonfinite(self, loss, grad_norm) -> None:
-        mine = np.array([0 if bool(torch.isfinite(loss)) and np.isfinite(grad_norm) else 1], dtype=np.int8)
+        """Stop (or skip) a step with a non-finite loss or gradient norm, naming where it came from.
+
+        The gradient norm is taken after the allreduce, so it is the same on every rank; the
+        rank that caused it is the one whose own loss share is not finite.
+        """
+        mine = np.array([0 if bool(torch.isfinite(loss)) else 1], dtype=np.int8)
         every = np.zeros(self.comms.world.size, dtype=np.int8)
         self.comms.world.Allgather(mine, every)
-        ranks = ", ".join(str(r) for r in np.flatnonzero(every))
+        where = (f"on rank(s) {', '.join(str(r) for r in np.flatnonzero(every))}" if every.any()
+                 else "in the summed gradients (every rank's own loss was finite)")
         if self.cfg.train.skip_nonfinite:
             if self.rank0:
-                print(f"mpirnn: warning: step {self.step + 1} skipped: non-finite loss or gradients on rank(s) {ranks}",
+                print(f"mpirnn: warning: step {self.step + 1} skipped: non-finite loss or gradients {where}",
                       file=sys.stderr, flush=True)
             return
-        raise AgreedError(f"non-finite loss or gradients at step {self.step + 1} on rank(s) {ranks}: "
-                          f"lower train.lr, set train.grad_clip, or check the data; no checkpoint was written "
-                          f"for this step")
+        raise AgreedError(f"non-finite loss or gradients at step {self.step + 1} {where}: lower train.lr, set train.grad_clip, "
+                          f"check the data (python -m mpirnn.data validate), or set train.skip_nonfinite = true; "
+                          f"no checkpoint was written for this step")
 
     # -- checkpoints and reports ----------------------------------------------------------
 
@@ -210,6 +221,8 @@ class Trainer:
             if carried is not None:
                 state["carried"] = carried
             checkpoint.save(c.dir, self.step, state, self.cfg.to_dict(), c.keep)
+        self.saved_step = self.step
+        # Nobody exits before the checkpoint is on disk (srun --kill-on-bad-exit would cut it short).
         self.comms.world.Barrier()
 
     def _gather_carried(self):
@@ -234,8 +247,8 @@ class Trainer:
 
     def _report(self, summary) -> None:
         out = self.cfg.output
-        print(f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over {len(range(summary['steps']))} "
-              f"steps; {summary['tokens_per_s']:.0f} tokens/s on {summary['world_size']} rank(s); "
+        print(f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over the {summary['steps_run']} "
+              f"steps run (of {summary['steps']}); {summary['tokens_per_s']:.0f} tokens/s on {summary['world_size']} rank(s); "
               f"metrics in {out.metrics}", flush=True)
         if out.sample_bytes and self.model.vocab_size:
             prompt = torch.tensor(list(out.sample_prompt.encode()), dtype=torch.long,

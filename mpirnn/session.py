@@ -67,7 +67,7 @@ def train(cfg, grid) -> int:
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device)
         broadcast_parameters(model, world)
-        loader = BatchLoader(manifest, cfg, grid, comms.coords, device, getattr(torch, cfg.model.dtype))
+        loader = BatchLoader(manifest, cfg, grid, comms.coords, device, getattr(torch, cfg.model.dtype), world.rank)
         trainer = Trainer(cfg, comms, model, loader)
         try:
             return trainer.run()

@@ -2,15 +2,20 @@
 
 A background thread looks at when the current step started and what it is doing; if a
 peer died or hangs, this rank is blocked inside MPI, so the thread prints which step
-and phase it waits in and calls MPI_Abort, which ends every rank instead of burning the
-allocation.
+and phase it waits in and ends the process. It exits rather than calling MPI_Abort:
+an Abort from a second thread while the main thread sits inside MPI crashed MPICH now
+and then (a segfault after the message). A rank that exits without MPI_Finalize makes
+the launcher (mpirun's hydra, or srun --kill-on-bad-exit) end every other rank.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+
+EXIT_STUCK = 1
 
 
 class Watchdog:
@@ -45,7 +50,8 @@ class Watchdog:
                       f"(sp peers {_peers(self.comms, 'sp')}, gradient peers: all {self.comms.replicas.size} replicas; "
                       f"grid dp={grid.dp} sp={grid.sp}); a peer has probably died or hangs: aborting the job",
                       file=sys.stderr, flush=True)
-                self.comms.world.Abort(1)
+                sys.stdout.flush()
+                os._exit(EXIT_STUCK)
 
 
 def _peers(comms, axis: str) -> str:

@@ -14,6 +14,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DEVICE = os.environ.get("MPIRNN_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cuda":  # as mpirnn.device does for runs: true float32 (no TF32) in the exactness tests
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def make_token_dataset(out: Path, length: int = 20_000, shard_size: int = 6_000, seed: int = 0) -> Path:

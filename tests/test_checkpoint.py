@@ -171,13 +171,27 @@ def test_two_corrupt_checkpoints_fall_back_twice(tmp_path):
     assert len(warnings) == 2
 
 
-def test_all_corrupt_gives_none(tmp_path):
+def test_all_corrupt_is_an_error_not_a_fresh_start(tmp_path):
+    # Starting over silently would overwrite the run's metrics and lose its progress.
     three_checkpoints(tmp_path)
     for step in (1, 2, 3):
         flip_bytes(tmp_path / f"ckpt-{step:08d}.pt")
     warnings = []
-    assert checkpoint.newest_valid(tmp_path, warn=warnings.append) is None
+    with pytest.raises(CheckpointError, match="none of the 3 checkpoint"):
+        checkpoint.newest_valid(tmp_path, warn=warnings.append)
     assert len(warnings) == 3
+
+
+def test_no_checkpoint_at_all_gives_none(tmp_path):
+    assert checkpoint.newest_valid(tmp_path) is None
+    assert checkpoint.newest_valid(tmp_path / "missing") is None
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    three_checkpoints(tmp_path)
+    (tmp_path / ".ckpt-00000004.pt.tmp-123").write_bytes(b"half")
+    checkpoint.remove_stale_temporaries(tmp_path)
+    assert not list(tmp_path.glob(".ckpt-*")) and checkpoint.newest_valid(tmp_path) == 3
 
 
 def test_the_default_warning_goes_to_stderr(tmp_path, capsys):

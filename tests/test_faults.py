@@ -338,9 +338,6 @@ def test_nonfinite_batch_on_one_rank_is_an_agreed_error(nan_series):
     assert sorted(job.seen) == [1], "no metrics line for the non-finite step or after it"
 
 
-@pytest.mark.xfail(strict=True, reason="loop.py Trainer._nonfinite judges each rank by the gradient norm after the "
-                                       "dp allreduce, so every rank looks non-finite: it reports 'rank(s) 0, 1' "
-                                       "for a NaN batch on rank 1 only")
 def test_nonfinite_error_names_only_the_rank_with_the_bad_batch(nan_series):
     assert_one_line(nan_series, r"non-finite loss or gradients at step 2 on rank\(s\) 1:")
 
@@ -363,9 +360,6 @@ def test_bad_token_batch_on_one_rank_ends_the_job(bad_tokens):
     assert 2 not in job.seen
 
 
-@pytest.mark.xfail(strict=True, reason="token ids past the vocabulary in one rank's batch surface as the embedding's "
-                                       "'IndexError: index out of range in self' with no step and no hint; the "
-                                       "issue asks for one clear line: which rank, what, what to do")
 def test_bad_token_batch_message_says_what_and_where(bad_tokens):
     assert_one_line(bad_tokens, r"step 2.*(vocab|token)|(vocab|token).*step 2")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mpirnn import faults
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
 from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
@@ -33,8 +34,9 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
 
 
 class BatchLoader:
-    def __init__(self, manifest: Manifest, cfg, grid: Grid, coords: dict, device, dtype):
+    def __init__(self, manifest: Manifest, cfg, grid: Grid, coords: dict, device, dtype, rank: int = 0):
         self.reader = Reader(manifest)
+        self.rank = rank  # for fault injection in tests only
         self.seq_len, self.batch_size = cfg.data.seq_len, cfg.data.batch_size
         self.seed, self.stateful = cfg.train.seed, cfg.train.stateful
         self.rows = rows_of(self.batch_size, grid, coords["dp"])
@@ -54,9 +56,26 @@ class BatchLoader:
         return self.stateful and lane_restarts(step, self.batch_size, self.windows)
 
     def batch(self, step: int):
-        """(inputs, targets) for this rank's rows and segment of step `step`."""
+        """(inputs, targets) for this rank's rows and segment of step `step` (0-based)."""
         windows = self.global_windows(step)[slice(*self.rows)]
-        return self.reader.batch(windows, self.seq_len, *self.segment, device=self.device, dtype=self.dtype)
+        block = self.reader.block(windows, self.seq_len, *self.segment, dtype=self.dtype)
+        block = faults.corrupt_batch(self.rank, step + 1, block)
+        self._check_tokens(block, step)
+        block = block.to(self.device)
+        return block[:, :-1], block[:, 1:]
+
+    def _check_tokens(self, block, step: int) -> None:
+        """Ids past the vocabulary would crash the embedding with no hint; say what and where."""
+        vocab = self.reader.manifest.vocab_size
+        if vocab is None or block.numel() == 0:
+            return
+        low, high = int(block.min()), int(block.max())
+        if low < 0 or high >= vocab:
+            bad = high if high >= vocab else low
+            raise DataError(f"step {step + 1}: token id {bad} in this rank's batch (rows {self.rows[0]}-"
+                            f"{self.rows[1] - 1} of the global batch) is outside the vocabulary "
+                            f"(vocab_size={vocab}); check the data with python -m mpirnn.data validate "
+                            f"{self.reader.manifest.root}")
 
     def close(self) -> None:
         self.reader.close()

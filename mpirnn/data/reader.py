@@ -66,13 +66,7 @@ class Reader:
             return self.read_span(base + t0, base + t1 + 1)
         return self.read_row(window, t0, t1 + 1)
 
-    def batch(self, windows, seq_len: int, t0: int, t1: int, device="cpu", dtype=torch.float32):
-        """(inputs, targets) tensors for the given windows over time steps [t0, t1)."""
-        block = np.stack([self.window(int(w), seq_len, t0, t1) for w in windows])
-        tensor = torch.from_numpy(block)
-        if self.manifest.kind == "tokens":
-            tensor = tensor.long()
-        else:
-            tensor = tensor.to(dtype)
-        tensor = tensor.to(device)
-        return tensor[:, :-1], tensor[:, 1:]
+    def block(self, windows, seq_len: int, t0: int, t1: int, dtype=torch.float32) -> torch.Tensor:
+        """Steps [t0, t1 + 1) of the given windows, as one CPU tensor (inputs are [:, :-1], targets [:, 1:])."""
+        block = torch.from_numpy(np.stack([self.window(int(w), seq_len, t0, t1) for w in windows]))
+        return block.long() if self.manifest.kind == "tokens" else block.to(dtype)

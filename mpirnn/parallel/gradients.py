@@ -25,7 +25,8 @@ class Bucket:
     def __init__(self, params: list[torch.nn.Parameter], device):
         self.params = params
         self.size = sum(p.numel() for p in params)
-        self.buffer = torch.zeros(self.size, dtype=params[0].dtype)  # host buffer for MPI
+        # MPI reads host memory (no CUDA-aware MPI assumed): pinned, so the copy from a GPU is one fast DMA.
+        self.buffer = torch.zeros(self.size, dtype=params[0].dtype, pin_memory=device.type == "cuda")
         self.pending = 0
         self.request = None
 
@@ -79,15 +80,10 @@ class GradientReducer:
             self.started += 1
 
     def _start(self, bucket: Bucket) -> None:
-        offset = 0
-        for p in bucket.params:
-            n = p.numel()
-            view = bucket.buffer[offset:offset + n]
-            if p.grad is None:
-                view.zero_()
-            else:
-                view.copy_(p.grad.reshape(-1))
-            offset += n
+        # Flatten on the gradients' device, then one copy to the host buffer (one sync on a GPU).
+        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype,
+                          device=p.device) for p in bucket.params])
+        bucket.buffer.copy_(flat)
         bucket.request = self.comm.Iallreduce(MPI.IN_PLACE, host_view(bucket.buffer), MPI.SUM)
 
     def finish(self) -> None:
@@ -105,12 +101,13 @@ class GradientReducer:
         else:
             MPI.Request.Waitall(requests)
         for bucket in self.buckets:
+            summed = bucket.buffer.to(bucket.params[0].device, non_blocking=True)
             offset = 0
             for p in bucket.params:
                 n = p.numel()
-                summed = bucket.buffer[offset:offset + n].view_as(p)
+                piece = summed[offset:offset + n].view_as(p)
                 if p.grad is None:
-                    p.grad = summed.to(p.device, copy=True)
+                    p.grad = piece.clone()
                 else:
-                    p.grad.copy_(summed)
+                    p.grad.copy_(piece)
                 offset += n

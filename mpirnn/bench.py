@@ -1,0 +1,288 @@
+"""Benchmark workloads side by side: sequence- and data-parallel steps against one rank.
+
+    python -m mpirnn.bench [--only W1,W3] [--steps 5] [--out runs/bench/bench.json] [--device cuda]
+
+Run it on one process: it starts the MPI runs it needs itself (`mpirun -n K python -m
+mpirnn.bench --worker ...`, one torch thread per rank unless a row says otherwise),
+grouping the runs of one rank count into one launch, then prints a markdown table and
+writes every number to a JSON file. The workloads and what they measure are in
+benchmarks/README.md; mpirnn/bench_workloads.py runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RTOL = 1e-5        # the exactness contract in float32
+WORKLOADS = ("W1", "W2", "W3", "dp")
+SHAPES = {  # data: byte tokens (LM head) or one float series (regression head)
+    "W1": dict(cell="lstm", hidden=256, layers=2, embed=64, batch=32, seq_len=256, data="tokens"),
+    "W2": dict(cell="lstm", hidden=128, layers=1, embed=64, batch=8, seq_len=16384, data="series"),
+    "W3": dict(cell="mingru", hidden=128, layers=1, embed=64, batch=4, seq_len=16384, data="series"),
+    "dp": dict(cell="lstm", hidden=256, layers=2, embed=64, batch=32, seq_len=128, data="tokens"),
+}
+TINY = {  # --tiny: the same structure at toy sizes, for the smoke test
+    "W1": dict(hidden=16, embed=8, batch=8, seq_len=32),
+    "W2": dict(hidden=16, embed=8, batch=4, seq_len=256),
+    "W3": dict(hidden=16, embed=8, batch=2, seq_len=256),
+    "dp": dict(hidden=16, embed=8, batch=8, seq_len=16),
+}
+W2_MICROBATCHES = 8   # measured best at sp=2 (1, 2, 4, 8 tried); benchmarks/README.md
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads (W1,W2,W3,dp)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="device for every run; when given, also time plain PyTorch (cuDNN on GPU) on "
+                             "W1's and W3's shapes at -n 1")
+    parser.add_argument("--tiny", action="store_true", help="toy shapes (smoke test; the numbers mean nothing)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)   # spec file: this process is an MPI rank
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def shape_of(workload: str, tiny: bool) -> dict:
+    return {**SHAPES[workload], **(TINY[workload] if tiny else {})}
+
+
+def plan(args) -> list[dict]:
+    """Every run, in table order. `fresh`: must start a new process (its first step's memory counts)."""
+    only = [w.strip() for w in args.only.split(",") if w.strip()]
+    unknown = sorted(set(only) - set(WORKLOADS))
+    if unknown:
+        raise SystemExit(f"mpirnn.bench: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    base = dict(tiny=args.tiny, device=args.device or "cpu", steps=args.steps, warmup=args.warmup, threads=1,
+                dp=1, sp=1, microbatches=0, method=None, plain=False, fresh=False, compare_to="1 rank", target="")
+    runs = []
+
+    def add(workload, name, ranks, **kw):
+        runs.append({**base, "workload": workload, "name": name, "ranks": ranks, "order": len(runs), **kw})
+
+    if "W1" in only:
+        add("W1", "1 rank", 1)
+        add("W1", "sp=2, M=8", 2, sp=2, microbatches=8, target="≥ 1.7×, exact")
+        if not args.tiny and base["device"] == "cpu":
+            add("W1", "1 rank × 2 threads", 1, threads=2)
+    if "W2" in only:  # fresh processes: their first step's memory is the activation memory
+        add("W2", "1 rank", 1, fresh=True)
+        add("W2", f"sp=2, M={W2_MICROBATCHES}", 2, sp=2, microbatches=W2_MICROBATCHES, fresh=True)
+        add("W2", f"sp=4, M={W2_MICROBATCHES} (oversubscribed: memory only)", 4, sp=4,
+            microbatches=W2_MICROBATCHES, fresh=True, steps=0, warmup=1, target="memory ≤ 35% of 1 rank")
+    if "W3" in only:
+        add("W3", "1 rank", 1, method="each")  # the worker runs one row per scan method
+        # The cross-rank scan uses log_scan's default ("auto" = chunked): its loss is compared with that one's.
+        add("W3", "sp=2 (cross-rank scan, default method)", 2, sp=2, compare_to="1 rank, chunked",
+            target="≥ 1.8× fastest serial")
+    if "dp" in only:
+        add("dp", "1 rank", 1)
+        add("dp", "dp=2 (-n 2)", 2, dp=2)
+        if not args.tiny:
+            add("dp", "dp=4 (-n 4, oversubscribed)", 4, dp=4)
+        if not args.tiny and base["device"] == "cpu":
+            add("dp", "1 rank × 2 threads", 1, threads=2)
+    if args.device:
+        for workload, module in (("W1", "LSTM"), ("W3", "GRU")):
+            if workload in only:
+                add(workload, f"plain PyTorch nn.{module}, 1 rank", 1, plain=True)
+    return runs
+
+
+def launches(runs: list[dict]) -> list[list[dict]]:
+    """Runs grouped by (ranks, threads), one MPI launch each. A `fresh` run opens a new launch,
+    so those go first: the rest of their rank count then joins them."""
+    groups: dict = {}
+    ordered = []
+    for run in sorted(runs, key=lambda r: not r["fresh"]):
+        key = (run["ranks"], run["threads"])
+        if run["fresh"] or key not in groups:
+            groups[key] = []
+            ordered.append(groups[key])
+        groups[key].append(run)
+    return ordered
+
+
+# ------------------------------------------------------------------ launching
+
+
+def mpiexec() -> str:
+    found = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) \
+        or shutil.which("mpirun") or shutil.which("mpiexec")
+    if not found:
+        raise SystemExit("mpirnn.bench: no mpirun found: `pip install mpich` (or set MPIEXEC)")
+    return found
+
+
+def start(group: list[dict], workdir: Path, index: int):
+    """Start one group of specs under mpirun (a process group of its own, so a hang can be killed whole)."""
+    specs, result = workdir / f"specs-{index}.json", workdir / f"result-{index}.json"
+    specs.write_text(json.dumps(group))
+    ranks, threads = group[0]["ranks"], group[0]["threads"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpirnn.bench",
+               "--worker", str(specs), "--result", str(result)]
+    print(f"mpirnn.bench: -n {ranks}: " + ", ".join(f"{r['workload']} {r['name']}" for r in group),
+          file=sys.stderr, flush=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    return process, result, group
+
+
+def finish(launched, timeout: float) -> tuple[list[dict], str | None]:
+    """Wait for a launch; (its results, an error line or None)."""
+    process, result, group = launched
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        error = None if process.returncode == 0 else \
+            f"exit {process.returncode}: {(output.strip().splitlines() or ['no output'])[-1]}"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # our own launch's process group
+        process.communicate()
+        error = f"timed out after {timeout:.0f} s"
+    if error:
+        error = f"-n {group[0]['ranks']} ({', '.join(r['name'] for r in group)}): {error}"
+        print(f"mpirnn.bench: failed: {error}", file=sys.stderr, flush=True)
+    return (json.loads(result.read_text()) if result.exists() else []), error
+
+
+def worker(args) -> int:
+    from mpi4py import MPI
+
+    from mpirnn.bench_workloads import expand, run_spec
+    done = []
+    for spec in expand(json.loads(Path(args.worker).read_text())):
+        summary = run_spec(spec, MPI.COMM_WORLD)
+        if MPI.COMM_WORLD.rank == 0:
+            done.append(summary)
+            Path(args.result).write_text(json.dumps(done))  # after each spec: partial results survive a failure
+    return 0
+
+
+# ------------------------------------------------------------------ the table
+
+
+def relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-30)
+
+
+def rows_for(workload: str, results: list[dict]) -> list[dict]:
+    """Table rows of one workload: speedups against its baseline, memory against 1 rank, exactness."""
+    runs = [r for r in results if r["workload"] == workload]
+    if not runs:
+        return []
+    serial = [r for r in runs if r["ranks"] == 1 and r["threads"] == 1 and not r["plain"] and r["median_step_s"]]
+    baseline = min(serial, key=lambda r: r["median_step_s"]) if serial else None
+    base_memory = max(baseline["saved_bytes_per_rank"]) if baseline else None
+    rows = []
+    for run in runs:
+        shape_tokens = run["tokens_per_step"]
+        median = run["median_step_s"]
+        row = {"workload": workload, "config": run["name"], "median_step_s": median, "min_step_s": run["min_step_s"],
+               "mpi_wait_s": run["mpi_wait_s_per_rank"],
+               "tokens_per_s": shape_tokens / median if median else None,
+               "speedup": baseline["median_step_s"] / median if baseline and median else None,
+               "baseline": run is baseline,
+               "saved_mib": max(run["saved_bytes_per_rank"]) / 2**20,
+               "rss_mib": max(run["peak_bytes_per_rank"]) / 2**20,
+               "memory_vs_1_rank": max(run["saved_bytes_per_rank"]) / base_memory if base_memory else None,
+               "target": run["target"],
+               "loss_rel_diff": None, "exact": None}
+        reference = next((r for r in runs if r["name"] == run["compare_to"]), None)
+        if reference and reference is not run and run["threads"] == 1 and not run["plain"]:
+            row["loss_rel_diff"] = relative(run["losses"][0], reference["losses"][0])
+            row["exact"] = row["loss_rel_diff"] <= RTOL
+            n = min(len(run["losses"]), len(reference["losses"]))
+            row["trajectory_rel_diff"] = max(relative(a, b) for a, b in zip(run["losses"][:n], reference["losses"][:n]))
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, spec, suffix="") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| workload | config | median step s (min) | tokens/s | speedup vs baseline | MPI wait s, per rank | "
+             "activation MiB/rank: saved for backward (% of baseline); peak RSS Δ | target | exact? (loss rel. diff) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        exact = "—" if r["exact"] is None else f"{'yes' if r['exact'] else 'NO'} ({r['loss_rel_diff']:.1e})"
+        memory = f"{r['saved_mib']:.0f}"
+        if r["memory_vs_1_rank"] is not None and not r["baseline"]:
+            memory += f" ({100 * r['memory_vs_1_rank']:.0f}%)"
+        memory += f"; {r['rss_mib']:.0f}"
+        step = "—" if r["median_step_s"] is None else f"{r['median_step_s']:.3f} ({r['min_step_s']:.3f})"
+        waits = " / ".join(f"{w:.3f}" for w in r["mpi_wait_s"]) if r["median_step_s"] and len(r["mpi_wait_s"]) > 1 else "—"
+        speed = "baseline" if r["baseline"] else _fmt(r["speedup"], ".2f", "×")
+        lines.append(f"| {r['workload']} | {r['config']} | {step} | {_fmt(r['tokens_per_s'], '.0f')} | {speed} | "
+                     f"{waits} | {memory} | {r['target']} | {exact} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    from importlib.metadata import version
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch": version("torch"),
+            "python": platform.python_version(), "load_avg_start": os.getloadavg()}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        from mpirnn.launch import run_guarded
+        return run_guarded(lambda _argv: worker(args))
+    runs = plan(args)
+    meta = {"command": "python -m mpirnn.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), **machine()}
+    results, errors = [], []
+    with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:
+        groups = launches(runs)
+        if args.tiny:  # the numbers mean nothing: run the launches at once, for a quick smoke test
+            launched = [start(group, Path(workdir), i) for i, group in enumerate(groups)]
+            finished = [finish(one, timeout=300) for one in launched]
+        else:  # one at a time: the timings must not share the cores
+            finished = [finish(start(group, Path(workdir), i), timeout=900) for i, group in enumerate(groups)]
+    for done, error in finished:
+        results += done
+        errors += [error] if error else []
+    results.sort(key=lambda r: r["order"])
+    for r in results:
+        shape = shape_of(r["workload"], r["tiny"])
+        r["tokens_per_step"] = shape["batch"] * shape["seq_len"]
+    rows = [row for w in WORKLOADS for row in rows_for(w, results)]
+    meta["load_avg_end"] = os.getloadavg()
+    meta["memory_method"] = results[0]["memory_method"] if results else None
+    table = markdown(rows)
+    print(table)
+    print(f"\nload average (1, 5, 15 min) at start {meta['load_avg_start']}, at end {meta['load_avg_end']}; "
+          f"{meta['cores']} cores; {meta['cpu']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "runs": results, "errors": errors,
+                               "shapes": {w: shape_of(w, args.tiny) for w in WORKLOADS}}, indent=1))
+    print(f"results in {out}")
+    for error in errors:
+        print(f"mpirnn.bench: error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

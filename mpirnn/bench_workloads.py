@@ -1,0 +1,264 @@
+"""The benchmark's workloads, run inside the MPI worker processes that `python -m mpirnn.bench` starts.
+
+A run spec (a dict, made by mpirnn.bench) names a workload from SHAPES, a grid (dp, sp),
+the microbatch count, optionally a scan method (linear cells) or the plain-PyTorch
+baseline, and how many steps to warm up and time. A run builds the model from a Config
+as training does, draws a synthetic global batch from a fixed seed (the same on every
+rank, each rank keeping its rows and time segment), and times what a training step
+does apart from reading data: the StepRunner call (forward, backward, boundary
+exchanges, gradient allreduce) plus the Adam step.
+
+Memory is measured on the first step of the run, in a fresh process when the spec says
+`fresh`, two ways: the peak RSS during forward+backward above the RSS just before it
+(Linux: the high-water mark is reset through /proc/self/clear_refs), and the bytes of
+the distinct tensors autograd saves for backward (a saved-tensors hook), which is the
+activation memory itself and free of allocator noise. On CUDA the first is the
+allocator's peak above its level before the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import statistics
+import time
+
+import torch
+from mpi4py import MPI
+from torch import nn
+from torch.nn import functional as F
+
+from mpirnn.bench import shape_of
+from mpirnn.comm import Comms
+from mpirnn.config import Config
+from mpirnn.device import choose_device
+from mpirnn.grid import Grid, rows_of, segment_of
+from mpirnn.models import build_model
+from mpirnn.parallel.step import StepRunner
+
+SEED = 0
+VOCAB = 256      # byte tokens
+FEATURES = 1     # one continuous series for the long-sequence workloads
+
+
+def expand(specs: list[dict]) -> list[dict]:
+    """A spec with method "each" becomes one spec per serial scan method (auto is an alias of one)."""
+    from mpirnn.models.scan import METHODS
+    out = []
+    for spec in specs:
+        if spec.get("method") == "each":
+            out += [{**spec, "method": m, "name": f"{spec['name']}, {m}"} for m in METHODS if m != "auto"]
+        else:
+            out.append(spec)
+    return out
+
+
+def make_batch(shape: dict, dtype=torch.float32):
+    """The global (inputs, targets), identical on every rank: next-token or next-value prediction."""
+    generator = torch.Generator().manual_seed(SEED)
+    B, T = shape["batch"], shape["seq_len"]
+    if shape["data"] == "tokens":
+        data = torch.randint(0, VOCAB, (B, T + 1), generator=generator)
+    else:
+        data = torch.randn(B, T + 1, FEATURES, generator=generator, dtype=dtype)
+    return data[:, :-1], data[:, 1:]
+
+
+def make_model(shape: dict, device):
+    cfg = Config()
+    for key in ("cell", "hidden", "layers", "embed"):
+        setattr(cfg.model, key, shape[key])
+    cfg.train.seed = SEED
+    tokens = shape["data"] == "tokens"
+    return build_model(cfg, vocab_size=VOCAB if tokens else None, features=None if tokens else FEATURES,
+                       device=device)
+
+
+class PlainModel(nn.Module):
+    """Plain PyTorch on the same shapes: one fused multi-layer module (cuDNN on GPU), no mpirnn.
+
+    minGRU has no fused module, so W3's plain baseline is nn.GRU, the closest fused cell.
+    """
+
+    def __init__(self, shape: dict):
+        super().__init__()
+        torch.manual_seed(SEED)
+        tokens = shape["data"] == "tokens"
+        self.input = nn.Embedding(VOCAB, shape["embed"]) if tokens else nn.Linear(FEATURES, shape["embed"])
+        fused = nn.LSTM if shape["cell"] == "lstm" else nn.GRU
+        self.rnn = fused(shape["embed"], shape["hidden"], shape["layers"], batch_first=True)
+        self.head = nn.Linear(shape["hidden"], VOCAB if tokens else FEATURES)
+        self.tokens = tokens
+
+    def forward(self, inputs, targets):
+        prediction = self.head(self.rnn(self.input(inputs))[0])
+        if self.tokens:
+            return F.cross_entropy(prediction.reshape(-1, VOCAB), targets.reshape(-1), reduction="sum")
+        return F.mse_loss(prediction, targets, reduction="sum")
+
+
+@contextlib.contextmanager
+def scan_method(method: str | None):
+    """Make every log_scan call (serial cell and cross-rank scan alike) use `method`."""
+    if method is None:
+        yield
+        return
+    from mpirnn.models import linear_cells, scan
+    original = scan.log_scan
+    scan.log_scan = linear_cells.log_scan = functools.partial(original, method=method)
+    try:
+        yield
+    finally:
+        scan.log_scan = linear_cells.log_scan = original
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory of a block above the level just before it, in bytes (host RSS, or the CUDA allocator)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.method = "cuda max_memory_allocated" if self.cuda else "peak RSS (VmHWM reset via clear_refs)"
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.method = "peak RSS (ru_maxrss; fresh process)"
+        self.before = (_status_kib("VmRSS") or 0) * 1024
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.before
+        else:
+            import resource
+            peak = _status_kib("VmHWM")
+            peak = peak * 1024 if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.bytes = peak - self.before
+
+
+class SavedBytes:
+    """Bytes of the distinct storages autograd saves for backward inside the block (parameters excluded)."""
+
+    def __init__(self, model):
+        self.params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.storages: dict[int, int] = {}
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self.params:
+            self.storages[storage.data_ptr()] = max(self.storages.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        self.bytes = sum(self.storages.values())
+
+
+# ------------------------------------------------------------------ one run
+
+
+def build_step(spec: dict, comms: Comms, device):
+    """(model, step function returning this rank's loss share) for a spec."""
+    shape = shape_of(spec["workload"], spec["tiny"])
+    inputs, targets = make_batch(shape)
+    norm = float(targets.numel())
+    if spec.get("plain"):
+        model = PlainModel(shape).to(device)
+        inputs, targets = inputs.to(device), targets.to(device)
+
+        def plain_step(prime=False):
+            loss = model(inputs[:, :2], targets[:, :2]) if prime else model(inputs, targets) / norm
+            loss.backward()
+            return loss.detach().double().cpu()
+        return model, plain_step, None
+
+    model = make_model(shape, device)
+    rows = slice(*rows_of(shape["batch"], comms.grid, comms.coords["dp"]))
+    segment = slice(*segment_of(shape["seq_len"], comms.grid, comms.coords["sp"]))
+    inputs = inputs[rows, segment].contiguous().to(device)
+    targets = targets[rows, segment].contiguous().to(device)
+    state = model.zero_state(rows.stop - rows.start, inputs)
+    runner = StepRunner(model, comms, rows.stop - rows.start, spec["microbatches"], bucket_mb=4.0)
+
+    def step(prime=False):
+        if prime:  # a few time steps: one-time allocations (thread pools, kernels) before memory is read
+            return runner(inputs[:, :2].contiguous(), targets[:, :2].contiguous(), state, norm)[0]
+        return runner(inputs, targets, state, norm)[0]
+    return model, step, runner
+
+
+def run_spec(spec: dict, world: MPI.Comm) -> dict | None:
+    """Warm-up and timed steps of one spec; the summary on rank 0 (None elsewhere)."""
+    torch.set_num_threads(spec["threads"])
+    comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"]), world)
+    device = choose_device(spec["device"], comms.local_rank)
+    runner = None
+    try:
+        with scan_method(spec.get("method")):
+            model, step, runner = build_step(spec, comms, device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            step(prime=True)
+            times, losses, waits = [], [], []
+            for index in range(spec["warmup"] + spec["steps"]):
+                optimizer.zero_grad(set_to_none=True)
+                comms.world.Barrier()
+                comms.timer.take()
+                started = time.perf_counter()
+                if index == 0:
+                    with PeakMemory(device) as peak, SavedBytes(model) as saved:
+                        loss = step()
+                else:
+                    loss = step()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - started
+                if index >= spec["warmup"]:
+                    times.append(elapsed)
+                    waits.append(comms.timer.take())  # this rank's seconds blocked in MPI: bubble + transfers
+                losses.append(float(loss))
+    finally:
+        if runner is not None:
+            runner.reducer.remove()
+    wait = statistics.median(waits) if waits else 0.0
+    mine = torch.tensor([*losses, *times, wait, peak.bytes, saved.bytes], dtype=torch.float64)
+    every = torch.empty((world.size, mine.numel()), dtype=torch.float64)
+    world.Allgather(mine.numpy(), every.numpy())
+    comms.free()
+    if world.rank:
+        return None
+    n = len(losses)
+    step_times = every[:, n:n + len(times)].max(dim=0).values.tolist()  # a step ends when its slowest rank does
+    return {**spec, "losses": every[:, :n].sum(dim=0).tolist(), "step_times_s": step_times,
+            "median_step_s": statistics.median(step_times) if step_times else None,
+            "min_step_s": min(step_times) if step_times else None,
+            "mpi_wait_s_per_rank": every[:, -3].tolist(),  # median over the timed steps
+            "peak_bytes_per_rank": every[:, -2].tolist(), "saved_bytes_per_rank": every[:, -1].tolist(),
+            "memory_method": peak.method, "device_name": str(device)}

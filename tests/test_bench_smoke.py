@@ -1,0 +1,46 @@
+"""The benchmark runs end to end at toy sizes: every workload reported, every exactness check passed.
+
+    python -m pytest -q tests/test_bench_smoke.py
+
+No timing is asserted (the numbers of a --tiny run mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mpirnn.bench import WORKLOADS
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_tiny_bench_end_to_end(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "mpirnn.bench", "--tiny", "--steps", "1", "--warmup", "1",
+                           "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] == []
+    rows = report["rows"]
+    assert {r["workload"] for r in rows} == set(WORKLOADS)
+    # Every parallel row was checked against its 1-rank reference, and matched.
+    checked = [r for r in rows if r["config"].startswith(("sp=", "dp="))]
+    assert checked and all(r["exact"] is True for r in checked), checked
+    assert any(r["workload"] == "W1" and r["config"].startswith("sp=2") and r["exact"] for r in rows)
+    # W2 reports memory at 1, 2 and 4 segments; W3 one row per serial scan method; plain PyTorch on W1, W3.
+    assert sum(r["workload"] == "W2" for r in rows) == 3
+    assert all(r["saved_mib"] > 0 for r in rows if r["workload"] == "W2")
+    assert sum(r["workload"] == "W3" and r["config"].startswith("1 rank,") for r in rows) >= 2
+    assert {r["workload"] for r in rows if r["config"].startswith("plain")} == {"W1", "W3"}
+    assert "| W1 |" in done.stdout  # the markdown table
+
+
+def test_unknown_workload_refused():
+    done = subprocess.run([sys.executable, "-m", "mpirnn.bench", "--only", "W9"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0 and "unknown workload" in done.stderr
