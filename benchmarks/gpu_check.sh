@@ -23,7 +23,7 @@ section() { echo; echo "=== $* ($(date +%T))"; }
 for n in 1 2; do
     section "MPI tests with CUDA tensors at -n $n"
     MPIRNN_TEST_DEVICE=cuda timeout 240 "$MPIRUN" -n $n "$PY" -m pytest -q -p no:cacheprovider --with-mpi -m mpi \
-        tests/mpi 2>&1 | grep -E "passed|failed|error|Error" | sort | uniq -c
+        tests/mpi 2>&1 | grep -E "passed|failed|error|Error|Greatest|Mismatched" | sort | uniq -c
 done
 
 section "demo on the GPU and on this machine's CPU"
