@@ -84,7 +84,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.checkpoint.resume:
             self.resume()
-        metrics = MetricsWriter(cfg.output.metrics, cfg.to_dict(), self.rank0, append=self.step > 0)
+        metrics = MetricsWriter(cfg.output.metrics, cfg.to_dict(), self.rank0, resumed_at=self.step)
         bar = self._progress()
         losses, started = [], time.perf_counter()
         tokens = cfg.data.batch_size * cfg.data.seq_len
@@ -112,7 +112,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - started
-        summary = {"summary": True, "steps": self.step, "steps_run": len(losses), "first_loss": losses[0] if losses else None,
+        summary = {"summary": True, "steps": self.step, "steps_run": len(losses),
+                   "first_loss": losses[0] if losses else None,
                    "final_loss": losses[-1] if losses else None, "time_s": elapsed,
                    "tokens_per_s": tokens * len(losses) / elapsed if losses else 0.0,
                    "grid": dict(zip(("dp", "sp", "pp", "tp"), self.comms.grid.shape)),

@@ -90,7 +90,9 @@ class Job:
         values = {**SMALL, **settings}
         self.n = n
         self.metrics = Path(values["output.metrics"])
-        self.skip_lines = len(self.metrics.read_text().splitlines()) if self.metrics.exists() else 0
+        # Lines already there belong to an earlier run (a resume keeps those up to its checkpoint and
+        # rewrites the rest): a step counts as this job's when its line was not among them.
+        self.earlier_lines = set(self.metrics.read_text().splitlines()) if self.metrics.exists() else set()
         args = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
         env = {k: v for k, v in os.environ.items() if k not in ("MPIRNN_FAULT", "MPIRNN_TRACEBACK")}
         env["OMP_NUM_THREADS"] = "1"
@@ -128,7 +130,9 @@ class Job:
         if not self.metrics.exists():
             return
         now = time.monotonic()
-        for line in self.metrics.read_text().splitlines()[self.skip_lines:]:
+        for line in self.metrics.read_text().splitlines():
+            if line in self.earlier_lines:
+                continue
             try:
                 record = json.loads(line)
             except ValueError:
@@ -427,6 +431,8 @@ def test_kill_one_rank_then_resume_loses_at_most_every(data, tmp_path, uninterru
     assert 0 <= last_logged - (first - 1) <= every, \
         f"resumed from step {first - 1} but step {last_logged} had been logged: lost more than checkpoint.every"
     assert sorted(resumed.seen) == list(range(first, target + 1))
+    # The lines of steps redone after the checkpoint were replaced, not duplicated.
+    assert [r["step"] for r in records(tmp_path / "m.jsonl")] == list(range(1, target + 1))
     assert_losses_match(tmp_path / "m.jsonl", uninterrupted)  # the killed run's lines too, then the resumed ones
 
 
