@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads (W1,W2,W3,dp)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole plan this many times, one after another, and pool the timed steps "
+                             "(a burst of load from elsewhere then spoils one share, not a whole row)")
     parser.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="device for every run; when given, also time plain PyTorch (cuDNN on GPU) on "
@@ -141,7 +145,7 @@ def mpiexec() -> str:
 KEEP_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 
 
-def start(group: list[dict], workdir: Path, index: int, malloc: str = "keep"):
+def start(group: list[dict], workdir: Path, index: str, malloc: str = "keep"):
     """Start one group of specs under mpirun (a process group of its own, so a hang can be killed whole)."""
     specs, result = workdir / f"specs-{index}.json", workdir / f"result-{index}.json"
     specs.write_text(json.dumps(group))
@@ -188,6 +192,22 @@ def worker(args) -> int:
 
 
 # ------------------------------------------------------------------ the table
+
+
+def pool(results: list[dict]) -> list[dict]:
+    """One result per run: the timed steps of all passes together, medians over them, the rest from the first."""
+    pooled: dict = {}
+    for r in results:
+        first = pooled.setdefault((r["order"], r["name"]), {**r, "step_times_s": [], "waits": [], "passes": 0})
+        first["step_times_s"] += r["step_times_s"]
+        first["waits"].append(r["mpi_wait_s_per_rank"])
+        first["passes"] += 1
+        first["losses_same_every_pass"] = first.get("losses_same_every_pass", True) and r["losses"] == first["losses"]
+    for r in pooled.values():
+        times = r["step_times_s"]
+        r["median_step_s"], r["min_step_s"] = (statistics.median(times), min(times)) if times else (None, None)
+        r["mpi_wait_s_per_rank"] = [statistics.median(rank) for rank in zip(*r.pop("waits"))]
+    return sorted(pooled.values(), key=lambda r: r["order"])
 
 
 def relative(a: float, b: float) -> float:
@@ -288,19 +308,21 @@ def main(argv=None) -> int:
     meta = {"command": "python -m mpirnn.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "malloc": args.malloc,
             **machine()}
-    results, errors = [], []
+    results, errors, meta["load_per_pass"] = [], [], []
     with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:
         groups = launches(runs)
-        if args.tiny:  # the numbers mean nothing: run the launches at once, for a quick smoke test
-            launched = [start(group, Path(workdir), i, args.malloc) for i, group in enumerate(groups)]
-            finished = [finish(one, timeout=300) for one in launched]
-        else:  # one at a time: the timings must not share the cores
-            finished = [finish(start(group, Path(workdir), i, args.malloc), timeout=900)
-                        for i, group in enumerate(groups)]
-    for done, error in finished:
-        results += done
-        errors += [error] if error else []
-    results.sort(key=lambda r: r["order"])
+        for rep in range(1 if args.tiny else args.repeat):
+            meta["load_per_pass"].append([round(x, 2) for x in os.getloadavg()])
+            if args.tiny:  # the numbers mean nothing: run the launches at once, for a quick smoke test
+                launched = [start(group, Path(workdir), f"{i}", args.malloc) for i, group in enumerate(groups)]
+                finished = [finish(one, timeout=300) for one in launched]
+            else:  # one at a time: the timings must not share the cores
+                finished = [finish(start(group, Path(workdir), f"{rep}-{i}", args.malloc), timeout=900)
+                            for i, group in enumerate(groups)]
+            for done, error in finished:
+                results += done
+                errors += [error] if error else []
+    results = pool(results)
     for r in results:
         shape = shape_of(r["workload"], r["tiny"])
         r["tokens_per_step"] = shape["batch"] * shape["seq_len"]
@@ -309,8 +331,8 @@ def main(argv=None) -> int:
     meta["memory_method"] = results[0]["memory_method"] if results else None
     table = markdown(rows)
     print(table)
-    print(f"\nmalloc: {args.malloc}; load average (1, 5, 15 min) at start {meta['load_avg_start']}, at end {meta['load_avg_end']}; "
-          f"{meta['cores']} cores; {meta['cpu']}")
+    print(f"\nmalloc: {args.malloc}; {len(meta['load_per_pass'])} pass(es); load average (1, 5, 15 min) at the start of "
+          f"each pass {meta['load_per_pass']}, at the end {meta['load_avg_end']}; {meta['cores']} cores; {meta['cpu']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows, "runs": results, "errors": errors,
