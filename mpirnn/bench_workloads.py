@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import statistics
 import time
 
@@ -184,6 +185,16 @@ class SavedBytes:
 # ------------------------------------------------------------------ one run
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds the machine's cores have been busy or stolen by the hypervisor since boot (/proc/stat)."""
+    try:
+        with open("/proc/stat") as stat:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
+    except (OSError, ValueError):
+        return 0.0
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def build_step(spec: dict, comms: Comms, device):
     """(model, step function returning this rank's loss share) for a spec."""
     shape = shape_of(spec["workload"], spec["tiny"])
@@ -225,11 +236,12 @@ def run_spec(spec: dict, world: MPI.Comm) -> dict | None:
             model, step, runner = build_step(spec, comms, device)
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             step(prime=True)
-            times, losses, waits = [], [], []
+            times, losses, waits, own_cpu, busy = [], [], [], [], []
             for index in range(spec["warmup"] + spec["steps"]):
                 optimizer.zero_grad(set_to_none=True)
                 comms.world.Barrier()
                 comms.timer.take()
+                cpu, machine = time.process_time(), busy_cpu_s()
                 started = time.perf_counter()
                 if index == 0:
                     with PeakMemory(device) as peak, SavedBytes(model) as saved:
@@ -243,22 +255,27 @@ def run_spec(spec: dict, world: MPI.Comm) -> dict | None:
                 if index >= spec["warmup"]:
                     times.append(elapsed)
                     waits.append(comms.timer.take())  # this rank's seconds blocked in MPI: bubble + transfers
+                    comms.world.Barrier()  # the window for the CPU accounting closes when every rank is done
+                    own_cpu.append(time.process_time() - cpu)
+                    busy.append(busy_cpu_s() - machine)
                 losses.append(float(loss))
     finally:
         if runner is not None:
             runner.reducer.remove()
     wait = statistics.median(waits) if waits else 0.0
-    mine = torch.tensor([*losses, *times, wait, peak.bytes, saved.bytes], dtype=torch.float64)
+    mine = torch.tensor([*losses, *times, *own_cpu, *busy, wait, peak.bytes, saved.bytes], dtype=torch.float64)
     every = torch.empty((world.size, mine.numel()), dtype=torch.float64)
     world.Allgather(mine.numpy(), every.numpy())
     comms.free()
     if world.rank:
         return None
-    n = len(losses)
-    step_times = every[:, n:n + len(times)].max(dim=0).values.tolist()  # a step ends when its slowest rank does
-    return {**spec, "losses": every[:, :n].sum(dim=0).tolist(), "step_times_s": step_times,
-            "median_step_s": statistics.median(step_times) if step_times else None,
-            "min_step_s": min(step_times) if step_times else None,
+    n, k = len(losses), len(times)
+    step_times = every[:, n:n + k].max(dim=0).values  # a step ends when its slowest rank does
+    # CPU that other processes took while cores this run needs were busy: the noise of a shared machine.
+    foreign = every[0, n + 2 * k:n + 3 * k] - every[:, n + k:n + 2 * k].sum(dim=0)
+    spare = max(0, (os.cpu_count() or 1) - world.size * spec["threads"]) * step_times
+    return {**spec, "losses": every[:, :n].sum(dim=0).tolist(), "step_times_s": step_times.tolist(),
+            "contended_cpu_s": (foreign - spare).clamp(min=0).tolist(),
             "mpi_wait_s_per_rank": every[:, -3].tolist(),  # median over the timed steps
             "peak_bytes_per_rank": every[:, -2].tolist(), "saved_bytes_per_rank": every[:, -1].tolist(),
             "memory_method": peak.method, "device_name": str(device)}
