@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_series_dataset, make_token_dataset
+from support import make_series_dataset, make_token_dataset
 
 from mpirnn.data.manifest import MANIFEST_NAME
 from mpirnn.data.prepare import prepare_npy

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from support import ROOT
 from mpirnn.config import load_config
 
 MPIRUN = str(Path(sys.executable).with_name("mpirun"))

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, make_series_dataset, make_token_dataset
+from support import ROOT, make_series_dataset, make_token_dataset
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
 if not MPIRUN.exists():

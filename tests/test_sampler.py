@@ -6,7 +6,7 @@ cd /work/main && .venv/bin/python -m pytest -q tests/test_sampler.py
 import numpy as np
 import pytest
 import torch
-from conftest import make_token_dataset
+from support import make_token_dataset
 
 from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
 from mpirnn.grid import Grid, rows_of

@@ -16,7 +16,7 @@ from mpirnn.comm import Comms
 from mpirnn.grid import Grid, rows_of, segment_of
 from mpirnn.models.model import RecurrentModel
 from mpirnn.parallel.step import StepRunner
-from conftest import TEST_DEVICE
+from support import TEST_DEVICE
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
 

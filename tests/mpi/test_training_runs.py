@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mpi4py import MPI
 
-from conftest import TEST_DEVICE, make_series_dataset, make_token_dataset
+from support import TEST_DEVICE, make_series_dataset, make_token_dataset
 from mpirnn.config import load_config
 from mpirnn.reference import serial_losses
 from mpirnn.train import main

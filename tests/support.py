@@ -1,0 +1,50 @@
+"""Shared test helpers: small real datasets, the repo root, and the test device.
+
+Imported as `from support import ...` (tests/conftest.py puts this folder on sys.path; a
+module named conftest would clash with tests/slurm/conftest.py).
+
+MPIRNN_TEST_DEVICE=cuda runs the tensor tests on the GPU (default: cpu).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_DEVICE = os.environ.get("MPIRNN_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cuda":  # as mpirnn.device does for runs: true float32 (no TF32) in the exactness tests
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def make_token_dataset(out: Path, length: int = 20_000, shard_size: int = 6_000, seed: int = 0) -> Path:
+    """A real sharded byte dataset (several shards, so windows cross shard boundaries)."""
+    from mpirnn.data.prepare import prepare_npy
+
+    rng = np.random.default_rng(seed)
+    # Text-like bytes: a repeated phrase with noise, so a model can learn something.
+    phrase = np.frombuffer(b"def step(self, x):\n    return self.cell(x)\n", dtype=np.uint8)
+    tokens = np.resize(phrase, length).astype(np.int32)
+    noise = rng.random(length) < 0.1
+    tokens[noise] = rng.integers(32, 127, noise.sum())
+    npy = out.parent / f"{out.name}.npy"
+    np.save(npy, tokens)
+    prepare_npy(npy, out, shard_size=shard_size, vocab_size=256)
+    return out
+
+
+def make_series_dataset(out: Path, length: int = 6_000, features: int = 3, seed: int = 0) -> Path:
+    from mpirnn.data.prepare import prepare_npy
+
+    t = np.arange(length)[:, None]
+    rng = np.random.default_rng(seed)
+    series = np.sin(t / (5.0 + np.arange(features))) + 0.05 * rng.standard_normal((length, features))
+    npy = out.parent / f"{out.name}.npy"
+    np.save(npy, series.astype(np.float32))
+    prepare_npy(npy, out, shard_size=2_500)
+    return out
