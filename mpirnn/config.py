@@ -49,7 +49,7 @@ class ParallelConfig:
     sp: int = doc(1, "sequence-parallel degree (time segments)")
     pp: int = doc(1, "pipeline-parallel degree (layer stages)")
     tp: int = doc(1, "tensor-parallel degree (hidden units)")
-    microbatches: int = doc(0, "microbatches per step for the sp/pp wavefront; 0 = automatic (8, capped by the batch)")
+    microbatches: int = doc(0, "microbatches per step for the sp wavefront; 0 = automatic (2 to 8, keeping >= 8 rows each)")
 
 
 @dataclass

@@ -6,6 +6,7 @@ other launcher), not from launcher-specific environment variables.
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 import torch
@@ -41,7 +42,27 @@ def choose_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    A training step frees and reallocates the same large activation tensors every step;
+    by default glibc maps each one fresh and the step pays hundreds of thousands of page
+    faults (measured: 1-rank CPU steps 1.3-2x slower on the benchmark shapes). The price
+    is that memory freed at the peak stays with the process, as with jemalloc/tcmalloc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def bind(requested: str, threads: int, local_rank: int, local_size: int) -> torch.device:
     """Pin this rank to its device and set its torch thread count; returns the device."""
     torch.set_num_threads(threads or cores_per_rank(local_size))
-    return choose_device(requested, local_rank)
+    device = choose_device(requested, local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device

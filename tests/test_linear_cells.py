@@ -338,3 +338,23 @@ def test_chunked_driver_pads_with_the_identity(reverse):
         x = a[:, t] * x + b[:, t]
         want[:, t] = x
     torch.testing.assert_close(_scan_chunked(_LINEAR, a, b, x0, 4, reverse), want, **TOL)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_enter_state_equals_a_scan_from_that_state(dtype, tol):
+    """One zero-start scan plus a prefix correction gives the scan from the real incoming state,
+    in values and gradients, also when the correction stops early (a long, fast-forgetting segment)."""
+    from mpirnn.models.scan import enter_state
+
+    generator = torch.Generator().manual_seed(3)
+    log_a = (-torch.rand(2, 1000, 5, generator=generator, dtype=dtype) * 2).requires_grad_()
+    log_b = torch.randn(2, 1000, 5, generator=generator, dtype=dtype).requires_grad_()
+    log_h0 = (torch.randn(2, 5, generator=generator, dtype=dtype) + 3).requires_grad_()
+    direct = log_scan(log_a, log_b, log_h0)
+    corrected = enter_state(log_a, log_scan(log_a, log_b, None), log_h0)
+    torch.testing.assert_close(corrected, direct, rtol=tol, atol=tol)
+    weights = torch.randn(direct.shape, generator=generator, dtype=dtype)
+    expected = torch.autograd.grad((direct * weights).sum(), (log_a, log_b, log_h0))
+    got = torch.autograd.grad((corrected * weights).sum(), (log_a, log_b, log_h0))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=tol, atol=tol)

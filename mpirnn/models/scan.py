@@ -87,6 +87,34 @@ def finish_segment(
     return log_scan(log_a, log_b, log_h0, **kwargs)
 
 
+# Below this, exp(r) is under the dtype's rounding relative to 1 (float32 eps ~ e^-16,
+# float64 eps ~ e^-36): the incoming state's share of h_t no longer changes h_t at all.
+NEGLIGIBLE_LOG_SHARE = {torch.float16: -20.0, torch.bfloat16: -20.0, torch.float32: -40.0, torch.float64: -80.0}
+
+
+def enter_state(log_a: torch.Tensor, log_h_zero: torch.Tensor, log_h0: torch.Tensor) -> torch.Tensor:
+    """log h of a segment entered with state log_h0, from its scan entered with h = 0.
+
+    h_t = A_t h_0 + hz_t with A_t = a_1...a_t, so log h_t = logaddexp(cumsum(log_a)_t + log_h0,
+    log_hz_t). The incoming state's share r_t = cumsum(log_a)_t + log_h0 - log_hz_t never
+    increases along time (hz_t >= a_t hz_{t-1}), so once it is below rounding for every entry
+    the rest of the segment equals log_hz: only a prefix is corrected, in doubling lengths.
+    This lets a rank on the sequence axis scan its segment once (for its summary and its
+    outputs) instead of twice.
+    """
+    T = log_a.shape[1]
+    negligible = NEGLIGIBLE_LOG_SHARE.get(log_a.dtype, -80.0)
+    k = min(T, 64)
+    while True:
+        a_star = torch.cumsum(log_a[:, :k], dim=1)
+        share = (a_star[:, -1] + log_h0 - log_h_zero[:, k - 1]).detach()
+        if k == T or bool((share < negligible).all()):
+            break
+        k = min(T, 4 * k)
+    head = _logaddexp(a_star + log_h0.unsqueeze(1), log_h_zero[:, :k])
+    return head if k == T else torch.cat([head, log_h_zero[:, k:]], dim=1)
+
+
 def segment_summary(log_a: torch.Tensor, log_b: torch.Tensor, **kwargs) -> Summary:
     """The segment as one affine map h_T = A h_0 + B: (log_A, log_B), each [B, H].
 

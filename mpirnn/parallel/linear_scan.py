@@ -1,10 +1,12 @@
 """Exact sequence parallelism for linear-recurrent cells (mingru, minlstm): a cross-rank scan.
 
 h_t = a_t * h_{t-1} + b_t is affine in h, so a whole segment is one affine map
-h_end = A * h_start + B. Per layer, every rank computes its segment's (A, B) in parallel,
+h_end = A * h_start + B. Per layer, every rank scans its segment once from h = 0 (which
+gives both B and the outputs a zero start would give) and sums log a for A, in parallel;
 the sp ranks Allgather the S summaries (S is small, so this beats a log-depth Exscan
 with a user op and needs no pickle), each rank folds the summaries before its own to get
-its incoming state, and then finishes its segment from that state. In backward the
+its incoming state, and then corrects the prefix of its outputs that the incoming state
+still affects (`enter_state`: the effect decays geometrically). In backward the
 gradient with respect to every summary is summed over the sp ranks and each rank takes
 its own. Everything is in log space (a, b > 0), like the in-segment scan.
 """
@@ -15,7 +17,7 @@ import torch
 from mpi4py import MPI
 
 from mpirnn.comm import host_view
-from mpirnn.models.scan import apply_summary, finish_segment, segment_summary
+from mpirnn.models.scan import apply_summary, enter_state, log_scan
 
 
 def _fold(stacked: torch.Tensor, upto: int) -> torch.Tensor:
@@ -64,10 +66,11 @@ def scan_step(model, comm, inputs, targets, state, norm: float, timer=None):
     finals = []
     for index, layer in enumerate(model.layers):
         log_a, log_b = layer.gates(features)
-        log_A, log_B = segment_summary(log_a, log_b)
+        log_h_zero = log_scan(log_a, log_b, None)  # the segment entered with h = 0
+        log_A, log_B = log_a.sum(dim=1), log_h_zero[:, -1]
         log_h0 = layer.log_state(state[index, 0])
         incoming = ExchangeStates.apply(log_A, log_B, log_h0, comm, timer)
-        log_h = finish_segment(log_a, log_b, incoming)
+        log_h = enter_state(log_a, log_h_zero, incoming)
         features = torch.exp(log_h)
         finals.append(features[:, -1].detach())
     loss = model.loss_sum(features, targets) / norm
