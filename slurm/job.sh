@@ -77,6 +77,14 @@ threads=${SLURM_CPUS_PER_TASK:-1}
 export OMP_NUM_THREADS=$threads
 if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi
 
+# UCX (the transport layer of MPICH's pip wheel) with its default "all transports" publishes
+# an address that Slurm's pmi2 plugin mangled on the test cluster ("value not properly
+# terminated", then a UCX assertion in MPI_Init). Without InfiniBand, shared memory and TCP
+# are all UCX would use anyway, so name just those; a site's own UCX_TLS always wins.
+if [[ -z ${UCX_TLS:-} ]] && [[ -z $(ls -A /sys/class/infiniband 2>/dev/null) ]]; then
+    export UCX_TLS=self,sm,tcp
+fi
+
 args=("$@")
 if [[ ${SLURM_RESTART_COUNT:-0} -gt 0 ]]; then
     # A requeued run continues from the newest checkpoint (a later --set could still override).
