@@ -54,7 +54,12 @@ def save(directory: str | Path, step: int, state: dict, config: dict, keep: int)
     meta = {"step": step, "file": weights.name, "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload), "config": config}
     _atomic_write(directory / f"ckpt-{step:08d}.json", json.dumps(meta, indent=1).encode())
-    for old in sorted(steps(directory))[:-keep]:
+    # Keep the newest `keep` up to this step. Any later step is from a run this one resumed
+    # past (it was found broken, or the newest intact one would have been taken): drop it,
+    # or it would count among the kept ones and this very checkpoint could be pruned.
+    done = steps(directory)
+    stale = [s for s in done if s > step] + [s for s in done if s <= step][:-keep]
+    for old in stale:
         for suffix in (".json", ".pt"):  # JSON first: a half-pruned checkpoint is never taken as valid
             (directory / f"ckpt-{old:08d}{suffix}").unlink(missing_ok=True)
     return weights

@@ -23,6 +23,7 @@ from mpirnn.parallel.step import StepRunner
 from mpirnn.watchdog import Watchdog
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+CARRY_TAG = 32767  # the largest tag MPI guarantees; the pipeline's tags are small (2m, 2m+1)
 
 
 class Trainer:
@@ -176,10 +177,10 @@ class Trainer:
             self.state = final.detach()
             return
         if self.sp.rank == S - 1:
-            self.sp.Send(host_view(final.detach().cpu().contiguous()), dest=0, tag=7)
+            self.sp.Send(host_view(final.detach().cpu().contiguous()), dest=0, tag=CARRY_TAG)
         elif self.sp.rank == 0:
             like = self.model.zero_state(final.shape[2], final).cpu()
-            self.sp.Recv(host_view(like), source=S - 1, tag=7)
+            self.sp.Recv(host_view(like), source=S - 1, tag=CARRY_TAG)
             self.state = like.to(final.device)
 
     def _grad_norm(self) -> float:

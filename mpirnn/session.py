@@ -25,15 +25,17 @@ DEFAULT_DATA = config_module.DataConfig().path
 
 
 def ensure_default_data(cfg, world) -> None:
-    """The embedded default prepares its corpus on first use (rank 0 writes, the others wait)."""
-    if cfg.data.path != DEFAULT_DATA or (Path(DEFAULT_DATA) / "manifest.json").exists():
+    """The embedded default prepares its corpus on first use.
+
+    Rank 0 alone decides and writes; the others return at once. Run inside `agree`, whose
+    own collective is what makes them wait, so a failure on rank 0 is reported, not a hang.
+    """
+    if world.rank != 0 or cfg.data.path != DEFAULT_DATA or (Path(DEFAULT_DATA) / "manifest.json").exists():
         return
-    if world.rank == 0:
-        from mpirnn.data.corpus import prepare_stdlib_corpus
-        print(f"mpirnn: preparing the default corpus in {DEFAULT_DATA} (Python standard library sources)",
-              file=sys.stderr, flush=True)
-        prepare_stdlib_corpus(DEFAULT_DATA)
-    world.Barrier()
+    from mpirnn.data.corpus import prepare_stdlib_corpus
+    print(f"mpirnn: preparing the default corpus in {DEFAULT_DATA} (Python standard library sources)",
+          file=sys.stderr, flush=True)
+    prepare_stdlib_corpus(DEFAULT_DATA)
 
 
 def open_data(cfg, grid, world):

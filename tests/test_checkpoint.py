@@ -259,3 +259,15 @@ def test_check_compatible_refuses_missing_and_extra_parameters():
     bigger.add_module("extra", torch.nn.Linear(5, 5))
     with pytest.raises(CheckpointError, match="has no parameter extra"):
         checkpoint.check_compatible(bigger, state, "c.pt")
+
+
+def test_saving_after_resuming_past_a_broken_newer_checkpoint_keeps_the_new_one(tmp_path):
+    # keep=1 and checkpoint 3 is broken, so a run resumes from an older one and saves step 2 again:
+    # the broken, newer step 3 must not count among the kept ones (it would prune the new save).
+    three_checkpoints(tmp_path)
+    flip_bytes(tmp_path / "ckpt-00000003.pt")
+    assert checkpoint.newest_valid(tmp_path, warn=lambda _: None) == 2
+    _, state = make_state(seed=9, step=2)
+    checkpoint.save(tmp_path, 2, state, CONFIG, keep=1)
+    assert checkpoint.steps(tmp_path) == [2]
+    assert checkpoint.newest_valid(tmp_path) == 2

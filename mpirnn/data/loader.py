@@ -12,6 +12,7 @@ from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
 from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
 from mpirnn.errors import DataError
+from mpirnn.parallel.step import resolve_microbatches
 from mpirnn.grid import Grid, rows_of, segment_of
 
 
@@ -27,6 +28,9 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     if manifest.kind == "sequences" and d.seq_len + 1 > manifest.seq_len:
         raise DataError(f"data.seq_len = {d.seq_len} needs {d.seq_len + 1} steps per row but the dataset's rows "
                         f"have {manifest.seq_len}: use data.seq_len <= {manifest.seq_len - 1}")
+    if grid.sp > 1 and cfg.model.cell in ("rnn", "lstm", "gru"):
+        # The group with the fewest rows decides, so every rank refuses together, before compute.
+        resolve_microbatches(cfg.parallel.microbatches, d.batch_size // grid.dp, grid.sp)
     windows = Reader(manifest).n_windows(d.seq_len)
     if windows < d.batch_size:
         raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps, fewer than one batch "

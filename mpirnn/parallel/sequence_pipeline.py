@@ -17,7 +17,15 @@ import torch
 from mpirnn.comm import irecv, isend
 from mpirnn.grid import chunk
 
-FORWARD_TAG, BACKWARD_TAG = 0, 1 << 20
+
+
+def forward_tag(m: int) -> int:
+    """Tags stay small (MPI only promises up to 32767): states of microbatch m go on 2m, their gradients on 2m+1."""
+    return 2 * m
+
+
+def backward_tag(m: int) -> int:
+    return 2 * m + 1
 
 
 def microbatch_slices(rows: int, microbatches: int) -> list[slice]:
@@ -33,7 +41,7 @@ def pipeline_step(model, comm, inputs, targets, state, norm: float, microbatches
     s, S = comm.rank, comm.size
     slices = microbatch_slices(inputs.shape[0], microbatches)
     shapes = [model.zero_state(sl.stop - sl.start, inputs) for sl in slices]
-    incoming = [irecv(comm, shapes[m], s - 1, FORWARD_TAG + m, timer) for m in range(len(slices))] if s > 0 else None
+    incoming = [irecv(comm, shapes[m], s - 1, forward_tag(m), timer) for m in range(len(slices))] if s > 0 else None
 
     sends, graphs = [], []
     for m, rows in enumerate(slices):
@@ -44,10 +52,10 @@ def pipeline_step(model, comm, inputs, targets, state, norm: float, microbatches
         outputs, final = model.run_stack(model.input(inputs[rows]), start)
         loss = model.loss_sum(outputs, targets[rows]) / norm
         if s < S - 1:
-            sends.append(isend(comm, final, s + 1, FORWARD_TAG + m, timer))
+            sends.append(isend(comm, final, s + 1, forward_tag(m), timer))
         graphs.append((start, loss, final))
 
-    grads_in = [irecv(comm, shapes[m], s + 1, BACKWARD_TAG + m, timer) for m in range(len(slices))] if s < S - 1 else None
+    grads_in = [irecv(comm, shapes[m], s + 1, backward_tag(m), timer) for m in range(len(slices))] if s < S - 1 else None
     total = torch.zeros((), dtype=torch.float64)
     for m, (start, loss, final) in enumerate(graphs):
         if s < S - 1:
@@ -55,7 +63,7 @@ def pipeline_step(model, comm, inputs, targets, state, norm: float, microbatches
         else:
             loss.backward()
         if s > 0:
-            sends.append(isend(comm, start.grad, s - 1, BACKWARD_TAG + m, timer))
+            sends.append(isend(comm, start.grad, s - 1, backward_tag(m), timer))
         total += loss.detach().double().cpu()
     for send in sends:
         send.wait()
