@@ -139,21 +139,3 @@ def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None)
         torch.cuda.current_stream().synchronize()
         return Transfer(comm.Irecv(out, source, tag), tensor=out, timer=timer)
     return Transfer(comm.Irecv(host_view(out), source, tag), tensor=out, timer=timer)
-
-
-def allreduce_(comm: MPI.Comm, tensor: torch.Tensor, op=MPI.SUM, timer=None) -> torch.Tensor:
-    """In-place sum (or `op`) of a tensor over `comm`."""
-    if comm.size == 1:
-        return tensor
-    host = tensor if not tensor.is_cuda else tensor.detach().cpu()
-    buffer = host_view(host.contiguous()) if host.is_contiguous() else host_view(host.contiguous())
-    if timer is not None:
-        with timer:
-            comm.Allreduce(MPI.IN_PLACE, buffer, op)
-    else:
-        comm.Allreduce(MPI.IN_PLACE, buffer, op)
-    if tensor.is_cuda:
-        tensor.copy_(torch.from_numpy(buffer))
-    elif not tensor.is_contiguous():
-        tensor.copy_(torch.from_numpy(buffer))
-    return tensor

@@ -65,10 +65,6 @@ class RecurrentModel(nn.Module):
             return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
         return F.mse_loss(prediction, targets, reduction="sum")
 
-    def elements(self, targets: torch.Tensor) -> int:
-        """How many loss terms a target tensor holds (tokens, or values for series)."""
-        return targets.numel()
-
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor | None = None):
         """Serial reference: (summed loss, final states) of the whole batch and sequence."""
         if state is None:
