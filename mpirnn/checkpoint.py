@@ -42,8 +42,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-def save(directory: str | Path, step: int, state: dict, config: dict, keep: int) -> Path:
-    """Write checkpoint `step` (the number of optimizer steps done) and prune to the newest `keep`."""
+def save(directory: str | Path, step: int, state: dict, config: dict) -> Path:
+    """Write checkpoint `step` (the number of optimizer steps done); nothing else is touched."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -54,15 +54,42 @@ def save(directory: str | Path, step: int, state: dict, config: dict, keep: int)
     meta = {"step": step, "file": weights.name, "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload), "config": config}
     _atomic_write(directory / f"ckpt-{step:08d}.json", json.dumps(meta, indent=1).encode())
-    # Keep the newest `keep` up to this step. Any later step is from a run this one resumed
-    # past (it was found broken, or the newest intact one would have been taken): drop it,
-    # or it would count among the kept ones and this very checkpoint could be pruned.
-    done = steps(directory)
-    stale = [s for s in done if s > step] + [s for s in done if s <= step][:-keep]
-    for old in stale:
-        for suffix in (".json", ".pt"):  # JSON first: a half-pruned checkpoint is never taken as valid
-            (directory / f"ckpt-{old:08d}{suffix}").unlink(missing_ok=True)
     return weights
+
+
+def remove(directory: str | Path, doomed) -> None:
+    """Delete checkpoints by step: the JSON first, so a half-removed one is never taken as valid."""
+    directory = Path(directory)
+    for step in doomed:
+        (directory / f"ckpt-{step:08d}.json").unlink(missing_ok=True)
+        (directory / f"ckpt-{step:08d}.pt").unlink(missing_ok=True)
+
+
+def prune(directory: str | Path, owned: list[int], keep: int) -> list[int]:
+    """Keep the newest `keep` of `owned` (this run's own checkpoints); returns the ones kept.
+
+    Only steps in `owned` are ever deleted: a directory may hold checkpoints of another run
+    (kept on purpose, see `refuse_fresh_start`), and those are not this run's to prune.
+    """
+    owned = sorted(set(owned))
+    remove(directory, owned[:-keep])
+    return owned[-keep:]
+
+
+def refuse_fresh_start(directory: str | Path, overwrite: bool) -> list[int]:
+    """A fresh run (checkpoint.resume = false) must not mix with another run's checkpoints.
+
+    Raises a CheckpointError naming the newest step and the two ways on, unless `overwrite`;
+    returns the steps already there (with `overwrite`, the caller removes them once its own
+    first checkpoint is safely written, so a failed start loses nothing).
+    """
+    found = steps(Path(directory))
+    if found and not overwrite:
+        raise CheckpointError(
+            f"checkpoint.dir {directory} already holds {len(found)} checkpoint(s) of another run (newest: step "
+            f"{found[-1]}): continue that run with --set checkpoint.resume=true, or replace them with "
+            f"--set checkpoint.overwrite=true (or choose another checkpoint.dir)")
+    return found
 
 
 def steps(directory: Path) -> list[int]:

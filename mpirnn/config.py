@@ -71,7 +71,9 @@ class CheckpointConfig:
     dir: str = doc("", "checkpoint directory; empty = no checkpoints")
     every: int = doc(0, "write a checkpoint every this many steps; 0 = only at the end and on signals")
     resume: bool = doc(False, "continue from the newest valid checkpoint in dir")
-    keep: int = doc(3, "checkpoints to keep")
+    keep: int = doc(3, "checkpoints of this run to keep (another run's are never deleted)")
+    overwrite: bool = doc(False, "start a fresh run in a dir holding another run's checkpoints; "
+                                 "they are deleted once this run's first checkpoint is written")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ class Trainer:
         self.state = None  # carried states (stateful mode), on the first segment's ranks
         self.step = 0
         self.saved_step = None
+        self.owned: list[int] = []     # checkpoints of this run (resumed ones included): the only ones pruned
+        self.replacing: list[int] = []  # another run's, deleted after our first save (checkpoint.overwrite)
         self.stop_signal = 0       # set by the handler on this rank
         self.stop_signal_seen = 0  # agreed over all ranks at the last step boundary
         self.watchdog = Watchdog(cfg.train.comm_timeout_s, comms)
@@ -60,6 +63,7 @@ class Trainer:
             if self.rank0:
                 print(f"mpirnn: no checkpoint in {c.dir}; starting from step 0", file=sys.stderr, flush=True)
             return
+        self.owned = [s for s in checkpoint.steps(Path(c.dir)) if s <= step[0]]
         state, meta = agree(self.comms.world, self._load, int(step[0]))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -67,6 +71,15 @@ class Trainer:
         carried = state.get("carried")
         if carried is not None and self.first_segment:
             self.state = carried[:, :, slice(*self.loader.rows)].to(self.model.head.weight.device)
+
+    def refuse_fresh_start(self) -> None:
+        """A fresh run never writes into (and so never prunes) another run's checkpoints unasked."""
+        c = self.cfg.checkpoint
+        found = agree(self.comms.world, lambda: checkpoint.refuse_fresh_start(c.dir, c.overwrite) if self.rank0 else [])
+        if found and self.rank0:
+            print(f"mpirnn: checkpoint.overwrite = true: the {len(found)} checkpoint(s) in {c.dir} (newest: step "
+                  f"{found[-1]}) will be deleted once this run writes its first checkpoint", file=sys.stderr, flush=True)
+        self.replacing = found
 
     def _newest_checkpoint(self):
         if not self.rank0:
@@ -85,6 +98,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.checkpoint.resume:
             self.resume()
+        elif cfg.checkpoint.dir:
+            self.refuse_fresh_start()
         metrics = MetricsWriter(cfg.output.metrics, cfg.to_dict(), self.rank0, resumed_at=self.step)
         bar = self._progress()
         losses, started = [], time.perf_counter()
@@ -222,7 +237,10 @@ class Trainer:
                      "step": self.step}
             if carried is not None:
                 state["carried"] = carried
-            checkpoint.save(c.dir, self.step, state, self.cfg.to_dict(), c.keep)
+            checkpoint.save(c.dir, self.step, state, self.cfg.to_dict())
+            self.owned = checkpoint.prune(c.dir, [*self.owned, self.step], c.keep)
+            checkpoint.remove(c.dir, [s for s in self.replacing if s not in self.owned])
+        self.replacing = []
         self.saved_step = self.step
         # Nobody exits before the checkpoint is on disk (srun --kill-on-bad-exit would cut it short).
         self.comms.world.Barrier()

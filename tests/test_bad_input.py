@@ -334,9 +334,26 @@ def checkpoint_of_another_shape(good, tmp, n):
     return args, r"ckpt-00000002\.pt.*different model", unchanged
 
 
+def fresh_run_into_used_checkpoint_dir(good, tmp, n):
+    # Another run's checkpoint (step 2) is there; a fresh run (resume=false) must refuse before
+    # compute and delete nothing (it used to finish and prune the other run's checkpoints).
+    ckpt = tmp / "ckpt"
+    shutil.copytree(trained_checkpoint(good, tmp.parent), ckpt)
+    before = snapshot(ckpt)
+
+    def unchanged(line):
+        assert "checkpoint.resume=true" in line and "checkpoint.overwrite=true" in line
+        assert snapshot(ckpt) == before, "the other run's checkpoint was changed or removed"
+        assert not (tmp / "m.jsonl").exists() or not (tmp / "m.jsonl").read_text().strip(), "a step was trained"
+    args = settings(tmp, good["tokens"], **{"train.steps": 4, "checkpoint.dir": ckpt, "checkpoint.every": 1,
+                                            "checkpoint.keep": 1})
+    return args, r"already holds 1 checkpoint.*newest: step 2", unchanged
+
+
 SINGLE_AND_MANY = [missing_dir, no_manifest, truncated_shard, deleted_shard, wrong_dataset_name, wrong_dtype,
                    wrong_ndim, nan_in_series, token_past_vocabulary, empty_dataset, unknown_key, wrong_type,
                    negative_batch, unknown_cell, bad_config_file, grid_product, checkpoint_of_another_shape,
+                   fresh_run_into_used_checkpoint_dir,
                    truncated_shard_unvalidated, nan_found_in_training]
 # These grids need more than one rank, so they run at -n 2 and -n 4.
 SEVERAL_RANKS = [seq_shorter_than_segments, pipeline_parallel, tensor_parallel]

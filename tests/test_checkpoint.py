@@ -52,7 +52,7 @@ def assert_same(a, b):
 
 def test_round_trip(tmp_path):
     model, state = make_state()
-    path = checkpoint.save(tmp_path, 3, state, CONFIG, keep=3)
+    path = checkpoint.save(tmp_path, 3, state, CONFIG)
     assert path == tmp_path / "ckpt-00000003.pt"
     assert checkpoint.steps(tmp_path) == [3]
     assert checkpoint.verify(tmp_path, 3) is None
@@ -72,7 +72,7 @@ def test_round_trip(tmp_path):
 
 def test_the_json_holds_checksum_step_and_config(tmp_path):
     _, state = make_state()
-    checkpoint.save(tmp_path, 12, state, CONFIG, keep=3)
+    checkpoint.save(tmp_path, 12, state, CONFIG)
     meta = json.loads((tmp_path / "ckpt-00000012.json").read_text())
     assert meta["sha256"] == hashlib.sha256((tmp_path / "ckpt-00000012.pt").read_bytes()).hexdigest()
     assert meta["step"] == 12 and meta["config"] == CONFIG
@@ -82,7 +82,7 @@ def test_the_json_holds_checksum_step_and_config(tmp_path):
 
 def test_files_load_with_weights_only_and_hold_no_code(tmp_path):
     _, state = make_state()
-    path = checkpoint.save(tmp_path, 1, state, CONFIG, keep=3)
+    path = checkpoint.save(tmp_path, 1, state, CONFIG)
     torch.load(path, weights_only=True)  # raises on anything that is not tensors and plain values
     # The pickle inside the zip names only torch's tensor rebuild helpers and storages, no other code.
     with zipfile.ZipFile(path) as archive:
@@ -101,7 +101,7 @@ def test_files_load_with_weights_only_and_hold_no_code(tmp_path):
 def test_a_state_holding_code_cannot_be_loaded(tmp_path):
     """The loader itself refuses pickled code (weights_only=True), with a CheckpointError."""
     _, state = make_state()
-    checkpoint.save(tmp_path, 1, state, CONFIG, keep=3)
+    checkpoint.save(tmp_path, 1, state, CONFIG)
     evil = {"model": state["model"], "hook": make_state}  # a function: weights_only must reject it
     torch.save(evil, tmp_path / "ckpt-00000001.pt")
     with pytest.raises(CheckpointError, match="cannot be loaded"):
@@ -111,12 +111,39 @@ def test_a_state_holding_code_cannot_be_loaded(tmp_path):
 @pytest.mark.parametrize("keep", [1, 2, 3])
 def test_keep_k_prunes_the_oldest(tmp_path, keep):
     _, state = make_state()
+    owned = []
     for step in (2, 4, 6, 8, 10):
-        checkpoint.save(tmp_path, step, state, CONFIG, keep=keep)
+        checkpoint.save(tmp_path, step, state, CONFIG)
+        owned = checkpoint.prune(tmp_path, [*owned, step], keep)
     kept = [2, 4, 6, 8, 10][-keep:]
+    assert owned == kept
     assert checkpoint.steps(tmp_path) == kept
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([f"ckpt-{s:08d}.json" for s in kept] + [f"ckpt-{s:08d}.pt" for s in kept])
+
+
+def test_pruning_never_touches_another_runs_checkpoints(tmp_path):
+    # The bug: a fresh run into a directory holding checkpoints 5 and 10 of another run pruned them.
+    _, state = make_state()
+    for step in (5, 10):
+        checkpoint.save(tmp_path, step, state, CONFIG)
+    owned = []
+    for step in (1, 2, 3):
+        checkpoint.save(tmp_path, step, state, CONFIG)
+        owned = checkpoint.prune(tmp_path, [*owned, step], keep=1)
+    assert checkpoint.steps(tmp_path) == [3, 5, 10]
+
+
+def test_a_fresh_start_in_a_used_directory_is_refused(tmp_path):
+    _, state = make_state()
+    assert checkpoint.refuse_fresh_start(tmp_path / "new", overwrite=False) == []
+    for step in (5, 10):
+        checkpoint.save(tmp_path, step, state, CONFIG)
+    with pytest.raises(CheckpointError, match=r"2 checkpoint\(s\).*newest: step 10.*checkpoint\.resume=true.*"
+                                              r"checkpoint\.overwrite=true"):
+        checkpoint.refuse_fresh_start(tmp_path, overwrite=False)
+    assert checkpoint.refuse_fresh_start(tmp_path, overwrite=True) == [5, 10]
+    assert checkpoint.steps(tmp_path) == [5, 10]  # refusing (or agreeing to replace) deletes nothing
 
 
 def test_no_checkpoint_directory(tmp_path):
@@ -129,7 +156,7 @@ def three_checkpoints(directory):
     states = {}
     for step in (1, 2, 3):
         _, states[step] = make_state(seed=step, step=step)
-        checkpoint.save(directory, step, states[step], CONFIG, keep=5)
+        checkpoint.save(directory, step, states[step], CONFIG)
     return states
 
 
@@ -268,6 +295,8 @@ def test_saving_after_resuming_past_a_broken_newer_checkpoint_keeps_the_new_one(
     flip_bytes(tmp_path / "ckpt-00000003.pt")
     assert checkpoint.newest_valid(tmp_path, warn=lambda _: None) == 2
     _, state = make_state(seed=9, step=2)
-    checkpoint.save(tmp_path, 2, state, CONFIG, keep=1)
-    assert checkpoint.steps(tmp_path) == [2]
-    assert checkpoint.newest_valid(tmp_path) == 2
+    checkpoint.save(tmp_path, 2, state, CONFIG)
+    assert checkpoint.prune(tmp_path, [1, 2], keep=1) == [2]
+    # The broken step 3 is not this run's to delete; it is skipped again at the next resume.
+    assert checkpoint.steps(tmp_path) == [2, 3]
+    assert checkpoint.newest_valid(tmp_path, warn=lambda _: None) == 2
