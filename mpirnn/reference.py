@@ -16,7 +16,7 @@ import torch
 from mpirnn.config import load_config
 from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
-from mpirnn.grid import Grid
+from mpirnn.parallel.grid import Grid
 from mpirnn.models import build_model
 
 SERIAL = Grid(1)

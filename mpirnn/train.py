@@ -15,9 +15,9 @@ import sys
 from mpi4py import MPI
 
 from mpirnn import config as config_module
-from mpirnn.agreement import agree
-from mpirnn.grid import Grid
-from mpirnn.launch import run_guarded
+from mpirnn.distributed.agreement import agree
+from mpirnn.parallel.grid import Grid
+from mpirnn.distributed.launch import run_guarded
 
 
 def parse_args(argv):
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     world = MPI.COMM_WORLD
     cfg = agree(world, config_module.load_config, args.config, args.overrides)
     grid = agree(world, make_grid, cfg, world.size)
-    from mpirnn.session import train  # torch and h5py load only once the config is known to be good
+    from mpirnn.training.session import train  # torch and h5py load only once the config is known to be good
 
     return train(cfg, grid)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_DEVICE = os.environ.get("MPIRNN_TEST_DEVICE", "cpu")
-if TEST_DEVICE == "cuda":  # as mpirnn.device does for runs: true float32 (no TF32) in the exactness tests
+if TEST_DEVICE == "cuda":  # as mpirnn.distributed.device does for runs: true float32 (no TF32) in the exactness tests
     import torch
 
     torch.backends.cudnn.allow_tf32 = False

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from mpirnn.bench import WORKLOADS
+from mpirnn.tools.shapes import WORKLOADS
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,7 +9,7 @@ import torch
 from support import make_token_dataset
 
 from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
-from mpirnn.grid import Grid, rows_of
+from mpirnn.parallel.grid import Grid, rows_of
 
 
 def test_shuffled_batch_is_deterministic():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mpirnn import report, scaling
+from mpirnn.tools import report, scaling
 
 
 def write_run(folder, nodes, strategy, mode, step_time, comm=0.1):

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpirnn import faults
+from mpirnn.training import faults
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
 from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
 from mpirnn.errors import DataError
-from mpirnn.parallel.step import resolve_microbatches
-from mpirnn.grid import Grid, rows_of, segment_of
+from mpirnn.parallel.plan import resolve_microbatches
+from mpirnn.parallel.grid import Grid, rows_of, segment_of
 
 
 def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:

@@ -18,7 +18,7 @@ import threading
 import torch
 from mpi4py import MPI
 
-from mpirnn.comm import host_view
+from mpirnn.distributed.transport import host_view
 
 
 class Bucket:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from mpi4py import MPI
 
-from mpirnn.comm import host_view
+from mpirnn.distributed.transport import host_view
 from mpirnn.models.scan import apply_summary, enter_state, log_scan
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from mpirnn.comm import irecv, isend
-from mpirnn.grid import chunk
+from mpirnn.distributed.transport import irecv, isend
+from mpirnn.parallel.grid import chunk
 
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from mpirnn.comm import Comms
-from mpirnn.grid import Grid, rows_of, segment_of
+from mpirnn.distributed.mesh import Comms
+from mpirnn.parallel.grid import Grid, rows_of, segment_of
 from mpirnn.models.model import RecurrentModel
 from mpirnn.parallel.step import StepRunner
 from support import TEST_DEVICE

@@ -29,11 +29,11 @@ from mpi4py import MPI
 from torch import nn
 from torch.nn import functional as F
 
-from mpirnn.bench import shape_of
-from mpirnn.comm import Comms
+from mpirnn.tools.shapes import shape_of
+from mpirnn.distributed.mesh import Comms
 from mpirnn.config import Config
-from mpirnn.device import choose_device
-from mpirnn.grid import Grid, rows_of, segment_of
+from mpirnn.distributed.device import choose_device
+from mpirnn.parallel.grid import Grid, rows_of, segment_of
 from mpirnn.models import build_model
 from mpirnn.parallel.step import StepRunner
 

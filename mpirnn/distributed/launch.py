@@ -24,7 +24,7 @@ def _say(text: str) -> None:
 def run_guarded(main, argv=None) -> int:
     from mpi4py import MPI
 
-    from mpirnn.agreement import AgreedError
+    from mpirnn.distributed.agreement import AgreedError
 
     world = MPI.COMM_WORLD
     rank, size = world.rank, world.size

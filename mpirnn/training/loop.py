@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from mpirnn import checkpoint, faults, placement
-from mpirnn.agreement import AgreedError, agree
-from mpirnn.comm import host_view
-from mpirnn.metrics import MetricsWriter
+from mpirnn.distributed import placement
+from mpirnn.training import checkpoint, faults
+from mpirnn.distributed.agreement import AgreedError, agree
+from mpirnn.distributed.transport import host_view
+from mpirnn.training.metrics import MetricsWriter
 from mpirnn.parallel.step import StepRunner
-from mpirnn.watchdog import Watchdog
+from mpirnn.distributed.watchdog import Watchdog
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 CARRY_TAG = 32767  # the largest tag MPI guarantees; the pipeline's tags are small (2m, 2m+1)

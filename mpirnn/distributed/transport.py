@@ -1,21 +1,18 @@
-"""The thin communication layer: communicators per grid axis, tensor transfers, agreement.
+"""All tensor traffic: nonblocking sends and receives, and the host staging of CUDA tensors.
 
-Communicators are made when a run starts (`Comms.create`), never at import time, and
-all library traffic runs on a `Dup()` of the world. Tensors travel with buffer (upper
-case) methods only — no pickle of received data. CUDA tensors go straight to MPI when
-the library is CUDA-aware and are staged through pinned host memory otherwise.
+Tensors travel with buffer (upper case) mpi4py methods only, never pickle. CUDA tensors go
+straight to MPI when the library is CUDA-aware and through pinned host buffers otherwise
+(reused per message, because pinning memory is slow).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from mpirnn.grid import AXES, Grid
 
 def cuda_aware() -> bool:
     query = getattr(MPI, "Query_cuda_support", None)
@@ -40,44 +37,6 @@ class CommTimer:
     def take(self) -> float:
         seconds, self.seconds = self.seconds, 0.0
         return seconds
-
-
-@dataclass
-class Comms:
-    """One communicator per grid axis, plus the ones training needs."""
-
-    world: MPI.Comm
-    grid: Grid
-    coords: dict
-    axis: dict          # axis name -> communicator over that axis (ranks differing only there)
-    replicas: MPI.Comm  # ranks holding the same parameters (same pp and tp coordinate): gradient sums
-    local_rank: int
-    local_size: int
-    timer: CommTimer
-
-    @classmethod
-    def create(cls, grid: Grid, world: MPI.Comm | None = None) -> "Comms":
-        world = (world or MPI.COMM_WORLD).Dup()
-        coords = grid.coords(world.rank)
-        axis = {}
-        for name in AXES:
-            # Ranks that agree on every other coordinate form this axis's communicator.
-            colour = grid.rank_of(**{a: coords[a] for a in AXES if a != name})
-            axis[name] = world.Split(colour, coords[name])
-        replicas = world.Split(coords["pp"] * grid.tp + coords["tp"], world.rank)
-        node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.rank)
-        local_rank, local_size = node.rank, node.size
-        node.Free()
-        return cls(world, grid, coords, axis, replicas, local_rank, local_size, CommTimer())
-
-    @property
-    def rank(self) -> int:
-        return self.world.rank
-
-    def free(self) -> None:
-        for comm in [*self.axis.values(), self.replicas, self.world]:
-            if comm != MPI.COMM_NULL:
-                comm.Free()
 
 
 def host_view(tensor: torch.Tensor) -> np.ndarray:

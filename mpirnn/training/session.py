@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 
 from mpirnn import config as config_module
-from mpirnn.agreement import agree
-from mpirnn.comm import Comms
+from mpirnn.distributed.agreement import agree
+from mpirnn.distributed.mesh import Comms
 from mpirnn.data.loader import BatchLoader, check_fit
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.validate import validate_dataset
-from mpirnn.device import bind
-from mpirnn.loop import Trainer
+from mpirnn.distributed.device import bind
+from mpirnn.training.loop import Trainer
 from mpirnn.models import build_model
 
 DEFAULT_DATA = config_module.DataConfig().path

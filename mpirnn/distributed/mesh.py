@@ -1,0 +1,54 @@
+"""The process mesh: one communicator per grid axis and the groups training reduces over.
+
+Communicators are made when a run starts (`Comms.create`), never at import time, and all
+library traffic runs on a `Dup()` of the world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpi4py import MPI
+
+from mpirnn.distributed.transport import CommTimer
+from mpirnn.parallel.grid import AXES, Grid
+
+
+@dataclass
+class Comms:
+    """One communicator per grid axis, plus the ones training needs."""
+
+    world: MPI.Comm
+    grid: Grid
+    coords: dict
+    axis: dict          # axis name -> communicator over that axis (ranks differing only there)
+    replicas: MPI.Comm  # ranks holding the same parameters (same pp and tp coordinate): gradient sums
+    local_rank: int
+    local_size: int
+    timer: CommTimer
+
+    @classmethod
+    def create(cls, grid: Grid, world: MPI.Comm | None = None) -> "Comms":
+        world = (world or MPI.COMM_WORLD).Dup()
+        coords = grid.coords(world.rank)
+        axis = {}
+        for name in AXES:
+            # Ranks that agree on every other coordinate form this axis's communicator.
+            colour = grid.rank_of(**{a: coords[a] for a in AXES if a != name})
+            axis[name] = world.Split(colour, coords[name])
+        replicas = world.Split(coords["pp"] * grid.tp + coords["tp"], world.rank)
+        node = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.rank)
+        local_rank, local_size = node.rank, node.size
+        node.Free()
+        return cls(world, grid, coords, axis, replicas, local_rank, local_size, CommTimer())
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    def free(self) -> None:
+        for comm in [*self.axis.values(), self.replicas, self.world]:
+            if comm != MPI.COMM_NULL:
+                comm.Free()
+
+

@@ -1,0 +1,334 @@
+"""Benchmark workloads side by side: sequence- and data-parallel steps against one rank.
+
+    python -m mpirnn.bench [--only W1,W3] [--steps 5] [--repeat 3] [--out runs/bench/bench.json] [--device cuda]
+
+Run it on one process: it starts the MPI runs it needs itself (`mpirun -n K python -m
+mpirnn.bench --worker ...`, one torch thread per rank unless a row says otherwise),
+grouping the runs of one rank count into one launch, then prints a markdown table and
+writes every number to a JSON file. The workloads and what they measure are in
+benchmarks/README.md; mpirnn/tools/workloads.py runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mpirnn.tools.shapes import W2_MICROBATCHES, WORKLOADS, shape_of
+
+RTOL = 1e-5        # the exactness contract in float32
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads (W1,W2,W3,dp)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per run (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the whole plan this many times, one after another, and pool the timed steps "
+                             "(a burst of load from elsewhere then spoils one share, not a whole row)")
+    parser.add_argument("--out", default="runs/bench/bench.json", help="JSON results file")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="device for every run; when given, also time plain PyTorch (cuDNN on GPU) on "
+                             "W1's and W3's shapes at -n 1")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory (no mmap, no trim), so no step pays page faults for "
+                             "memory the previous step gave back and ratios compare compute; default: glibc as is")
+    parser.add_argument("--tiny", action="store_true", help="toy shapes (smoke test; the numbers mean nothing)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)   # spec file: this process is an MPI rank
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def plan(args) -> list[dict]:
+    """Every run, in table order. `fresh`: must start a new process (its first step's memory counts)."""
+    only = [w.strip() for w in args.only.split(",") if w.strip()]
+    unknown = sorted(set(only) - set(WORKLOADS))
+    if unknown:
+        raise SystemExit(f"mpirnn.bench: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    base = dict(tiny=args.tiny, device=args.device or "cpu", steps=args.steps, warmup=args.warmup, threads=1,
+                dp=1, sp=1, microbatches=0, method=None, plain=False, fresh=False, compare_to="1 rank", target=None)
+    runs = []
+
+    def add(workload, name, ranks, **kw):
+        runs.append({**base, "workload": workload, "name": name, "ranks": ranks, "order": len(runs), **kw})
+
+    if "W1" in only:
+        add("W1", "1 rank", 1)
+        add("W1", "sp=2, M=8", 2, sp=2, microbatches=8, target={"speedup": 1.7, "exact": True})
+        add("W1", "sp=2, M=4", 2, sp=2, microbatches=4)  # same bubble-model bound here, half the messages
+        if not args.tiny and base["device"] == "cpu":
+            add("W1", "1 rank × 2 threads", 1, threads=2)
+    if "W2" in only:  # fresh processes: their first step's memory is the activation memory
+        m = min(W2_MICROBATCHES, shape_of("W2", args.tiny)["batch"])
+        add("W2", "1 rank", 1, fresh=True)
+        add("W2", f"sp=2, M={m}", 2, sp=2, microbatches=m, fresh=True)
+        add("W2", f"sp=4, M={m} (oversubscribed: memory only)", 4, sp=4, microbatches=m, fresh=True, steps=0,
+            warmup=1, target={"memory": 0.35})
+    if "W3" in only:
+        add("W3", "1 rank", 1, method="each")  # the worker runs one row per scan method
+        # The cross-rank scan uses log_scan's default ("auto" = chunked): its loss is compared with that one's.
+        add("W3", "sp=2 (cross-rank scan, default method)", 2, sp=2, compare_to="1 rank, chunked",
+            target={"speedup": 1.8})
+    if "dp" in only:
+        add("dp", "1 rank", 1)
+        add("dp", "dp=2 (-n 2)", 2, dp=2)
+        if not args.tiny:
+            add("dp", "dp=4 (-n 4, oversubscribed)", 4, dp=4)
+        if not args.tiny and base["device"] == "cpu":
+            add("dp", "1 rank × 2 threads", 1, threads=2)
+    if args.device:
+        for workload, module in (("W1", "LSTM"), ("W3", "GRU")):
+            if workload in only:
+                add(workload, f"plain PyTorch nn.{module}, 1 rank", 1, plain=True)
+    return runs
+
+
+def launches(runs: list[dict]) -> list[list[dict]]:
+    """Runs grouped by (ranks, threads), one MPI launch each. A `fresh` run opens a new launch,
+    so those go first: the rest of their rank count then joins them."""
+    groups: dict = {}
+    ordered = []
+    for run in sorted(runs, key=lambda r: not r["fresh"]):
+        key = (run["ranks"], run["threads"])
+        if run["fresh"] or key not in groups:
+            groups[key] = []
+            ordered.append(groups[key])
+        groups[key].append(run)
+    return ordered
+
+
+# ------------------------------------------------------------------ launching
+
+
+def mpiexec() -> str:
+    found = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) \
+        or shutil.which("mpirun") or shutil.which("mpiexec")
+    if not found:
+        raise SystemExit("mpirnn.bench: no mpirun found: `pip install mpich` (or set MPIEXEC)")
+    return found
+
+
+# glibc hands blocks over its mmap threshold (at most 32 MiB) back to the kernel when freed, so
+# every step faults its large activations in again, which costs a 1-rank step far more than
+# the smaller tensors of a segment (benchmarks/README.md). These keep freed memory in the heap.
+KEEP_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+
+
+def start(group: list[dict], workdir: Path, index: str, malloc: str = "keep"):
+    """Start one group of specs under mpirun (a process group of its own, so a hang can be killed whole)."""
+    specs, result = workdir / f"specs-{index}.json", workdir / f"result-{index}.json"
+    specs.write_text(json.dumps(group))
+    ranks, threads = group[0]["ranks"], group[0]["threads"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           **(KEEP_MEMORY if malloc == "keep" else {})}
+    command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpirnn.bench",
+               "--worker", str(specs), "--result", str(result)]
+    print(f"mpirnn.bench: -n {ranks}: " + ", ".join(f"{r['workload']} {r['name']}" for r in group),
+          file=sys.stderr, flush=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    return process, result, group
+
+
+def finish(launched, timeout: float) -> tuple[list[dict], str | None]:
+    """Wait for a launch; (its results, an error line or None)."""
+    process, result, group = launched
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        error = None if process.returncode == 0 else \
+            f"exit {process.returncode}: {(output.strip().splitlines() or ['no output'])[-1]}"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # our own launch's process group
+        process.communicate()
+        error = f"timed out after {timeout:.0f} s"
+    if error:
+        error = f"-n {group[0]['ranks']} ({', '.join(r['name'] for r in group)}): {error}"
+        print(f"mpirnn.bench: failed: {error}", file=sys.stderr, flush=True)
+    return (json.loads(result.read_text()) if result.exists() else []), error
+
+
+def worker(args) -> int:
+    from mpi4py import MPI
+
+    from mpirnn.tools.workloads import expand, run_spec
+    done = []
+    for spec in expand(json.loads(Path(args.worker).read_text())):
+        summary = run_spec(spec, MPI.COMM_WORLD)
+        if MPI.COMM_WORLD.rank == 0:
+            done.append(summary)
+            Path(args.result).write_text(json.dumps(done))  # after each spec: partial results survive a failure
+    return 0
+
+
+# ------------------------------------------------------------------ the table
+
+
+def pool(results: list[dict]) -> list[dict]:
+    """One result per run: the timed steps of all passes together, medians over them, the rest from the first."""
+    pooled: dict = {}
+    for r in results:
+        first = pooled.setdefault((r["order"], r["name"]), {**r, "step_times_s": [], "contended_cpu_s": [],
+                                                              "waits": [], "passes": 0})
+        first["step_times_s"] += r["step_times_s"]
+        first["contended_cpu_s"] += r["contended_cpu_s"]
+        first["waits"].append(r["mpi_wait_s_per_rank"])
+        first["passes"] += 1
+        first["losses_same_every_pass"] = first.get("losses_same_every_pass", True) and r["losses"] == first["losses"]
+    for r in pooled.values():
+        # Quiet steps: other processes took under 5% of the cores this run needed (jiffy slack 0.03 s).
+        slack = [0.03 + 0.05 * t * r["ranks"] * r["threads"] for t in r["step_times_s"]]
+        r["quiet_steps"] = [t for t, c, s in zip(r["step_times_s"], r["contended_cpu_s"], slack) if c <= s]
+        times = r["quiet_steps"] if len(r["quiet_steps"]) >= 3 else r["step_times_s"]
+        r["median_step_s"], r["min_step_s"] = (statistics.median(times), min(times)) if times else (None, None)
+        r["mpi_wait_s_per_rank"] = [statistics.median(rank) for rank in zip(*r.pop("waits"))]
+    return sorted(pooled.values(), key=lambda r: r["order"])
+
+
+def relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-30)
+
+
+def rows_for(workload: str, results: list[dict]) -> list[dict]:
+    """Table rows of one workload: speedups against its baseline, memory against 1 rank, exactness."""
+    runs = [r for r in results if r["workload"] == workload]
+    if not runs:
+        return []
+    serial = [r for r in runs if r["ranks"] == 1 and r["threads"] == 1 and not r["plain"] and r["median_step_s"]]
+    baseline = min(serial, key=lambda r: r["median_step_s"]) if serial else None
+    base_memory = max(baseline["saved_bytes_per_rank"]) if baseline else None
+    rows = []
+    for run in runs:
+        shape_tokens = run["tokens_per_step"]
+        median = run["median_step_s"]
+        row = {"workload": workload, "config": run["name"], "median_step_s": median, "min_step_s": run["min_step_s"],
+               "mpi_wait_s": run["mpi_wait_s_per_rank"],
+               "quiet": f"{len(run['quiet_steps'])}/{len(run['step_times_s'])}",
+               "tokens_per_s": shape_tokens / median if median else None,
+               "speedup": baseline["median_step_s"] / median if baseline and median else None,
+               "baseline": run is baseline,
+               "saved_mib": max(run["saved_bytes_per_rank"]) / 2**20,
+               # Only a fresh process's first step has a clean RSS baseline (freed memory stays in the heap).
+               "rss_mib": max(run["peak_bytes_per_rank"]) / 2**20 if run["fresh"] else None,
+               "memory_vs_1_rank": max(run["saved_bytes_per_rank"]) / base_memory if base_memory else None,
+               "loss_rel_diff": None, "exact": None}
+        reference = next((r for r in runs if r["name"] == run["compare_to"]), None)
+        if reference and reference is not run and run["threads"] == 1 and not run["plain"]:
+            row["loss_rel_diff"] = relative(run["losses"][0], reference["losses"][0])
+            row["exact"] = row["loss_rel_diff"] <= RTOL
+            n = min(len(run["losses"]), len(reference["losses"]))
+            row["trajectory_rel_diff"] = max(relative(a, b) for a, b in zip(run["losses"][:n], reference["losses"][:n]))
+        row["target"], row["target_met"] = judge(run["target"], row)
+        rows.append(row)
+    return rows
+
+
+def judge(target: dict | None, row: dict) -> tuple[str, bool | None]:
+    """(the target in words, whether this row meets it); ("", None) for rows without one."""
+    if not target:
+        return "", None
+    words, met = [], True
+    if "speedup" in target:
+        words.append(f"≥ {target['speedup']}×")
+        met = met and row["speedup"] is not None and row["speedup"] >= target["speedup"]
+    if "memory" in target:
+        words.append(f"memory ≤ {100 * target['memory']:.0f}% of 1 rank")
+        met = met and row["memory_vs_1_rank"] is not None and row["memory_vs_1_rank"] <= target["memory"]
+    if target.get("exact"):
+        words.append("exact")
+        met = met and bool(row["exact"])
+    return ", ".join(words), met
+
+
+def _mib(value: float) -> str:
+    return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
+
+
+def _fmt(value, spec, suffix="") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| workload | config | median step s (min) quiet/all steps | tokens/s | speedup vs baseline | MPI wait s, per rank | "
+             "activation MiB/rank: saved for backward (% of baseline); peak RSS Δ | target | exact? (loss rel. diff) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        exact = "—" if r["exact"] is None else f"{'yes' if r['exact'] else 'NO'} ({r['loss_rel_diff']:.1e})"
+        memory = _mib(r["saved_mib"])
+        if r["memory_vs_1_rank"] is not None and not r["baseline"]:
+            memory += f" ({100 * r['memory_vs_1_rank']:.0f}%)"
+        memory += "; —" if r["rss_mib"] is None else f"; {_mib(r['rss_mib'])}"
+        step = "—" if r["median_step_s"] is None else f"{r['median_step_s']:.3f} ({r['min_step_s']:.3f}) {r['quiet']}"
+        waits = " / ".join(f"{w:.3f}" for w in r["mpi_wait_s"]) if r["median_step_s"] and len(r["mpi_wait_s"]) > 1 else "—"
+        speed = "baseline" if r["baseline"] else _fmt(r["speedup"], ".2f", "×")
+        target = r["target"] + ("" if r["target_met"] is None else (": met" if r["target_met"] else ": **missed**"))
+        lines.append(f"| {r['workload']} | {r['config']} | {step} | {_fmt(r['tokens_per_s'], '.0f')} | {speed} | "
+                     f"{waits} | {memory} | {target} | {exact} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    from importlib.metadata import version
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch": version("torch"),
+            "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        from mpirnn.distributed.launch import run_guarded
+        return run_guarded(lambda _argv: worker(args))
+    runs = plan(args)
+    meta = {"command": "python -m mpirnn.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "malloc": args.malloc,
+            **machine()}
+    results, errors, meta["load_per_pass"] = [], [], []
+    with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:
+        groups = launches(runs)
+        for rep in range(1 if args.tiny else args.repeat):
+            meta["load_per_pass"].append([round(x, 2) for x in os.getloadavg()])
+            if args.tiny:  # the numbers mean nothing: run the launches at once, for a quick smoke test
+                launched = [start(group, Path(workdir), f"{i}", args.malloc) for i, group in enumerate(groups)]
+                finished = [finish(one, timeout=300) for one in launched]
+            else:  # one at a time: the timings must not share the cores
+                finished = [finish(start(group, Path(workdir), f"{rep}-{i}", args.malloc), timeout=900)
+                            for i, group in enumerate(groups)]
+            for done, error in finished:
+                results += done
+                errors += [error] if error else []
+    results = pool(results)
+    for r in results:
+        shape = shape_of(r["workload"], r["tiny"])
+        r["tokens_per_step"] = shape["batch"] * shape["seq_len"]
+    rows = [row for w in WORKLOADS for row in rows_for(w, results)]
+    meta["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    meta["memory_method"] = results[0]["memory_method"] if results else None
+    table = markdown(rows)
+    print(table)
+    print(f"\nmalloc: {args.malloc}; {len(meta['load_per_pass'])} pass(es); load average (1, 5, 15 min) at the start of "
+          f"each pass {meta['load_per_pass']}, at the end {meta['load_avg_end']}; {meta['cores']} cores; {meta['cpu']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows, "runs": results, "errors": errors,
+                               "shapes": {w: shape_of(w, args.tiny) for w in WORKLOADS}}, indent=1))
+    print(f"results in {out}")
+    for error in errors:
+        print(f"mpirnn.bench: error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
