@@ -1,41 +1,60 @@
-"""The scaling study's plan (no Slurm needed: --dry-run) and the report built from run folders."""
+"""The scaling study's plan (no Slurm needed: --dry-run) and the report built from a sweep's run folders.
 
+    cd /work/main && .venv/bin/python -m pytest -q tests/test_scaling_report.py
+"""
+
+import csv
 import json
 
 import pytest
 
 from mpirnn.tools import report, scaling
 
+PNG = b"\x89PNG\r\n\x1a\n"
 
-def write_run(folder, nodes, strategy, mode, step_time, comm=0.1):
+
+MODEL = {"cell": "lstm", "hidden": 16, "layers": 1, "embed": 8, "dtype": "float32"}
+
+
+def write_run(folder, nodes, strategy, mode, step_time, comm=0.1, config=True):
+    """A finished run of an mpirnn.scaling sweep: metrics, run.json and (by default) the config beside them."""
     folder.mkdir(parents=True)
     lines = [{"step": s, "loss": 3.0 - 0.1 * s, "step_time_s": step_time * (3 if s == 1 else 1),
               "tokens_per_s": 1000 / step_time, "comm_time_s": comm * step_time} for s in range(1, 8)]
     lines.append({"summary": True, "final_loss": 2.3, "world_size": 2 * nodes, "grid": {"dp": 2 * nodes}})
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     (folder / "run.json").write_text(json.dumps({"nodes": nodes, "strategy": strategy, "mode": mode}))
+    if config:
+        batch = 8 * (2 * nodes if mode == "weak" else 1)  # a weak dp sweep grows the batch with the ranks
+        (folder / "metrics.config.json").write_text(json.dumps(
+            {"model": MODEL, "data": {"path": "data/x", "seq_len": 32, "batch_size": batch},
+             "parallel": {"dp": 2 * nodes}}))
 
 
-def test_report_speedup_efficiency_and_plots(tmp_path):
-    write_run(tmp_path / "dp-strong-n1", 1, "dp", "strong", 1.0)
-    write_run(tmp_path / "dp-strong-n2", 2, "dp", "strong", 0.625)
-    write_run(tmp_path / "dp-weak-n1", 1, "dp", "weak", 1.0)
-    write_run(tmp_path / "dp-weak-n2", 2, "dp", "weak", 1.25)
+@pytest.mark.parametrize("config", [True, False], ids=["with-config", "run-json-only"])
+def test_report_speedup_efficiency_and_plots(tmp_path, config):
+    write_run(tmp_path / "dp-strong-n1", 1, "dp", "strong", 1.0, config=config)
+    write_run(tmp_path / "dp-strong-n2", 2, "dp", "strong", 0.625, config=config)
+    write_run(tmp_path / "dp-weak-n1", 1, "dp", "weak", 1.0, config=config)
+    write_run(tmp_path / "dp-weak-n2", 2, "dp", "weak", 1.25, config=config)
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     assert report.main([str(tmp_path)]) == 0
-    rows = {(r["mode"], r["nodes"]): r for r in
-            (report.read_run(tmp_path / n, 2) for n in ("dp-strong-n1", "dp-strong-n2", "dp-weak-n1", "dp-weak-n2"))}
-    report.add_scaling(list(rows.values()))
-    assert rows["strong", 2]["speedup"] == pytest.approx(1.6)
-    assert rows["strong", 2]["efficiency"] == pytest.approx(0.8)
-    assert rows["weak", 2]["efficiency"] == pytest.approx(0.8)
-    assert rows["strong", 1]["step_time_s"] == pytest.approx(1.0)  # the slow warm-up step is left out
-    assert rows["strong", 1]["comm_share"] == pytest.approx(0.1)
-    table = (tmp_path / "report.md").read_text()
-    assert table.count("\n") == 6 and "unfinished" not in table
-    assert (tmp_path / "report.csv").read_text().startswith("strategy,mode,nodes")
+    rows = {(r["mode"], r["nodes"]): r for r in csv.DictReader((tmp_path / "report.csv").open())}
+    assert sorted(r["run"] for r in rows.values()) == ["dp-strong-n1", "dp-strong-n2", "dp-weak-n1", "dp-weak-n2"]
+    assert {r["study"] for r in rows.values()} == {"dp strong", "dp weak"}
+    assert float(rows["strong", "2"]["speedup"]) == pytest.approx(1.6)
+    assert float(rows["strong", "2"]["efficiency"]) == pytest.approx(0.8)
+    assert float(rows["weak", "2"]["efficiency"]) == pytest.approx(0.8)
+    assert float(rows["strong", "1"]["speedup"]) == 1.0
+    assert float(rows["strong", "1"]["step_time_s"]) == pytest.approx(1.0)  # the slow warm-up step is left out
+    assert float(rows["strong", "1"]["comm_share"]) == pytest.approx(0.1)
+    text = (tmp_path / "report.md").read_text()
+    assert text.count("## Scaling study") == 2 and "Runs not in a study" not in text
+    assert "Left out (no summary line" in text and "unfinished" in text  # named, but not in a table
+    assert (tmp_path / "report.csv").read_text().startswith("run,study,strategy,mode,nodes")
     assert (tmp_path / "speedup.png").stat().st_size > 1000 and (tmp_path / "efficiency.png").exists()
+    assert (tmp_path / "loss.png").read_bytes()[:8] == PNG
 
 
 def test_report_without_runs_fails_clearly(tmp_path, capsys):

@@ -1,11 +1,18 @@
-"""Tables and plots from a folder of runs (a scaling study, or any runs' metrics).
+"""Tables and plots from training runs: one run's curves, or a folder of runs and the scaling studies in it.
 
-    python -m mpirnn.report RESULTS [--warmup 2]
+    python -m mpirnn.report runs/default                 # one run: its folder, or its metrics .jsonl file
+    python -m mpirnn.report results/scan1 [--warmup 2]   # a folder of runs, e.g. from python -m mpirnn.scaling
 
-Each subfolder of RESULTS with a metrics.jsonl is one run (run.json, written by
-mpirnn.scaling, names its strategy, mode and node count; otherwise they are read from
-the metrics summary). Writes RESULTS/report.md, RESULTS/report.csv and, with matplotlib,
-RESULTS/speedup.png and RESULTS/efficiency.png (with the ideal line).
+One run: writes its curves beside the metrics file (loss.png with val_loss when logged,
+grad_norm.png, tokens_per_s.png, lr.png when logged) and report.md (first/final loss, median
+step time, tokens/s, grid). A folder of runs (metrics files anywhere below it, e.g.
+runs/<name>/metrics.jsonl): runs that share model, data and batch (metrics.config.json beside
+each metrics file) but differ in grid or node count form one scaling study; runs of one
+strategy and mode of an mpirnn.scaling sweep (run.json) form one too. Writes report.md (a
+table per study with speedup and efficiency against its fewest-rank run, then every other run
+on its own), report.csv, speedup.png and efficiency.png when there is a study, and loss.png
+with every run's loss. Runs are named by their folder. `--warmup` steps are left out of the
+medians. Exercised by: .venv/bin/python -m pytest -q tests/test_scaling_report.py tests/test_report_runs.py
 """
 
 from __future__ import annotations
@@ -17,53 +24,162 @@ import statistics
 import sys
 from pathlib import Path
 
-COLUMNS = ["strategy", "mode", "nodes", "ranks", "step_time_s", "speedup", "efficiency", "comm_share",
-           "tokens_per_s", "final_loss"]
+AXES = ("dp", "sp", "pp", "tp")
+COLUMNS = ["run", "study", "strategy", "mode", "nodes", "ranks", "grid", "step_time_s", "speedup", "efficiency",
+           "comm_share", "tokens_per_s", "final_loss"]
+STUDY_COLUMNS = ["run", "grid", "nodes", "ranks", "step_time_s", "speedup", "efficiency", "comm_share",
+                 "tokens_per_s", "final_loss"]
+SINGLE_COLUMNS = ["run", "grid", "nodes", "ranks", "steps", "first_loss", "final_loss", "step_time_s", "tokens_per_s"]
+# One PNG per entry: its file name and the metrics drawn on it (those the lines have).
+CURVES = [("loss", ("loss", "val_loss")), ("grad_norm", ("grad_norm",)), ("tokens_per_s", ("tokens_per_s",)),
+          ("lr", ("lr",))]
+# The config keys that make two runs the same problem; the rest (grid, steps, lr...) may differ.
+SAME_DATA_KEYS = ("path", "seq_len", "batch_size")
 
 
-def read_run(folder: Path, warmup: int) -> dict | None:
-    metrics = folder / "metrics.jsonl"
-    if not metrics.exists():
+# -- reading runs ------------------------------------------------------------------------
+
+def read_records(metrics: Path) -> list[dict]:
+    records = []
+    for line in metrics.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_run(path: Path, warmup: int, name: str | None = None) -> dict | None:
+    """One run's row; `path` is its folder or its metrics file. None: not a metrics file, or no steps."""
+    metrics = path / "metrics.jsonl" if path.is_dir() else path
+    if not metrics.is_file():
         return None
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    steps = [r for r in records if not r.get("summary")]
-    summary = next((r for r in records if r.get("summary")), None)
-    if not steps or summary is None:
-        return None  # a run that failed or is still going: left out of the table
+    records = read_records(metrics)
+    steps = [r for r in records if not r.get("summary") and "step" in r and "loss" in r]
+    summary = next((r for r in reversed(records) if r.get("summary")), None)
+    if not steps:
+        return None
+    config = _json(metrics.with_name(metrics.stem + ".config.json"))
+    meta = _json(metrics.parent / "run.json") or {}
     timed = steps[warmup:] or steps
-    meta = json.loads((folder / "run.json").read_text()) if (folder / "run.json").exists() else {}
-    placement = summary.get("placement", [])
+    summary_or_empty = summary or {}
+    grid = summary_or_empty.get("grid") or {a: (config or {}).get("parallel", {}).get(a) for a in AXES}
+    placement = summary_or_empty.get("placement", [])
     nodes = meta.get("nodes") or len({p.get("slurm_node") or p.get("host") for p in placement}) or 1
-    grid = summary.get("grid", {})
-    strategy = meta.get("strategy") or "+".join(a for a in ("dp", "sp", "pp", "tp") if grid.get(a, 1) > 1) or "serial"
-    return {"name": folder.name, "strategy": strategy, "mode": meta.get("mode", "strong"), "nodes": nodes,
-            "ranks": summary.get("world_size", 1),
-            "step_time_s": statistics.median(r["step_time_s"] for r in timed),
-            "comm_share": statistics.median(r["comm_time_s"] / r["step_time_s"] for r in timed),
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
-            "final_loss": summary.get("final_loss")}
+    return {"run": name or (metrics.parent.name if metrics.stem == "metrics" else metrics.stem),
+            "metrics": metrics, "records": steps, "summary": summary, "config": config, "meta": meta,
+            "strategy": meta.get("strategy") or "+".join(a for a in AXES if (grid.get(a) or 1) > 1) or "serial",
+            "mode": meta.get("mode", "strong"), "nodes": nodes, "ranks": summary_or_empty.get("world_size"),
+            "grid": "x".join(str(grid.get(a) if grid.get(a) is not None else "?") for a in AXES),
+            "steps": steps[-1]["step"], "first_loss": steps[0]["loss"],
+            "final_loss": summary_or_empty.get("final_loss", steps[-1]["loss"]),
+            "step_time_s": statistics.median(r["step_time_s"] for r in timed) if "step_time_s" in timed[0] else None,
+            "comm_share": statistics.median(r.get("comm_time_s", 0.0) / r["step_time_s"] for r in timed)
+            if "step_time_s" in timed[0] else None,
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed) if "tokens_per_s" in timed[0] else None,
+            "timed_from": timed[0]["step"]}
 
 
-def add_scaling(rows: list[dict]) -> None:
-    """Speedup and efficiency against the fewest-node run of the same strategy and mode."""
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def find_metrics(root: Path) -> list[Path]:
+    """Metrics files anywhere under root (hidden folders such as .venv skipped)."""
+    found = []
+    for path in sorted(root.rglob("*.jsonl")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        first = _first_record(path)
+        if "step" in first or first.get("summary"):  # other JSON Lines files are not runs
+            found.append(path)
+    return found
+
+
+def _first_record(path: Path) -> dict:
+    with open(path, errors="replace") as handle:
+        line = handle.readline()
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+# -- grouping a folder of runs into scaling studies -----------------------------------------
+
+def study_key(run: dict) -> tuple | None:
+    """Runs with equal keys are the same problem; None: nothing says what the problem is."""
+    config, meta = run["config"], run["meta"]
+    problem = None
+    if config:
+        data = {k: v for k, v in config.get("data", {}).items() if k in SAME_DATA_KEYS}
+        if meta.get("mode") == "weak":  # a weak sweep grows the batch (dp) or sequence (sp) on purpose
+            data.pop("batch_size" if meta.get("strategy") == "dp" else "seq_len", None)
+        problem = json.dumps({"model": config.get("model"), "data": data}, sort_keys=True)
+    if meta.get("strategy"):
+        return meta["strategy"], meta.get("mode", "strong"), problem
+    return None if problem is None else ("", "strong", problem)
+
+
+def group_studies(rows: list[dict]) -> tuple[list[tuple[str, list[dict]]], list[dict]]:
+    """(label, runs) per scaling study, and the runs that belong to none."""
     groups: dict[tuple, list[dict]] = {}
+    alone = []
     for row in rows:
-        groups.setdefault((row["strategy"], row["mode"]), []).append(row)
-    for group in groups.values():
-        base = min(group, key=lambda r: r["nodes"])
+        key = study_key(row)
+        if key is None:
+            alone.append(row)
+        else:
+            groups.setdefault(key, []).append(row)
+    studies, labels = [], set()
+    for key, group in groups.items():
+        if len({(r["grid"], r["nodes"]) for r in group}) < 2:
+            alone += group  # the same grid again is a repeat, not a scaling study
+            continue
+        label = f"{key[0]} {key[1]}" if key[0] else _problem_label(group[0]["config"])
+        while label in labels:
+            label += "'"
+        labels.add(label)
+        group.sort(key=lambda r: (r["ranks"] or 0, r["nodes"], r["run"]))
         for row in group:
-            scale = row["nodes"] / base["nodes"]
-            if row["mode"] == "weak":  # same work per rank: ideal is a constant step time
-                row["speedup"] = scale * base["step_time_s"] / row["step_time_s"]
-            else:
-                row["speedup"] = base["step_time_s"] / row["step_time_s"]
-            row["efficiency"] = row["speedup"] / scale
+            row["study"] = label
+        studies.append((label, group))
+    studies.sort(key=lambda s: s[0])
+    alone.sort(key=lambda r: r["run"])
+    return studies, alone
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def _problem_label(config: dict) -> str:
+    model, data = config.get("model", {}), config.get("data", {})
+    return (f"{model.get('cell')} {model.get('layers')}x{model.get('hidden')}, "
+            f"batch {data.get('batch_size')} x {data.get('seq_len')}")
+
+
+def add_scaling(study: list[dict]) -> None:
+    """Speedup and efficiency against the study's run with the fewest ranks (then nodes)."""
+    base = min(study, key=lambda r: (r["ranks"] or 1, r["nodes"]))
+    for row in study:
+        scale = (row["ranks"] or 1) / (base["ranks"] or 1)
+        if row["mode"] == "weak":  # same work per rank: ideal is a constant step time
+            row["speedup"] = scale * base["step_time_s"] / row["step_time_s"]
+        else:
+            row["speedup"] = base["step_time_s"] / row["step_time_s"]
+        row["efficiency"] = row["speedup"] / scale
+        row["baseline"] = base["run"]
+
+
+# -- writing -----------------------------------------------------------------------------
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -73,56 +189,177 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def plot(rows: list[dict], out: Path) -> list[Path]:
+def pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("mpirnn.report: matplotlib not installed (pip install 'mpirnn[plots]'): no plots", file=sys.stderr)
+        return None
+    return plt
+
+
+def _save(plt, figure, axes, path: Path) -> Path:
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(run: dict, prefix: str) -> list[Path]:
+    """One PNG per metric the run's lines have, beside its metrics file."""
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
-    for metric, ideal in (("speedup", lambda n, base: n / base), ("efficiency", lambda n, base: 1.0)):
-        figure, axes = plt.subplots(figsize=(5, 3.5))
-        nodes = sorted({r["nodes"] for r in rows})
-        axes.plot(nodes, [ideal(n, nodes[0]) for n in nodes], "k--", label="ideal")
-        for key in sorted({(r["strategy"], r["mode"]) for r in rows}):
-            group = sorted((r for r in rows if (r["strategy"], r["mode"]) == key), key=lambda r: r["nodes"])
-            axes.plot([r["nodes"] for r in group], [r[metric] for r in group], "o-", label=f"{key[0]} {key[1]}")
-        axes.set_xlabel("nodes")
-        axes.set_ylabel(metric)
-        axes.set_xticks(nodes)
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        path = out / f"{metric}.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        written.append(path)
+    for figure_name, keys in CURVES:
+        present = [k for k in keys if any(r.get(k) is not None for r in run["records"])]
+        if not present:
+            continue
+        figure, axes = plt.subplots(figsize=(6, 3.5))
+        for key in present:
+            points = [(r["step"], r[key]) for r in run["records"] if r.get(key) is not None]
+            axes.plot(*zip(*points), "o-" if key == "val_loss" or len(points) < 20 else "-", label=key, markersize=3)
+        axes.set_xlabel("step")
+        axes.set_ylabel(figure_name)
+        axes.set_title(run["run"], fontsize=9)
+        written.append(_save(plt, figure, axes, run["metrics"].with_name(f"{prefix}{figure_name}.png")))
     return written
+
+
+def plot_studies(studies: list[tuple[str, list[dict]]], out: Path) -> list[Path]:
+    """speedup.png and efficiency.png against ranks, the ideal dashed, every point named by its run."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    written = []
+    ranks = sorted({r["ranks"] or 1 for _, study in studies for r in study})
+    for metric, ideal in (("speedup", lambda n: n / ranks[0]), ("efficiency", lambda n: 1.0)):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        axes.plot(ranks, [ideal(n) for n in ranks], "k--", label="ideal")
+        for label, study in studies:
+            xs = [r["ranks"] or 1 for r in study]
+            axes.plot(xs, [r[metric] for r in study], "o-", label=label)
+            for x, row in zip(xs, study):
+                axes.annotate(row["run"], (x, row[metric]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+        axes.set_xlabel("ranks")
+        axes.set_ylabel(metric)
+        axes.set_xticks(ranks)
+        written.append(_save(plt, figure, axes, out / f"{metric}.png"))
+    return written
+
+
+def plot_losses(rows: list[dict], out: Path) -> list[Path]:
+    plt = pyplot()
+    if plt is None:
+        return []
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        axes.plot([r["step"] for r in row["records"]], [r["loss"] for r in row["records"]],
+                  "o-" if len(row["records"]) < 20 else "-", markersize=3,  # a one-step run is still seen
+                  label=row["run"] + ("" if row["summary"] else " (unfinished)"))
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    return [_save(plt, figure, axes, out / "loss.png")]
+
+
+def single_summary(run: dict, plots: list[Path], warmup: int) -> str:
+    summary, config = run["summary"] or {}, run["config"] or {}
+    first, last = run["records"][0], run["records"][-1]
+    lines = [f"# Run {run['run']}", "", f"- metrics: {run['metrics']}"]
+    if run["summary"] is None:
+        lines.append("- unfinished: no summary line yet (still running, or it failed)")
+    lines.append(f"- steps: {last['step']}" + (f" of {summary['steps']}" if "steps" in summary else ""))
+    lines.append(f"- loss: {first['loss']:.4f} at step {first['step']} -> {run['final_loss']:.4f} at step {last['step']}")
+    validated = [r for r in run["records"] if r.get("val_loss") is not None]
+    if validated:
+        lines.append(f"- val_loss: {validated[0]['val_loss']:.4f} -> {validated[-1]['val_loss']:.4f}")
+    skipped = f"the first {warmup} left out" if run["timed_from"] > first["step"] else "all steps"
+    if run["step_time_s"] is not None:
+        lines.append(f"- median step time: {run['step_time_s']:.4g} s ({skipped})")
+    if run["tokens_per_s"] is not None:
+        overall = f"; {summary['tokens_per_s']:.0f} over the whole run" if "tokens_per_s" in summary else ""
+        lines.append(f"- tokens/s: {run['tokens_per_s']:.0f} median per step{overall}")
+    lines.append(f"- grid (dp x sp x pp x tp): {run['grid']}" + (f" on {run['ranks']} rank(s), {run['nodes']} node(s)"
+                                                               if run["ranks"] else ""))
+    if config:
+        model, data = config.get("model", {}), config.get("data", {})
+        lines.append(f"- model: {model.get('cell')} {model.get('layers')}x{model.get('hidden')} (embed "
+                     f"{model.get('embed')}); data {data.get('path')}, batch {data.get('batch_size')} x "
+                     f"{data.get('seq_len')}")
+    if plots:
+        lines.append("- plots: " + ", ".join(p.name for p in plots))
+    return "\n".join(lines) + "\n"
+
+
+def report_single(path: Path, warmup: int) -> int:
+    run = read_run(path, warmup)
+    if run is None:
+        print(f"mpirnn.report: no step lines in {path}: is it a metrics file (output.metrics)?", file=sys.stderr)
+        return 1
+    prefix = "" if run["metrics"].stem == "metrics" else run["metrics"].stem + "-"
+    plots = plot_curves(run, prefix)
+    text = single_summary(run, plots, warmup)
+    out = run["metrics"].with_name(f"{prefix}report.md")
+    out.write_text(text)
+    print(text, end="")
+    print(f"wrote {out}" + "".join(f", {p.name}" for p in plots))
+    return 0
+
+
+def report_folder(root: Path, metrics_files: list[Path], warmup: int) -> int:
+    rows, unfinished = [], []
+    for path in metrics_files:
+        name = str(path.parent.relative_to(root)) if path.stem == "metrics" else str(path.relative_to(root))[:-6]
+        row = read_run(path, warmup, name=name if name != "." else root.name)
+        if row is None:
+            continue
+        (rows if row["summary"] is not None else unfinished).append(row)
+    if not rows:
+        print(f"mpirnn.report: no finished runs (metrics .jsonl with a summary line) under {root}", file=sys.stderr)
+        return 1
+    studies, alone = group_studies(rows)
+    parts = [f"# Runs under {root}\n"]
+    for label, study in studies:
+        add_scaling(study)
+        parts.append(f"## Scaling study: {label}\n\nSame model, data and batch; speedup and efficiency against "
+                     f"{study[0]['baseline']} (fewest ranks).\n\n" + markdown(study, STUDY_COLUMNS))
+    if alone:
+        parts.append("## Runs not in a study\n\nNo other run has the same model, data and batch on another grid"
+                     " (or there is no metrics.config.json to tell).\n\n" + markdown(alone, SINGLE_COLUMNS))
+    if unfinished:
+        parts.append("Left out (no summary line: still running, or failed): "
+                     + ", ".join(r["run"] for r in unfinished) + "\n")
+    plots = (plot_studies(studies, root) if studies else []) + plot_losses(rows + unfinished, root)
+    text = "\n".join(parts)
+    (root / "report.md").write_text(text)
+    table = [row for _, study in studies for row in study] + alone
+    with open(root / "report.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    print(text, end="")
+    print(f"wrote {root / 'report.md'}, report.csv" + "".join(f", {p.name}" for p in plots))
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpirnn.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path)
+    parser.add_argument("path", type=Path, help="a run folder, a metrics .jsonl file, or a folder of runs")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the medians")
     args = parser.parse_args(argv)
-    folders = sorted(p for p in args.results.iterdir() if p.is_dir()) if args.results.is_dir() else []
-    rows = [row for folder in folders if (row := read_run(folder, args.warmup))]
-    if not rows:
-        print(f"mpirnn.report: no finished runs (metrics.jsonl with a summary) under {args.results}", file=sys.stderr)
+    path = args.path
+    if not path.exists():
+        print(f"mpirnn.report: {path} does not exist", file=sys.stderr)
         return 1
-    rows.sort(key=lambda r: (r["strategy"], r["mode"], r["nodes"]))
-    add_scaling(rows)
-    table = markdown(rows)
-    (args.results / "report.md").write_text(table)
-    with open(args.results / "report.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    plots = plot(rows, args.results)
-    print(table, end="")
-    print(f"wrote {args.results / 'report.md'}, report.csv" + "".join(f", {p.name}" for p in plots))
-    return 0
-
+    if path.is_file() or (path / "metrics.jsonl").is_file():
+        return report_single(path, args.warmup)
+    found = find_metrics(path)
+    if len(found) == 1:  # a folder holding one run somewhere below: that run's report
+        return report_single(found[0], args.warmup)
+    return report_folder(path, found, args.warmup)
