@@ -1,6 +1,7 @@
 """Training entry point: config → grid → data → model → parallelize → train loop → checkpoint.
 
     mpirun -n 4 python -m mpirnn.train [--config FILE.toml] [--set section.key=value ...]
+    mpirnn-train --version                  # the same entry point as a console script
 
 With no --config it trains the embedded default (a byte-level LSTM on Python's
 standard library sources, prepared on first use). The config and the grid are agreed
@@ -14,18 +15,29 @@ import sys
 
 from mpi4py import MPI
 
+from mpirnn import __version__
 from mpirnn import config as config_module
 from mpirnn.distributed.agreement import agree
 from mpirnn.parallel.grid import Grid
 from mpirnn.distributed.launch import run_guarded
 
 
+class RankZeroParser(argparse.ArgumentParser):
+    """Usage, errors, --help and --version printed by rank 0 only; every rank still exits
+    (status 2 on an error), so `mpirun -n 4` shows one message, not four."""
+
+    def _print_message(self, message, file=None):  # argparse's one funnel for all of those texts
+        if MPI.COMM_WORLD.rank == 0:
+            super()._print_message(message, file)
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m mpirnn.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = RankZeroParser(prog="python -m mpirnn.train", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML file (see `python -m mpirnn.config` for every key)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one key, e.g. --set train.steps=100 (repeatable)")
+    parser.add_argument("--version", action="version", version=f"mpirnn {__version__}")
     return parser.parse_args(argv)
 
 

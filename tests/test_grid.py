@@ -187,3 +187,17 @@ def test_rows_and_segments_use_their_own_axis():
     assert segment_of(9, grid, 1) == (5, 9)     # split by sp=2, not dp
     with pytest.raises(ValueError):
         segment_of(9, grid, 2)                  # there is no sp rank 2
+
+
+@pytest.mark.parametrize("degrees, ranks", [(dict(dp=4), 4), (dict(dp=2, sp=3), 6), (dict(dp=-1, sp=2), 2)])
+def test_one_process_for_a_bigger_grid_hints_at_mpirun(degrees, ranks):
+    with pytest.raises(ConfigError, match=r"job has 1|world size 1") as info:
+        Grid(1, **degrees)
+    assert f"`mpirun -n {ranks} python -m mpirnn.train" in str(info.value)
+
+
+@pytest.mark.parametrize("world, degrees", [(4, dict(dp=3)), (2, dict(dp=1)), (6, dict(sp=4))])
+def test_no_mpirun_hint_when_mpirun_was_used(world, degrees):
+    with pytest.raises(ConfigError) as info:
+        Grid(world, **degrees)
+    assert "mpirun" not in str(info.value)

@@ -49,17 +49,20 @@ class Grid:
         known = 1
         for d in degrees.values():
             known *= d if d != -1 else 1
+        # One process where the grid wants several is most often a launch without mpirun.
+        alone = (f"; only one process is running (no mpirun?): start it as `mpirun -n {known} python -m "
+                 f"mpirnn.train ...`" if self.world_size == 1 and known > 1 else "")
         if inferred:
             if self.world_size % known:
                 raise ConfigError(
                     f"cannot infer parallel.{inferred[0]}: world size {self.world_size} is not "
-                    f"divisible by the product of the other degrees ({known})")
+                    f"divisible by the product of the other degrees ({known}){alone}")
             object.__setattr__(self, inferred[0], self.world_size // known)
         elif known != self.world_size:
             shape = " x ".join(f"{a}={degrees[a]}" for a in AXES)
             raise ConfigError(
                 f"grid {shape} has {known} ranks but the job has {self.world_size}: "
-                f"make dp*sp*pp*tp equal the number of ranks (or set one degree to -1)")
+                f"make dp*sp*pp*tp equal the number of ranks (or set one degree to -1){alone}")
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
