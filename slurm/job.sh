@@ -21,7 +21,20 @@
 # checkpoint.dir) and exit with 128+USR1 = 138. The script then requeues the job (--requeue);
 # the next run resumes (checkpoint.resume=true is added when SLURM_RESTART_COUNT > 0). A run
 # that finishes before it sees the signal exits 0 and is not requeued. Output is appended
-# across requeues (--open-mode=append).
+# across requeues (--open-mode=append). A fresh (not requeued) run refuses a checkpoint.dir that
+# holds another run's checkpoints: resubmit with --set checkpoint.resume=true to continue that
+# run, or --set checkpoint.overwrite=true to replace it.
+#
+# PMI: srun starts the ranks with --mpi=$MPIRNN_SRUN_MPI (default pmi2: the pip MPICH speaks
+# PMI2). An Open MPI build, or a site MPICH built for PMIx, wants MPIRNN_SRUN_MPI=pmix;
+# `srun --mpi=list` shows what the cluster offers. See slurm/README.md for a real cluster.
+#
+# Site settings: a real cluster usually wants some of these; drop one '#' to enable a line
+# (sbatch reads only lines that start with exactly '#SBATCH'). With GPUs, make the
+# --ntasks-per-node line below equal to --gpus-per-node (one rank per GPU).
+##SBATCH --partition=gpu
+##SBATCH --account=myproject
+##SBATCH --gpus-per-node=4
 #
 #SBATCH --job-name=mpirnn
 #SBATCH --nodes=2
@@ -33,6 +46,11 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 set -euo pipefail
+
+# The site's modules, before Python is looked for (a module may provide python3). Load the
+# ones mpi4py was built with (slurm/README.md: building mpi4py against the site's MPI). Some
+# module systems read unset variables: hence the set +u around them.
+# set +u; module load gcc/12 openmpi/4.1 cuda/12.4; set -u
 
 die() { echo "job.sh: $*" >&2; exit 2; }
 
@@ -85,6 +103,9 @@ if [[ -z ${UCX_TLS:-} ]] && [[ -z $(ls -A /sys/class/infiniband 2>/dev/null) ]];
     export UCX_TLS=self,sm,tcp
 fi
 
+# Which PMI srun speaks to the ranks with: a variable, not a fixed string (see the header).
+srun_mpi=${MPIRNN_SRUN_MPI:-pmi2}
+
 args=("$@")
 if [[ ${SLURM_RESTART_COUNT:-0} -gt 0 ]]; then
     # A requeued run continues from the newest checkpoint (a later --set could still override).
@@ -92,7 +113,7 @@ if [[ ${SLURM_RESTART_COUNT:-0} -gt 0 ]]; then
 fi
 
 echo "job.sh: job ${SLURM_JOB_ID:-none} restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-?}," \
-     "${SLURM_NTASKS:-?} tasks x $threads threads; project $MPIRNN_HOME; python $python"
+     "${SLURM_NTASKS:-?} tasks x $threads threads; srun --mpi=$srun_mpi; project $MPIRNN_HOME; python $python"
 
 # The traps are set before srun starts: an untrapped USR1 would kill this shell, job and all.
 srun_pid="" signalled=""
@@ -112,7 +133,7 @@ trap 'forward TERM' TERM
 # nor signals the tasks, so preemption needs care):
 #   "$MPIRNN_HOME/.venv/bin/mpirun" -n "$SLURM_NTASKS" -ppn "$SLURM_NTASKS_PER_NODE" \
 #       "$python" -m mpirnn.train "${args[@]}"
-srun --mpi=pmi2 --kill-on-bad-exit=1 "$python" -m mpirnn.train "${args[@]}" &
+srun --mpi="$srun_mpi" --kill-on-bad-exit=1 "$python" -m mpirnn.train "${args[@]}" &
 srun_pid=$!
 
 # wait returns early (status > 128) whenever a trapped signal arrives: keep waiting while srun

@@ -1,21 +1,27 @@
-"""slurm/job.sh on the local Slurm cluster.
+"""slurm/job.sh on the local Slurm cluster, and without one where a stand-in srun is enough.
 
     slurm/local-cluster.sh start && .venv/bin/python -m pytest -q tests/slurm/test_job_script.py
 
 The first tests run job.sh against a stand-in trainer (a throwaway `mpirnn` package in a
 temporary MPIRNN_HOME with the trainer's CLI, signal and checkpoint behaviour), so they check
 the script itself: argument passing, threads per rank, finding the project, USR1 forwarding
-and requeue, failure. The last ones run the real `python -m mpirnn.train`.
+and requeue, failure; the srun test among them needs no cluster (bash and a stand-in srun:
+`.venv/bin/python -m pytest -q tests/slurm -m "not slurm"`). The last ones run the real
+`python -m mpirnn.train`.
 """
 
 import json
+import os
+import shlex
 import subprocess
 import textwrap
 import time
 
 import pytest
 
-pytestmark = pytest.mark.slurm
+# Every test needs the cluster except those at the end of the stand-in section, which run
+# job.sh with bash and a stand-in srun (they run in the unit tests: -m "not slurm").
+cluster = pytest.mark.slurm
 
 # Same CLI and exit protocol as mpirnn.train (--config, --set k=v); loss 1/step. On USR1 each
 # rank sets a flag, the ranks agree at the step boundary (allreduce MAX), rank 0 writes the
@@ -96,6 +102,7 @@ def metrics(path):
     return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
 
 
+@cluster
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("opts, ranks, threads", [
     ([], 4, "1"),                                                  # the #SBATCH defaults: 2 x 2
@@ -122,6 +129,7 @@ def test_job_script_passes_arguments_and_threads(tmp_path, sbatch, slurm, fake_h
         assert (run["OMP_NUM_THREADS"], run["SLURM_CPUS_PER_TASK"]) == (threads, threads)
 
 
+@cluster
 @pytest.mark.timeout(120)
 def test_job_script_finds_project_from_another_directory(tmp_path, sbatch, slurm):
     """Submitted by path from elsewhere, without MPIRNN_HOME: job.sh finds the repository
@@ -139,6 +147,7 @@ def test_job_script_finds_project_from_another_directory(tmp_path, sbatch, slurm
     assert job.text().count("-m mpirnn.train --set x=1") == 4, job.explain()
 
 
+@cluster
 @pytest.mark.timeout(180)
 def test_job_script_forwards_usr1_and_requeues(tmp_path, sbatch, slurm, fake_home):
     """USR1 to the batch shell (what --signal=B:USR1@60 does before the time limit) reaches
@@ -169,6 +178,7 @@ def test_job_script_forwards_usr1_and_requeues(tmp_path, sbatch, slurm, fake_hom
         assert "checkpoint.resume=true" not in started[0]["argv"]
 
 
+@cluster
 @pytest.mark.timeout(120)
 def test_job_script_failure_ends_job_quickly(tmp_path, sbatch, slurm, fake_home):
     """A rank that fails (MPI_Abort on one rank, the others in a collective) ends the job
@@ -182,6 +192,7 @@ def test_job_script_failure_ends_job_quickly(tmp_path, sbatch, slurm, fake_home)
     assert time.monotonic() - job.submitted < 30, job.explain()
 
 
+@cluster
 @pytest.mark.timeout(180)
 def test_time_limit_warning_checkpoints_and_requeues(tmp_path, sbatch, slurm, fake_home):
     """The real trigger: Slurm itself sends USR1 before the time limit (--signal=B:USR1@80 on a
@@ -205,6 +216,26 @@ def test_time_limit_warning_checkpoints_and_requeues(tmp_path, sbatch, slurm, fa
     assert "got SIGUSR1" in job.text() and "requeueing job" in job.text(), job.explain()
     logged = [m["step"] for m in metrics(metrics_path)]
     assert logged == list(range(1, len(logged) + 1)), job.explain()   # resumed, no step twice
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("setting, plugin", [(None, "pmi2"), ("pmix", "pmix")], ids=["default", "pmix"])
+def test_srun_pmi_plugin_is_the_variable(tmp_path, slurm, fake_home, setting, plugin):
+    """No cluster: bash runs job.sh with a stand-in srun on PATH that records its arguments.
+    srun gets --mpi=$MPIRNN_SRUN_MPI (pmi2 when unset), the trainer's arguments unchanged."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "srun-args"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {shlex.quote(str(record))}\n')
+    (bin_dir / "srun").chmod(0o755)
+    env = slurm.clean_env(MPIRNN_HOME=str(fake_home), MPIRNN_PYTHON="/bin/echo",
+                          PATH=f"{bin_dir}:{os.environ['PATH']}",
+                          **({"MPIRNN_SRUN_MPI": setting} if setting else {}))
+    run = subprocess.run(["bash", str(slurm.repo / "slurm" / "job.sh"), "--set", "train.steps=2"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert record.read_text().splitlines() == [f"--mpi={plugin}", "--kill-on-bad-exit=1", "/bin/echo", "-m",
+                                               "mpirnn.train", "--set", "train.steps=2"]
+    assert f"srun --mpi={plugin};" in run.stdout
 
 
 # ---- the real trainer -------------------------------------------------------------------------
@@ -243,6 +274,7 @@ def losses(path):
     return {m["step"]: m["loss"] for m in metrics(path) if not m.get("summary")}
 
 
+@cluster
 @pytest.mark.timeout(300)
 def test_real_job_matches_mpirun(tmp_path, sbatch, slurm, small_data, reference):
     """sbatch --nodes=2 slurm/job.sh gives the direct mpirun run's losses, step by step, with
@@ -262,6 +294,7 @@ def test_real_job_matches_mpirun(tmp_path, sbatch, slurm, small_data, reference)
     assert [p["local_rank"] for p in placement] == [0, 1, 0, 1]
 
 
+@cluster
 @pytest.mark.timeout(300)
 def test_real_job_preempted_resumes_to_the_same_losses(tmp_path, sbatch, slurm, small_data,
                                                        reference):
@@ -282,6 +315,7 @@ def test_real_job_preempted_resumes_to_the_same_losses(tmp_path, sbatch, slurm, 
     assert losses(path) == pytest.approx(reference, rel=1e-9, abs=0)
 
 
+@cluster
 @pytest.mark.timeout(180)
 def test_real_job_bad_config_fails_fast(tmp_path, sbatch, slurm, small_data):
     """A bad key ends the job FAILED within a minute, the one-line cause in its output."""
