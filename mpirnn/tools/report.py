@@ -64,22 +64,29 @@ def read_run(path: Path, warmup: int, name: str | None = None) -> dict | None:
     config = _json(metrics.with_name(metrics.stem + ".config.json"))
     meta = _json(metrics.parent / "run.json") or {}
     timed = steps[warmup:] or steps
-    summary_or_empty = summary or {}
-    grid = summary_or_empty.get("grid") or {a: (config or {}).get("parallel", {}).get(a) for a in AXES}
-    placement = summary_or_empty.get("placement", [])
+    done = summary or {}
+    grid = done.get("grid") or {a: (config or {}).get("parallel", {}).get(a) for a in AXES}
+    placement = done.get("placement", [])
     nodes = meta.get("nodes") or len({p.get("slurm_node") or p.get("host") for p in placement}) or 1
     return {"run": name or (metrics.parent.name if metrics.stem == "metrics" else metrics.stem),
             "metrics": metrics, "records": steps, "summary": summary, "config": config, "meta": meta,
             "strategy": meta.get("strategy") or "+".join(a for a in AXES if (grid.get(a) or 1) > 1) or "serial",
-            "mode": meta.get("mode", "strong"), "nodes": nodes, "ranks": summary_or_empty.get("world_size"),
-            "grid": "x".join(str(grid.get(a) if grid.get(a) is not None else "?") for a in AXES),
+            "mode": meta.get("mode", "strong"), "nodes": nodes, "ranks": done.get("world_size"),
+            "grid": "x".join("?" if grid.get(a) is None else str(grid[a]) for a in AXES),
             "steps": steps[-1]["step"], "first_loss": steps[0]["loss"],
-            "final_loss": summary_or_empty.get("final_loss", steps[-1]["loss"]),
-            "step_time_s": statistics.median(r["step_time_s"] for r in timed) if "step_time_s" in timed[0] else None,
-            "comm_share": statistics.median(r.get("comm_time_s", 0.0) / r["step_time_s"] for r in timed)
-            if "step_time_s" in timed[0] else None,
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed) if "tokens_per_s" in timed[0] else None,
+            "final_loss": done.get("final_loss", steps[-1]["loss"]),
+            "step_time_s": _median(timed, lambda r: r["step_time_s"]),
+            "comm_share": _median(timed, lambda r: r.get("comm_time_s", 0.0) / r["step_time_s"]),
+            "tokens_per_s": _median(timed, lambda r: r["tokens_per_s"]),
             "timed_from": timed[0]["step"]}
+
+
+def _median(records: list[dict], value) -> float | None:
+    """Median of value(record); None when the lines lack what it reads (hand-made files)."""
+    try:
+        return statistics.median(value(r) for r in records)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def _json(path: Path) -> dict | None:
@@ -116,6 +123,8 @@ def _first_record(path: Path) -> dict:
 def study_key(run: dict) -> tuple | None:
     """Runs with equal keys are the same problem; None: nothing says what the problem is."""
     config, meta = run["config"], run["meta"]
+    if run["step_time_s"] is None:
+        return None  # no step times: nothing to compare
     problem = None
     if config:
         data = {k: v for k, v in config.get("data", {}).items() if k in SAME_DATA_KEYS}
