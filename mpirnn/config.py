@@ -49,7 +49,10 @@ class ParallelConfig:
     sp: int = doc(1, "sequence-parallel degree (time segments)")
     pp: int = doc(1, "pipeline-parallel degree (layer stages)")
     tp: int = doc(1, "tensor-parallel degree (hidden units)")
-    microbatches: int = doc(0, "microbatches per step for the sp wavefront; 0 = automatic (2 to 8, keeping >= 8 rows each)")
+    microbatches: int = doc(0, "microbatches per step (overlap the sp chain and scan-mode stages); "
+                               "0 = automatic (2 to 8 with >= 8 rows each where they overlap, else 1)")
+    chunks: int = doc(0, "time chunks per segment (overlap pp stages even at batch size 1); "
+                         "0 = automatic (about 8 units per extra stage, chunks >= 16 steps; 1 without pp)")
 
 
 @dataclass
@@ -62,7 +65,8 @@ class TrainConfig:
     device: str = doc("auto", "auto (a GPU per rank when there is one), cpu, or cuda")
     threads: int = doc(0, "torch threads per rank; 0 = the cores available to the rank")
     skip_nonfinite: bool = doc(False, "skip a step whose loss or gradients are not finite (on all ranks) instead of stopping")
-    comm_timeout_s: float = doc(0.0, "abort when one step takes longer than this many seconds (hung peer); 0 = off")
+    comm_timeout_s: float = doc(-1.0, "abort a step stuck this long (a hung peer): -1 = automatic (from the "
+                                      "run's own step times, docs/reliability.md), 0 = off, > 0 = seconds")
     bucket_mb: float = doc(4.0, "gradient allreduce bucket size in MiB (overlapped with backward)")
 
 
@@ -78,7 +82,10 @@ class CheckpointConfig:
 
 @dataclass
 class OutputConfig:
-    metrics: str = doc("runs/default/metrics.jsonl", "metrics file (JSON Lines, rank 0); the resolved config goes beside it")
+    run_name: str = doc("", "name of this run's folder runs/NAME; empty = the config file's name (or 'default') "
+                            "and the start time")
+    metrics: str = doc("", "metrics file (JSON Lines, rank 0), the resolved config beside it; "
+                           "empty = runs/<run_name>/metrics.jsonl")
     log_every: int = doc(1, "write a metrics line every this many steps")
     progress: bool = doc(True, "progress bar on rank 0 (stderr)")
     sample_bytes: int = doc(300, "after training, print a sample of this many generated tokens (token data only)")
@@ -93,6 +100,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        # Not fields (so not in to_dict): which keys the user gave, and where the config came from.
+        self.explicit: set[str] = set()
+        self.origin = "default"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,6 +139,7 @@ def _apply(cfg: Config, table: dict, origin: str) -> None:
             if key not in hints:
                 raise ConfigError(f"{origin}: unknown key {section}.{key}{_suggest(key, hints)}")
             setattr(target, key, _coerce(f"{origin}: {section}.{key}", value, hints[key]))
+            cfg.explicit.add(f"{section}.{key}")
 
 
 def parse_override(text: str) -> dict:
@@ -153,6 +166,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         _apply(cfg, table, str(path))
+        cfg.origin = path.stem
     for text in overrides:
         _apply(cfg, parse_override(text), "--set")
     check(cfg)
@@ -171,7 +185,7 @@ def check(cfg: Config) -> None:
                 "output.log_every": o.log_every, "checkpoint.keep": c.keep}
     non_negative = {"train.steps": t.steps, "parallel.microbatches": p.microbatches,
                     "checkpoint.every": c.every, "train.threads": t.threads,
-                    "train.grad_clip": t.grad_clip, "train.comm_timeout_s": t.comm_timeout_s,
+                    "train.grad_clip": t.grad_clip, "parallel.chunks": p.chunks,
                     "output.sample_bytes": o.sample_bytes}
     for name, value in positive.items():
         if value <= 0:
@@ -181,6 +195,8 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"{name} = {value} must not be negative")
     if not t.lr > 0:
         raise ConfigError(f"train.lr = {t.lr} must be positive")
+    if t.comm_timeout_s < 0 and t.comm_timeout_s != -1:
+        raise ConfigError(f"train.comm_timeout_s = {t.comm_timeout_s}: use -1 (automatic), 0 (off) or seconds")
     if t.bucket_mb <= 0:
         raise ConfigError(f"train.bucket_mb = {t.bucket_mb} must be positive")
     for axis in ("dp", "sp", "pp", "tp"):

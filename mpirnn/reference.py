@@ -16,8 +16,9 @@ import torch
 from mpirnn.config import load_config
 from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
-from mpirnn.parallel.grid import Grid
 from mpirnn.models import build_model
+from mpirnn.parallel.grid import Grid
+from mpirnn.parallel.plan import make_plan
 
 SERIAL = Grid(1)
 SERIAL_COORDS = {"dp": 0, "sp": 0, "pp": 0, "tp": 0}
@@ -29,7 +30,9 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
     dtype = getattr(torch, cfg.model.dtype)
     model = build_model(cfg, vocab_size=manifest.vocab_size if manifest.kind == "tokens" else None,
                         features=manifest.features if manifest.kind != "tokens" else None)
-    loader = BatchLoader(manifest, cfg, SERIAL, SERIAL_COORDS, "cpu", dtype)
+    plan = make_plan(SERIAL, SERIAL_COORDS, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
+                     layers=cfg.model.layers, cell=cfg.model.cell)
+    loader = BatchLoader(manifest, cfg, plan, "cpu", dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     losses, state = [], None
     for step in range(cfg.train.steps if steps is None else steps):

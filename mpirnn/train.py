@@ -19,6 +19,7 @@ from mpirnn import __version__
 from mpirnn import config as config_module
 from mpirnn.distributed.agreement import agree
 from mpirnn.parallel.grid import Grid
+from mpirnn.parallel.plan import check_grid_fits
 from mpirnn.distributed.launch import run_guarded
 
 
@@ -45,6 +46,7 @@ def make_grid(cfg, world_size: int) -> Grid:
     p = cfg.parallel
     grid = Grid(world_size, p.dp, p.sp, p.pp, p.tp)
     grid.require_available()
+    check_grid_fits(grid, cfg.model.layers, cfg.data.seq_len)
     return grid
 
 

@@ -119,31 +119,44 @@ def tokens(tmp_path_factory):
     return make_token_dataset(tmp_path_factory.mktemp("sampler") / "tokens")
 
 
-@pytest.mark.parametrize("dp, sp", [(2, 1), (3, 1), (4, 1), (1, 3), (2, 2)])
+@pytest.mark.parametrize("dp, sp, pp", [(2, 1, 1), (3, 1, 1), (4, 1, 1), (1, 3, 1), (2, 2, 1), (1, 2, 2), (2, 1, 3)])
 @pytest.mark.parametrize("stateful", [False, True])
-def test_loaders_of_any_grid_read_the_serial_batch(tokens, dp, sp, stateful):
-    """Through the real loader: the ranks' rows and segments, put back together, are the 1-rank batch."""
+def test_loaders_of_any_grid_read_the_serial_batch(tokens, dp, sp, pp, stateful):
+    """Through the real loader: the ranks' rows and segments, put back together, are the 1-rank batch;
+    only the first pipeline stage reads inputs and only the last reads targets."""
     from mpirnn.config import load_config
     from mpirnn.data.loader import BatchLoader
     from mpirnn.data.manifest import load_manifest
+    from mpirnn.parallel.plan import make_plan
 
     manifest = load_manifest(tokens)
-    cfg = load_config(None, ["data.seq_len=15", "data.batch_size=7", "train.seed=4",
+    cfg = load_config(None, ["data.seq_len=15", "data.batch_size=7", "train.seed=4", "model.layers=3",
                              f"train.stateful={'true' if stateful else 'false'}"])
-    serial = BatchLoader(manifest, cfg, Grid(1), Grid(1).coords(0), "cpu", torch.float32)
-    grid = Grid(dp * sp, dp=dp, sp=sp)
-    loaders = [BatchLoader(manifest, cfg, grid, grid.coords(r), "cpu", torch.float32) for r in range(grid.world_size)]
+
+    def loader(grid, rank):
+        plan = make_plan(grid, grid.coords(rank), batch_size=7, seq_len=15, layers=3, cell="lstm", microbatches=1)
+        return BatchLoader(manifest, cfg, plan, "cpu", torch.float32)
+
+    serial = loader(Grid(1), 0)
+    grid = Grid(dp * sp * pp, dp=dp, sp=sp, pp=pp)
+    loaders = [loader(grid, r) for r in range(grid.world_size)]
     try:
         for step in (0, 1, 5, 200):  # 200 is past the first epoch
             want_in, want_out = serial.batch(step)
             got = {}
-            for rank, loader in enumerate(loaders):
-                got[tuple(grid.coords(rank)[a] for a in ("dp", "sp"))] = loader.batch(step)
-            inputs = torch.cat([torch.cat([got[d, s][0] for s in range(sp)], dim=1) for d in range(dp)], dim=0)
-            targets = torch.cat([torch.cat([got[d, s][1] for s in range(sp)], dim=1) for d in range(dp)], dim=0)
-            assert torch.equal(inputs, want_in)
-            assert torch.equal(targets, want_out)
+            for rank, each in enumerate(loaders):
+                coords = grid.coords(rank)
+                inputs, targets = each.batch(step)
+                assert (inputs is not None) == (coords["pp"] == 0)
+                assert (targets is not None) == (coords["pp"] == pp - 1)
+                if coords["pp"] == 0:
+                    got["in", coords["dp"], coords["sp"]] = inputs
+                if coords["pp"] == pp - 1:
+                    got["out", coords["dp"], coords["sp"]] = targets
+            for kind, want in (("in", want_in), ("out", want_out)):
+                whole = torch.cat([torch.cat([got[kind, d, s] for s in range(sp)], dim=1) for d in range(dp)], dim=0)
+                assert torch.equal(whole, want)
             assert torch.equal(want_in[:, 1:], want_out[:, :-1])  # targets are the next step
     finally:
-        for loader in [serial, *loaders]:
-            loader.close()
+        for each in [serial, *loaders]:
+            each.close()

@@ -12,10 +12,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpirnn.models.linear_cells import MinGRU, MinLSTM
+from mpirnn.models.linear_cells import MinGRU, MinLSTM, log_state
 
 FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 LINEAR = {"mingru": MinGRU, "minlstm": MinLSTM}
+
+
+class Absent(nn.Module):
+    """Where a pipeline stage holds no part of the model: no parameters, and an error if used."""
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"{self.what} is held by another pipeline stage")
 
 
 class RecurrentModel(nn.Module):
@@ -33,10 +44,36 @@ class RecurrentModel(nn.Module):
         make = LINEAR.get(cell) or (lambda i, h: FUSED[cell](i, h, batch_first=True))
         self.layers = nn.ModuleList(make(embed if i == 0 else hidden, hidden) for i in range(layers))
         self.head = nn.Linear(hidden, vocab_size or features)
+        self._owned = (0, layers)
 
-    def zero_state(self, batch: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(len(self.layers), self.parts, batch, self.hidden,
-                           dtype=self.head.weight.dtype, device=like.device)
+    # -- the protocol every parallel strategy runs the model through ----------------------
+
+    @property
+    def depth(self) -> int:
+        """Layers of the whole stack (also on a pipeline stage that holds only some of them)."""
+        return len(self.layers)
+
+    @property
+    def owned_layers(self) -> range:
+        """Indices of the layers this copy holds (all of them unless `keep_only` was called)."""
+        return range(*self._owned)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def zero_state(self, batch: int, like: torch.Tensor, layers: range | None = None) -> torch.Tensor:
+        """Zero states [layers, parts, batch, hidden] for `layers` (default: every layer)."""
+        count = self.depth if layers is None else len(layers)
+        return torch.zeros(count, self.parts, batch, self.hidden, dtype=self.dtype, device=like.device)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] or features [B, T, F] -> layer-0 inputs [B, T, embed]."""
+        return self.input(inputs)
 
     def run_layer(self, index: int, x: torch.Tensor, state: torch.Tensor):
         """One layer over x [B, T, D] from state [parts, B, H]; returns (outputs, final state)."""
@@ -50,13 +87,45 @@ class RecurrentModel(nn.Module):
         out, h = layer(x, state.contiguous())
         return out, h
 
-    def run_stack(self, features: torch.Tensor, state: torch.Tensor):
-        """All layers; returns (top outputs, final states [layers, parts, B, H])."""
+    def run_layers(self, features: torch.Tensor, state: torch.Tensor, layers: range | None = None):
+        """Consecutive `layers` (default: all) from states [len(layers), parts, B, H];
+        returns (top outputs, final states of the same shape)."""
+        layers = range(self.depth) if layers is None else layers
         finals = []
-        for index in range(len(self.layers)):
-            features, last = self.run_layer(index, features, state[index])
+        for offset, index in enumerate(layers):
+            features, last = self.run_layer(index, features, state[offset])
             finals.append(last)
         return features, torch.stack(finals)
+
+    def run_stack(self, features: torch.Tensor, state: torch.Tensor):
+        """All layers; returns (top outputs, final states [layers, parts, B, H])."""
+        return self.run_layers(features, state)
+
+    def log_gates(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear cells: layer `index`'s recurrence h_t = a_t h_{t-1} + b_t as (log a, log b) [B, T, H]."""
+        return self.layers[index].gates(x)
+
+    @staticmethod
+    def log_state(h: torch.Tensor) -> torch.Tensor:
+        """Linear cells: a state in linear space (>= 0) as logs (0 -> -inf)."""
+        return log_state(h)
+
+    def keep_only(self, layers: range, embedding: bool, head: bool) -> "RecurrentModel":
+        """Drop every part this pipeline stage does not own, keeping the serial parameter names.
+
+        Dropped layers become `Absent` placeholders (no parameters, an error if run), so
+        `layers.3.weight_ih_l0` keeps its name on the stage that owns layer 3 and checkpoints
+        written on any grid use the serial model's names.
+        """
+        for index in range(self.depth):
+            if index not in layers:
+                self.layers[index] = Absent(f"layer {index}")
+        if not embedding:
+            self.input = Absent("the input embedding/projection")
+        if not head:
+            self.head = Absent("the head")
+        self._owned = (layers.start, layers.stop)
+        return self
 
     def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed (not averaged) loss, so segments and rows add up to the serial total."""

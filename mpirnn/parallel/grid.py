@@ -13,7 +13,7 @@ from mpirnn.errors import ConfigError
 
 AXES = ("dp", "sp", "pp", "tp")
 # Strategies whose training path exists; the grid describes all four regardless.
-AVAILABLE = {"dp", "sp"}
+AVAILABLE = {"dp", "sp", "pp"}
 
 
 def chunk(n: int, parts: int, index: int) -> tuple[int, int]:
@@ -89,7 +89,7 @@ class Grid:
         if missing:
             raise ConfigError(
                 f"parallel.{missing[0]} = {getattr(self, missing[0])}: {missing[0]} parallelism is not "
-                f"available yet in this version; use dp and sp (set parallel.{missing[0]} = 1)")
+                f"available yet in this version; use dp, sp and pp (set parallel.{missing[0]} = 1)")
 
 
 def rows_of(batch_size: int, grid: Grid, dp_rank: int) -> tuple[int, int]:

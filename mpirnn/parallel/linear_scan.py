@@ -60,19 +60,21 @@ def _timed(timer, call, *args):
         return call(*args)
 
 
-def scan_step(model, comm, inputs, targets, state, norm: float, timer=None):
-    """Forward and backward of this rank's segment; returns (local loss, final state of the last segment)."""
-    features = model.input(inputs)
+def scan_layers(model, layers: range, features, state, comm, timer=None):
+    """Linear layers `layers` over this rank's segment of `features` [B, T, D] with the cross-rank scan.
+
+    `state` [len(layers), 1, B, H] is the true initial state; only segment 0's is used (every
+    rank passes one, and the Allgather carries segment 0's to the others). Returns the top
+    outputs and each layer's final state at the end of this segment, like `model.run_layers`.
+    """
     finals = []
-    for index, layer in enumerate(model.layers):
-        log_a, log_b = layer.gates(features)
+    for offset, index in enumerate(layers):
+        log_a, log_b = model.log_gates(index, features)
         log_h_zero = log_scan(log_a, log_b, None)  # the segment entered with h = 0
         log_A, log_B = log_a.sum(dim=1), log_h_zero[:, -1]
-        log_h0 = layer.log_state(state[index, 0])
+        log_h0 = model.log_state(state[offset, 0])
         incoming = ExchangeStates.apply(log_A, log_B, log_h0, comm, timer)
         log_h = enter_state(log_a, log_h_zero, incoming)
         features = torch.exp(log_h)
-        finals.append(features[:, -1].detach())
-    loss = model.loss_sum(features, targets) / norm
-    loss.backward()
-    return loss.detach().double().cpu(), torch.stack(finals).unsqueeze(1)
+        finals.append(features[:, -1:].transpose(0, 1))
+    return features, torch.stack(finals)

@@ -1,36 +1,193 @@
-"""What this rank runs: its rows, time segment, microbatches (and, with pp, its layers).
+"""What this rank runs: its rows, time segment, layers, microbatches and time chunks.
 
-Pure arithmetic, no MPI and no torch, so it is tested with plain integers.
+Pure arithmetic on integers (no MPI, no torch), so it is tested without processes:
+    python -m pytest -q tests/test_plan.py
+
+A rank at grid coordinates (dp d, sp s, pp p) owns rows `rows_of(batch, d)` of the global
+batch, time steps `segment_of(seq_len, s)` of every sequence and layers `layers_of(layers, p)`
+of the stack. It cuts its rows into M microbatches and its segment into C time chunks; one
+*unit* of work is (microbatch, chunk). How segments connect is the plan's *mode*:
+
+- "chain": segment s starts from the final states of segment s-1 (rnn, lstm, gru, and the
+  linear cells when sp = 1). Units form the 2-D wavefront of docs/parallelism.md.
+- "scan": linear cells with sp > 1. Every segment runs at once and the ranks of a stage
+  exchange affine summaries per layer (mpirnn/parallel/linear_scan.py); C is 1.
 """
 
 from __future__ import annotations
 
-from mpirnn.errors import ConfigError
+import math
+from dataclasses import dataclass
 
+from mpirnn.errors import ConfigError
+from mpirnn.parallel.grid import Grid, chunk, rows_of, segment_of
+
+LINEAR_CELLS = ("mingru", "minlstm")
 MAX_AUTO_MICROBATCHES = 8
-# Fused RNN kernels lose efficiency on very thin batches (on this CPU a 4-row LSTM microbatch
+# Fused RNN kernels lose efficiency on very thin batches (on one CPU a 4-row LSTM microbatch
 # ran 23% slower per row than 8 rows), which costs more than the smaller bubble of more
 # microbatches gains: automatic microbatches keep at least this many rows each.
 MIN_AUTO_ROWS = 8
-# Pipeline tags are 2m and 2m+1 (sequence_pipeline); MPI guarantees tags up to 32767.
-MAX_MICROBATCHES = 16_000
+# Automatic chunks aim for M*C >= CHUNKS_PER_STAGE * (P-1), a bubble of at most 1/9 with the
+# default, and never cut chunks shorter than MIN_AUTO_CHUNK_STEPS (each chunk is a fused call
+# per layer and two messages, so very short chunks cost more in overhead than they save).
+CHUNKS_PER_STAGE = 8
+MIN_AUTO_CHUNK_STEPS = 16
+# Message tags are 2u and 2u+1 for unit u = m*C + c, and MPI guarantees tags up to 32767.
+MAX_UNITS = 16_000
 
 
-def resolve_microbatches(requested: int, rows: int, sp: int) -> int:
-    """Microbatches for the sp wavefront; refuse when the batch is too small for them."""
-    if sp == 1:
-        return 1
-    if requested == 0:
-        if rows < 2:
-            raise ConfigError(
-                f"the batch is too small for microbatching: each data-parallel group has {rows} row(s) per step; "
-                f"raise data.batch_size, lower parallel.dp, or set parallel.microbatches = 1 to run the "
-                f"{sp} segments one after another (exact, but without overlap)")
-        return max(2, min(MAX_AUTO_MICROBATCHES, rows // MIN_AUTO_ROWS))
-    if requested > MAX_MICROBATCHES:
-        raise ConfigError(f"parallel.microbatches = {requested}: at most {MAX_MICROBATCHES} are supported")
+def layers_of(layers: int, pp: int, stage: int) -> tuple[int, int]:
+    """The layers [start, stop) pipeline stage `stage` owns (stage sizes differ by at most one)."""
+    return chunk(layers, pp, stage)
+
+
+def mode_of(cell: str, sp: int) -> str:
+    return "scan" if cell in LINEAR_CELLS and sp > 1 else "chain"
+
+
+def resolve_microbatches(requested: int, rows: int, sp: int, pp: int = 1, mode: str = "chain") -> int:
+    """Microbatches per step for this grid; refuse a batch too small for what was asked.
+
+    Microbatches are what overlaps the sp chain (segment s runs microbatch m while s+1 runs
+    m-1) and the pipeline stages of the scan mode; chunks overlap the pp chain (see
+    resolve_chunks), so with sp = 1 the automatic choice is one microbatch.
+    """
+    if requested > MAX_UNITS:
+        raise ConfigError(f"parallel.microbatches = {requested}: at most {MAX_UNITS} are supported")
     if requested > rows:
         raise ConfigError(
             f"parallel.microbatches = {requested} but each data-parallel group has only {rows} row(s) per step; "
             f"use at most {rows} microbatches or a larger data.batch_size")
-    return requested
+    if requested:
+        return requested
+    overlaps = (mode == "chain" and sp > 1) or (mode == "scan" and pp > 1)
+    if not overlaps:
+        return 1
+    if rows < 2:
+        if pp > 1:
+            return 1  # the stages still overlap through time chunks (chain mode) or run in turn
+        raise ConfigError(
+            f"the batch is too small for microbatching: each data-parallel group has {rows} row(s) per step; "
+            f"raise data.batch_size, lower parallel.dp, or set parallel.microbatches = 1 to run the "
+            f"{sp} segments one after another (exact, but without overlap)")
+    return max(2, min(MAX_AUTO_MICROBATCHES, rows // MIN_AUTO_ROWS))
+
+
+def resolve_chunks(requested: int, shortest_segment: int, pp: int, microbatches: int, mode: str) -> int:
+    """Time chunks per segment: what lets pipeline stages overlap even with one microbatch."""
+    if mode == "scan":
+        if requested > 1:
+            raise ConfigError(
+                f"parallel.chunks = {requested}: linear cells with parallel.sp > 1 run each segment as one "
+                f"cross-rank scan, which is not cut into chunks; set parallel.chunks = 0 and use "
+                f"parallel.microbatches to overlap pipeline stages")
+        return 1
+    if requested > shortest_segment:
+        raise ConfigError(
+            f"parallel.chunks = {requested} but the shortest time segment has {shortest_segment} step(s) "
+            f"(data.seq_len split over parallel.sp): use at most {shortest_segment} chunks")
+    if requested:
+        chunks = requested
+    elif pp == 1:
+        chunks = 1
+    else:
+        wanted = math.ceil(CHUNKS_PER_STAGE * (pp - 1) / microbatches)
+        chunks = max(1, min(wanted, shortest_segment // MIN_AUTO_CHUNK_STEPS))
+    if microbatches * chunks > MAX_UNITS:
+        raise ConfigError(
+            f"parallel.microbatches x parallel.chunks = {microbatches} x {chunks} units per step: at most "
+            f"{MAX_UNITS} are supported (MPI message tags)")
+    return chunks
+
+
+def bubble(sp: int, pp: int, microbatches: int, chunks: int, mode: str = "chain") -> float:
+    """Idle fraction of a step when every unit costs the same (the schedule's bubble).
+
+    chain: segment s+1 starts a microbatch only when segment s has finished all C chunks of
+    it, and stage p+1 one unit after stage p, so a step is M*C + (S-1)*C + (P-1) unit times.
+    scan: segments run together; only stages are chained, one microbatch apart.
+    """
+    if mode == "scan":
+        units, lag = microbatches, pp - 1
+    else:
+        units, lag = microbatches * chunks, (sp - 1) * chunks + (pp - 1)
+    return lag / (units + lag)
+
+
+def check_grid_fits(grid: Grid, layers: int, seq_len: int) -> None:
+    """Refusals that need only the grid and the model/data sizes (before any data is read)."""
+    if grid.pp > layers:
+        raise ConfigError(
+            f"parallel.pp = {grid.pp} but model.layers = {layers}: every pipeline stage needs at least one "
+            f"layer; use parallel.pp <= {layers} (or more layers)")
+    if seq_len < grid.sp:
+        raise ConfigError(f"data.seq_len = {seq_len} is shorter than the {grid.sp} sequence-parallel segments: "
+                          f"use data.seq_len >= parallel.sp")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one rank needs to know about its share of a step."""
+
+    grid: Grid
+    coords: dict
+    rows: tuple[int, int]       # global-batch rows [start, stop)
+    segment: tuple[int, int]    # time steps [start, stop) of every sequence
+    layers: tuple[int, int]     # stack layers [start, stop) of this stage
+    microbatches: int
+    chunks: int
+    mode: str                   # "chain" or "scan"
+
+    @property
+    def first_stage(self) -> bool:
+        """Owns the input embedding/projection and reads the inputs."""
+        return self.coords["pp"] == 0
+
+    @property
+    def last_stage(self) -> bool:
+        """Owns the head and the loss and reads the targets."""
+        return self.coords["pp"] == self.grid.pp - 1
+
+    @property
+    def first_segment(self) -> bool:
+        return self.coords["sp"] == 0
+
+    @property
+    def last_segment(self) -> bool:
+        return self.coords["sp"] == self.grid.sp - 1
+
+    @property
+    def local_rows(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+    @property
+    def local_steps(self) -> int:
+        return self.segment[1] - self.segment[0]
+
+    def microbatch_rows(self) -> list[slice]:
+        """Each microbatch's rows, relative to this rank's rows."""
+        return [slice(*chunk(self.local_rows, self.microbatches, m)) for m in range(self.microbatches)]
+
+    def chunk_steps(self) -> list[slice]:
+        """Each chunk's time steps, relative to this rank's segment."""
+        return [slice(*chunk(self.local_steps, self.chunks, c)) for c in range(self.chunks)]
+
+
+def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers: int, cell: str,
+              microbatches: int = 0, chunks: int = 0) -> Plan:
+    """This rank's plan; raises ConfigError (with what to change) when the grid cannot be run exactly.
+
+    Every rank of a run computes every rank's choices from the same numbers, so refusals are
+    the same everywhere (microbatches depend on the smallest data-parallel group).
+    """
+    check_grid_fits(grid, layers, seq_len)
+    mode = mode_of(cell, grid.sp)
+    fewest_rows = batch_size // grid.dp
+    resolve_microbatches(microbatches, fewest_rows, grid.sp, grid.pp, mode)  # refuse the same everywhere
+    rows = rows_of(batch_size, grid, coords["dp"])
+    m = resolve_microbatches(microbatches, rows[1] - rows[0], grid.sp, grid.pp, mode)
+    shortest_segment = seq_len // grid.sp
+    c = resolve_chunks(chunks, shortest_segment, grid.pp, m, mode)
+    return Plan(grid, dict(coords), rows, segment_of(seq_len, grid, coords["sp"]),
+                layers_of(layers, grid.pp, coords["pp"]), m, c, mode)

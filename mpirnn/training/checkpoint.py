@@ -92,7 +92,8 @@ def refuse_fresh_start(directory: str | Path, overwrite: bool) -> list[int]:
     return found
 
 
-def steps(directory: Path) -> list[int]:
+def steps(directory: str | Path) -> list[int]:
+    directory = Path(directory)
     if not directory.is_dir():
         return []
     return sorted(int(m.group(1)) for name in os.listdir(directory) if (m := NAME.match(name)))

@@ -1,27 +1,37 @@
 """One training session on this rank, from an agreed config and grid to the end of the loop.
 
-Every check that could fail for a reason the user can fix (device, data, fit of the data to
-the config) runs on every rank inside `agree`, so it is reported once and no rank hangs.
+Every check that could fail for a reason the user can fix (device, checkpoint settings,
+data, fit of the data to the config) runs on every rank inside `agree`, so it is reported
+once and no rank hangs. Order: devices → resume point and its settings → run folder →
+data → plan → model (the whole serial model from the seed, cut to this rank's stage) →
+loop.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mpirnn import config as config_module
-from mpirnn.distributed.agreement import agree
-from mpirnn.distributed.mesh import Comms
 from mpirnn.data.loader import BatchLoader, check_fit
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.validate import validate_dataset
+from mpirnn.distributed.agreement import agree
 from mpirnn.distributed.device import bind
-from mpirnn.training.loop import Trainer
+from mpirnn.distributed.mesh import Comms
+from mpirnn.distributed.reductions import broadcast_parameters
 from mpirnn.models import build_model
+from mpirnn.parallel.plan import make_plan
+from mpirnn.parallel.shard import stage_model
+from mpirnn.training import resume
+from mpirnn.training.loop import Trainer
 
 DEFAULT_DATA = config_module.DataConfig().path
+NAME_BYTES = 256
 
 
 def ensure_default_data(cfg, world) -> None:
@@ -33,16 +43,16 @@ def ensure_default_data(cfg, world) -> None:
     if world.rank != 0 or cfg.data.path != DEFAULT_DATA or (Path(DEFAULT_DATA) / "manifest.json").exists():
         return
     from mpirnn.data.corpus import prepare_stdlib_corpus
-    print(f"mpirnn: preparing the default corpus in {DEFAULT_DATA} (Python standard library sources)",
-          file=sys.stderr, flush=True)
+    print(f"mpirnn: data.path is not set, so the default corpus (Python's standard library sources) is being "
+          f"prepared in {DEFAULT_DATA}", flush=True)
     prepare_stdlib_corpus(DEFAULT_DATA)
 
 
 def open_data(cfg, grid, world):
     """Load and check the dataset on every rank, each taking a share of the shards.
 
-    Every shard is opened and its layout checked even with data.validate = false (that is
-    cheap), so a truncated file is found here, collectively, not by one rank mid-run.
+    Every shard is opened and checked against the manifest even with data.validate = false
+    (that is cheap), so a damaged file is found here, collectively, not by one rank mid-run.
     """
     manifest = load_manifest(cfg.data.path)
     validate_dataset(manifest, part=world.rank, parts=world.size, scan_values=cfg.data.validate)
@@ -50,12 +60,38 @@ def open_data(cfg, grid, world):
     return manifest
 
 
-def broadcast_parameters(model, comm) -> None:
-    """Rank 0's parameters everywhere (they are equal already by seeding; this makes it certain)."""
-    for tensor in model.state_dict().values():
-        host = tensor.detach().cpu().contiguous()
-        comm.Bcast(host.numpy(), root=0)
-        tensor.copy_(host)
+def name_the_run(cfg, world) -> None:
+    """Give the run its own folder runs/NAME unless output.metrics says otherwise (rank 0 picks
+    the name, so the start time is the same on every rank)."""
+    out = cfg.output
+    if not out.run_name:
+        stamp = time.strftime("%Y%m%d-%H%M%S") if world.rank == 0 else ""
+        raw = np.zeros(NAME_BYTES, dtype=np.uint8)
+        text = f"{cfg.origin}-{stamp}".encode()[:NAME_BYTES]
+        raw[:len(text)] = np.frombuffer(text, dtype=np.uint8)
+        world.Bcast(raw, root=0)
+        out.run_name = bytes(raw).rstrip(b"\0").decode()
+    if not out.metrics:
+        out.metrics = str(Path("runs") / out.run_name / "metrics.jsonl")
+
+
+def resume_point(cfg, comms) -> int | None:
+    """The checkpoint step to continue from (None: a fresh start), with its settings adopted."""
+    c = cfg.checkpoint
+    if not c.resume:
+        return None
+    step = resume.newest_checkpoint(comms, c.dir)
+    if step is None:
+        if comms.rank == 0:
+            print(f"mpirnn: no checkpoint in {c.dir}; starting from step 0", file=sys.stderr, flush=True)
+        return None
+    adopted, warnings = agree(comms.world, resume.take_settings, cfg, resume.saved_config(c.dir, step))
+    if comms.rank == 0:
+        if adopted:
+            print(f"mpirnn: resuming with the checkpoint's settings: {', '.join(adopted)}", flush=True)
+        for warning in warnings:
+            print(f"mpirnn: warning: {warning}: continuing with this run's value", file=sys.stderr, flush=True)
+    return step
 
 
 def train(cfg, grid) -> int:
@@ -63,15 +99,30 @@ def train(cfg, grid) -> int:
     try:
         world = comms.world
         device = agree(world, bind, cfg.train.device, cfg.train.threads, comms.local_rank, comms.local_size)
+        start = resume_point(cfg, comms)
+        if start is not None and start >= cfg.train.steps:
+            if world.rank == 0:
+                print(f"mpirnn: the checkpoint in {cfg.checkpoint.dir} is at step {start} and train.steps = "
+                      f"{cfg.train.steps}: nothing to do (raise train.steps to train further)", flush=True)
+            return 0
+        name_the_run(cfg, world)
         agree(world, ensure_default_data, cfg, world)
         manifest = agree(world, open_data, cfg, grid, world)
+        plan = make_plan(grid, comms.coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
+                         layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
+                         chunks=cfg.parallel.chunks)
         tokens = manifest.kind == "tokens"
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device)
-        broadcast_parameters(model, world)
-        loader = BatchLoader(manifest, cfg, grid, comms.coords, device, getattr(torch, cfg.model.dtype), world.rank)
-        trainer = Trainer(cfg, comms, model, loader)
+        model = stage_model(model, plan)
+        broadcast_parameters(model, comms)
+        loader = BatchLoader(manifest, cfg, plan, device, getattr(torch, cfg.model.dtype), world.rank)
+        trainer = Trainer(cfg, comms, plan, model, loader)
         try:
+            if start is not None:
+                agree(world, trainer.restore, start)
+            if world.rank == 0:
+                print(f"mpirnn: run {cfg.output.run_name}: metrics in {cfg.output.metrics}", flush=True)
             return trainer.run()
         finally:
             trainer.close()

@@ -13,8 +13,10 @@ import torch
 from mpi4py import MPI
 
 from mpirnn.distributed.mesh import Comms
-from mpirnn.parallel.grid import Grid, rows_of, segment_of
 from mpirnn.models.model import RecurrentModel
+from mpirnn.parallel.grid import Grid
+from mpirnn.parallel.plan import layers_of, make_plan, mode_of
+from mpirnn.parallel.shard import stage_model
 from mpirnn.parallel.step import StepRunner
 from support import TEST_DEVICE
 
@@ -26,12 +28,11 @@ ROWS, STEPS, VOCAB, FEATURES = 6, 23, 11, 3
 TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
 
-def grid_shapes():
-    n = world.size
-    shapes = {(n, 1), (1, n)}
-    if n == 4:
-        shapes.add((2, 2))
-    return sorted(shapes)
+def grids(layers: int, n: int | None = None) -> list[tuple[int, int, int]]:
+    """Every (dp, sp, pp) with dp*sp*pp = n and pp <= layers: the whole matrix, not a hand-picked list."""
+    n = world.size if n is None else n
+    return [(dp, sp, n // (dp * sp)) for dp in range(1, n + 1) if n % dp == 0
+            for sp in range(1, n // dp + 1) if (n // dp) % sp == 0 and n // (dp * sp) <= layers]
 
 
 def make_model(cell, dtype, layers, tokens=True):
@@ -51,8 +52,8 @@ def make_batch(dtype, tokens=True, steps=STEPS):
     return data[:, :-1], data[:, 1:]
 
 
-def initial_state(model, dtype, random):
-    state = model.zero_state(ROWS, torch.empty(0, device=TEST_DEVICE))
+def initial_state(model, dtype, random, layers=None):
+    state = torch.zeros(layers or model.depth, model.parts, ROWS, model.hidden, dtype=dtype, device=TEST_DEVICE)
     if random:  # a carried state (stateful mode); positive, as linear cells' states are
         generator = torch.Generator().manual_seed(5)
         state = torch.rand(state.shape, generator=generator, dtype=dtype).to(TEST_DEVICE) * 0.5 + 0.1
@@ -68,37 +69,62 @@ def serial(cell, dtype, layers, tokens, random_state, steps):
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, final.detach()
 
 
-def parallel(cell, dtype, layers, tokens, random_state, dp, sp, microbatches, steps):
-    comms = Comms.create(Grid(world.size, dp=dp, sp=sp))
+def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches, steps, chunks=0):
+    dp, sp, pp = grid_shape
+    comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp))
     try:
-        model = make_model(cell, dtype, layers, tokens)
+        plan = make_plan(comms.grid, comms.coords, batch_size=ROWS, seq_len=steps, layers=layers, cell=cell,
+                         microbatches=microbatches, chunks=chunks)
+        model = stage_model(make_model(cell, dtype, layers, tokens), plan)
         inputs, targets = make_batch(dtype, tokens, steps)
-        rows = slice(*rows_of(ROWS, comms.grid, comms.coords["dp"]))
-        segment = slice(*segment_of(steps, comms.grid, comms.coords["sp"]))
-        state = initial_state(model, dtype, random_state)[:, :, rows]
-        runner = StepRunner(model, comms, rows.stop - rows.start, microbatches, bucket_mb=0.0005)
-        loss, final = runner(inputs[rows, segment], targets[rows, segment], state, float(targets.numel()))
+        rows, segment = slice(*plan.rows), slice(*plan.segment)
+        stage = slice(*plan.layers)
+        state = initial_state(model, dtype, random_state, layers)[stage, :, rows]
+        runner = StepRunner(model, plan, comms, bucket_mb=0.0005)
+        loss, final = runner(inputs[rows, segment] if plan.first_stage else None,
+                             targets[rows, segment] if plan.last_stage else None, state, float(targets.numel()))
         total = torch.tensor([float(loss)], dtype=torch.float64)
         comms.world.Allreduce(MPI.IN_PLACE, total.numpy(), MPI.SUM)
         runner.reducer.remove()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        last_segment = comms.coords["sp"] == sp - 1
-        return float(total[0]), grads, final, rows, last_segment
+        return float(total[0]), grads, final, plan
     finally:
         comms.free()
 
 
-def check(cell, dtype=torch.float64, layers=2, tokens=True, random_state=False, microbatches=0, steps=STEPS):
+def check(cell, dtype=torch.float64, layers=2, tokens=True, random_state=False, microbatches=0, steps=STEPS,
+          chunks=0):
     expected_loss, expected_grads, expected_final = serial(cell, dtype, layers, tokens, random_state, steps)
-    for dp, sp in grid_shapes():
-        loss, grads, final, rows, last_segment = parallel(cell, dtype, layers, tokens, random_state, dp, sp,
-                                                          microbatches, steps)
-        where = f"rank {world.rank}, dp={dp} sp={sp}, {cell}, {dtype}"
+    for grid_shape in grids(layers):
+        if grid_shape[0] > ROWS or microbatches > ROWS // grid_shape[0]:
+            continue  # data.batch_size < dp and microbatches > rows are refused before compute (tests/test_plan.py)
+        chained = mode_of(cell, grid_shape[1]) == "chain"
+        loss, grads, final, plan = parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches,
+                                            steps, chunks if chained else 0)
+        where = (f"rank {world.rank}, dp×sp×pp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {cell}, "
+                 f"{dtype}, {layers} layers")
         assert loss == pytest.approx(expected_loss, rel=TOLERANCE[dtype]["rtol"], abs=TOLERANCE[dtype]["atol"]), where
+        owned = set(grads)
+        assert owned, where
+        if grid_shape[2] == 1:
+            assert owned == set(expected_grads), where  # without pp every rank holds the whole model
         for name, grad in grads.items():
             torch.testing.assert_close(grad, expected_grads[name], **TOLERANCE[dtype], msg=f"{where}: {name}")
-        if last_segment:  # the final states (carried in stateful mode) live on the last segment
-            torch.testing.assert_close(final, expected_final[:, :, rows], **TOLERANCE[dtype], msg=f"{where}: final")
+        if plan.last_segment:  # the final states (carried in stateful mode) live on the last segment
+            expected = expected_final[slice(*plan.layers), :, slice(*plan.rows)]
+            torch.testing.assert_close(final, expected, **TOLERANCE[dtype], msg=f"{where}: final")
+    # Every parameter is owned by some stage: the stages together hold the serial model.
+    for grid_shape in grids(layers):
+        if grid_shape[2] > 1:
+            names = [n for p in range(grid_shape[2]) for n in stage_names(layers, grid_shape[2], p, expected_grads)]
+            assert sorted(names) == sorted(expected_grads)
+
+
+def stage_names(layers, pp, stage, names):
+    lo, hi = layers_of(layers, pp, stage)
+    keep = {f"layers.{i}." for i in range(lo, hi)}
+    return [n for n in names if any(n.startswith(k) for k in keep)
+            or (n.startswith("input.") and stage == 0) or (n.startswith("head.") and stage == pp - 1)]
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -129,14 +155,19 @@ def test_microbatches_not_dividing_rows(microbatches):
     check("gru", microbatches=microbatches)
 
 
-def test_too_many_microbatches_refused():
-    from mpirnn.errors import ConfigError
-    from mpirnn.parallel.step import resolve_microbatches
+@pytest.mark.parametrize("cell", CELLS)
+def test_pipeline_stages_uneven_with_chunks(cell):
+    # 4 layers over pp = 3 stages is uneven (2, 1, 1); chunks = 4 do not divide the 23 steps or
+    # the segments, and at -n 4 pp = 4 gives every stage one layer.
+    check(cell, layers=4, chunks=4)
 
-    with pytest.raises(ConfigError, match="microbatches = 9 but"):
-        resolve_microbatches(9, rows=3, sp=2)
-    with pytest.raises(ConfigError, match="too small for microbatching"):
-        resolve_microbatches(0, rows=1, sp=2)
-    assert resolve_microbatches(0, rows=1, sp=1) == 1
-    # automatic: at least 8 rows a microbatch, between 2 and 8 microbatches
-    assert [resolve_microbatches(0, rows=r, sp=2) for r in (2, 3, 31, 32, 200)] == [2, 2, 3, 4, 8]
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mingru"])
+def test_batch_size_one_with_chunks(cell):
+    # One long sequence: the only parallelism for nonlinear cells is the pipeline over time chunks.
+    global ROWS
+    rows, ROWS = ROWS, 1
+    try:
+        check(cell, layers=4, chunks=5, random_state=True, microbatches=1)
+    finally:
+        ROWS = rows

@@ -1,0 +1,148 @@
+"""The wavefront schedule as data: units of work, the edges between them, and their order.
+
+One schedule serves the sequence chain (segments share weights, states flow forward in
+time) and the pipeline chain (stages own layers, activations flow up the stack). A rank at
+(segment s, stage p) runs units (m, c) = (microbatch, time chunk). Unit (m, c) needs
+
+- its incoming state: from its own unit (m, c-1), or for c = 0 from unit (m, C-1) of
+  segment s-1 (the true initial state on segment 0) — in "chain" mode only; in "scan" mode
+  the segments exchange affine summaries inside the unit instead;
+- its input activations: from unit (m, c) of stage p-1, or the data on stage 0;
+
+and sends its final state to (s+1, p) when c = C-1, its outputs to (s, p+1). Backward walks
+the same edges in reverse with gradients. Every rank runs its units in lexicographic order
+(backward: reversed), which is deadlock-free: every unit waits only on units that come
+earlier in the order (m, s*C + c, p), so the earliest unfinished one can always run.
+
+`timeline` simulates the schedule with unit costs of 1 for the docs and the tests:
+    python -m mpirnn.parallel.schedule --sp 2 --pp 2 --microbatches 2 --chunks 2
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    microbatch: int
+    chunk: int
+
+    def index(self, chunks: int) -> int:
+        """Position in the forward order; unique per step, so it names the unit's messages."""
+        return self.microbatch * chunks + self.chunk
+
+
+def forward_order(microbatches: int, chunks: int) -> list[Unit]:
+    return [Unit(m, c) for m in range(microbatches) for c in range(chunks)]
+
+
+def backward_order(microbatches: int, chunks: int) -> list[Unit]:
+    return forward_order(microbatches, chunks)[::-1]
+
+
+# Message tags. States travel on the sp communicator, activations on the pp communicator, so
+# the two families never meet; forward messages are even and their gradients odd.
+def state_tag(unit: Unit) -> int:
+    return 2 * unit.microbatch
+
+
+def state_grad_tag(unit: Unit) -> int:
+    return 2 * unit.microbatch + 1
+
+
+def activation_tag(unit: Unit, chunks: int) -> int:
+    return 2 * unit.index(chunks)
+
+
+def activation_grad_tag(unit: Unit, chunks: int) -> int:
+    return 2 * unit.index(chunks) + 1
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a rank sits in the two chains, and how its segments connect."""
+
+    segment: int
+    segments: int
+    stage: int
+    stages: int
+    chain: bool = True  # False: "scan" mode, no state edges between segments
+
+    def state_from_peer(self, unit: Unit) -> bool:
+        """The unit's incoming state comes from segment s-1 (else: own previous chunk or initial)."""
+        return self.chain and unit.chunk == 0 and self.segment > 0
+
+    def state_to_peer(self, unit: Unit, chunks: int) -> bool:
+        return self.chain and unit.chunk == chunks - 1 and self.segment < self.segments - 1
+
+    def inputs_from_peer(self) -> bool:
+        return self.stage > 0
+
+    def outputs_to_peer(self) -> bool:
+        return self.stage < self.stages - 1
+
+
+def timeline(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True) -> dict:
+    """Forward start tick of every (segment, stage, unit) with unit cost 1 and free messages.
+
+    Returns {(s, p): [start tick of each unit in forward order]}. The backward pass is the
+    mirror image, so the step's length is twice the last finishing tick.
+    """
+    start: dict = {}
+    for s in range(segments):
+        for p in range(stages):
+            start[(s, p)] = []
+    finish: dict = {}
+    # Each rank runs its units in order; a unit starts when its rank is free and its inputs are ready.
+    # Visit units in the global order (m, s*C + c, p): every unit's inputs are visited before it.
+    for m in range(microbatches):
+        for s in range(segments):
+            for c in range(chunks):
+                for p in range(stages):
+                    ready = [finish[(s, p, *_previous_unit(m, c, chunks))] if start[(s, p)] else 0]
+                    if chain and c == 0 and s > 0:
+                        ready.append(finish[(s - 1, p, m, chunks - 1)])
+                    if p > 0:
+                        ready.append(finish[(s, p - 1, m, c)])
+                    tick = max(ready)
+                    start[(s, p)].append(tick)
+                    finish[(s, p, m, c)] = tick + 1
+    return start
+
+
+def _previous_unit(m: int, c: int, chunks: int) -> tuple[int, int]:
+    return (m, c - 1) if c else (m - 1, chunks - 1)
+
+
+def makespan(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True) -> int:
+    """Forward ticks until the last unit finishes (unit cost 1)."""
+    starts = timeline(segments, stages, microbatches, chunks, chain)
+    return max(ticks[-1] for ticks in starts.values()) + 1
+
+
+def draw(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True) -> str:
+    """A text table: one row per rank (segment, stage), one column per tick, `m.c` where a unit runs."""
+    starts = timeline(segments, stages, microbatches, chunks, chain)
+    length = makespan(segments, stages, microbatches, chunks, chain)
+    units = forward_order(microbatches, chunks)
+    lines = ["| rank (segment, stage) | " + " | ".join(f"t{t}" for t in range(length)) + " |",
+             "|---|" + "---|" * length]
+    for (s, p), ticks in starts.items():
+        cells = ["·"] * length
+        for unit, tick in zip(units, ticks):
+            cells[tick] = f"{unit.microbatch}.{unit.chunk}"
+        lines.append(f"| s{s} p{p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Print the forward wavefront of a grid (unit costs 1).")
+    parser.add_argument("--sp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=2)
+    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--chunks", type=int, default=4)
+    parser.add_argument("--scan", action="store_true", help="linear cells with sp > 1: no state chain")
+    args = parser.parse_args()
+    print(draw(args.sp, args.pp, args.microbatches, args.chunks, chain=not args.scan))

@@ -1,0 +1,160 @@
+"""The executor: walks the schedule (mpirnn/parallel/schedule.py) for one step on this rank.
+
+Forward runs the units in order. A unit takes its incoming state (from the previous chunk,
+from segment s-1 or the initial state), its input activations (the embedding on stage 0,
+else received from stage p-1), runs this stage's layers over the chunk with PyTorch's fused
+modules (or the cross-rank scan in "scan" mode), and sends what the next ranks need with
+nonblocking sends, so transfers overlap the next unit's compute. Each unit is its own
+autograd graph: received tensors and the state handed from chunk to chunk are leaves.
+Backward runs the units in reverse, feeding each one the gradients of its outputs (from
+stage p+1, or its loss on the last stage) and of its final state (from the next chunk or
+segment s+1), and sends the gradients of its leaves back. Each unit's loss is a sum divided
+by the global element count, so the units' losses add up to the serial loss exactly.
+
+    python -m pytest -q --with-mpi -m mpi tests/mpi/test_exact_step.py   (under mpirun -n 1..4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mpirnn.distributed.transport import irecv, isend
+from mpirnn.parallel.linear_scan import scan_layers
+from mpirnn.parallel.schedule import (Position, Unit, activation_grad_tag, activation_tag, backward_order,
+                                      forward_order, state_grad_tag, state_tag)
+
+
+@dataclass
+class UnitGraph:
+    """What backward needs of one unit's forward."""
+
+    start: torch.Tensor           # incoming state (a leaf when it came from a peer or the previous chunk)
+    inputs: torch.Tensor | None   # received activations (a leaf), None on stage 0
+    outputs: torch.Tensor         # top outputs of this stage over the chunk
+    final: torch.Tensor           # final states of this stage's layers
+    loss: torch.Tensor | None     # last stage: this unit's share of the loss
+
+
+class Wavefront:
+    """One rank's part of a step for a given plan; reusable from step to step."""
+
+    def __init__(self, model, plan, comms):
+        self.model, self.plan, self.comms = model, plan, comms
+        self.sp, self.pp = comms.axis["sp"], comms.axis["pp"]
+        self.position = Position(plan.coords["sp"], plan.grid.sp, plan.coords["pp"], plan.grid.pp,
+                                 chain=plan.mode == "chain")
+        self.layers = range(*plan.layers)
+        self.rows = plan.microbatch_rows()
+        self.steps = plan.chunk_steps()
+        self.units = forward_order(plan.microbatches, plan.chunks)
+
+    # -- shapes of what arrives ----------------------------------------------------------
+
+    def _state_like(self, m: int) -> torch.Tensor:
+        rows = self.rows[m].stop - self.rows[m].start
+        return self.model.zero_state(rows, self._like, self.layers)
+
+    def _activation_like(self, unit: Unit) -> torch.Tensor:
+        rows = self.rows[unit.microbatch].stop - self.rows[unit.microbatch].start
+        steps = self.steps[unit.chunk].stop - self.steps[unit.chunk].start
+        return torch.empty(rows, steps, self.model.hidden, dtype=self.model.dtype, device=self._like.device)
+
+    # -- one step ------------------------------------------------------------------------
+
+    def __call__(self, inputs, targets, state, norm: float):
+        """Forward and backward of this rank's units.
+
+        inputs: this rank's rows and segment (stage 0 only, else None); targets likewise on the
+        last stage; state: the initial states [stage layers, parts, rows, hidden] (used on
+        segment 0). Returns (this rank's share of the loss as a float64 CPU scalar, the final
+        states of its rows at the end of its segment — the step's final states on the last segment).
+        """
+        self._like = state  # device and dtype of what arrives
+        graphs, sends, finals = self._forward(inputs, targets, state, norm)
+        total = self._backward(graphs, sends)
+        for send in sends:
+            send.wait()
+        return total, torch.cat(finals, dim=2)
+
+    def _forward(self, inputs, targets, state, norm):
+        pos, C, timer = self.position, self.plan.chunks, self.comms.timer
+        states_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment - 1, state_tag(u), timer)
+                     for u in self.units if pos.state_from_peer(u)}
+        inputs_in = {u: irecv(self.pp, self._activation_like(u), pos.stage - 1, activation_tag(u, C), timer)
+                     for u in self.units} if pos.inputs_from_peer() else {}
+        graphs, sends, previous, finals = {}, [], {}, []
+        for unit in self.units:
+            rows, steps = self.rows[unit.microbatch], self.steps[unit.chunk]
+            if pos.state_from_peer(unit):
+                start = states_in.pop(unit.microbatch).wait().requires_grad_()
+            elif unit.chunk > 0:
+                start = previous.pop(unit.microbatch).detach().requires_grad_()
+            else:
+                start = state[:, :, rows]
+            if pos.inputs_from_peer():
+                received = inputs_in.pop(unit).wait().requires_grad_()
+                features = received
+            else:
+                received = None
+                features = self.model.embed(inputs[rows, steps])
+            outputs, final = self._run(features, start)
+            loss = None
+            if self.plan.last_stage:
+                loss = self.model.loss_sum(outputs, targets[rows, steps]) / norm
+            else:
+                sends.append(isend(self.pp, outputs, pos.stage + 1, activation_tag(unit, C), timer))
+            if pos.state_to_peer(unit, C):
+                sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit), timer))
+            previous[unit.microbatch] = final
+            if unit.chunk == C - 1:
+                finals.append(final.detach())
+            graphs[unit] = UnitGraph(start, received, outputs, final, loss)
+        return graphs, sends, finals
+
+    def _run(self, features, start):
+        if self.plan.mode == "scan":
+            return scan_layers(self.model, self.layers, features, start, self.sp, self.comms.timer)
+        return self.model.run_layers(features, start, self.layers)
+
+    def _backward(self, graphs, sends):
+        pos, C, timer = self.position, self.plan.chunks, self.comms.timer
+        order = backward_order(self.plan.microbatches, C)
+        state_grads_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment + 1,
+                                              state_grad_tag(u), timer)
+                          for u in order if pos.state_to_peer(u, C)}
+        output_grads_in = {u: irecv(self.pp, self._activation_like(u), pos.stage + 1, activation_grad_tag(u, C), timer)
+                           for u in order} if pos.outputs_to_peer() else {}
+        total = torch.zeros((), dtype=torch.float64)
+        next_start_grad = {}
+        for unit in order:
+            graph = graphs.pop(unit)
+            roots, grads = [], []
+            if graph.loss is not None:
+                roots.append(graph.loss)
+                grads.append(torch.ones_like(graph.loss))
+                total += graph.loss.detach().double().cpu()
+            else:
+                roots.append(graph.outputs)
+                grads.append(output_grads_in.pop(unit).wait())
+            if pos.state_to_peer(unit, C):
+                final_grad = state_grads_in.pop(unit.microbatch).wait()
+            else:
+                final_grad = next_start_grad.pop(unit.microbatch, None)
+            if final_grad is not None:
+                roots.append(graph.final)
+                grads.append(final_grad)
+            torch.autograd.backward(roots, grads)
+            if graph.inputs is not None:
+                sends.append(isend(self.pp, _grad_of(graph.inputs), pos.stage - 1, activation_grad_tag(unit, C), timer))
+            if pos.state_from_peer(unit):
+                sends.append(isend(self.sp, _grad_of(graph.start), pos.segment - 1, state_grad_tag(unit), timer))
+            elif unit.chunk > 0:
+                next_start_grad[unit.microbatch] = _grad_of(graph.start)
+        return total
+
+
+def _grad_of(leaf: torch.Tensor) -> torch.Tensor:
+    """A leaf's gradient; zeros when nothing downstream depended on it."""
+    return leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
