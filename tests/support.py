@@ -22,8 +22,13 @@ if TEST_DEVICE == "cuda":  # as mpirnn.distributed.device does for runs: true fl
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def make_token_dataset(out: Path, length: int = 20_000, shard_size: int = 6_000, seed: int = 0) -> Path:
-    """A real sharded byte dataset (several shards, so windows cross shard boundaries)."""
+def make_token_dataset(out: Path, length: int = 20_000, shard_size: int = 6_000, seed: int = 0,
+                       val_fraction: float = 0.0) -> Path:
+    """A real sharded byte dataset (several shards, so windows cross shard boundaries).
+
+    No val split by default: every step is a train step, as the MPI and bad-input tests expect
+    (four train shards: shard-00000.h5 to shard-00003.h5).
+    """
     from mpirnn.data.prepare import prepare_npy
 
     rng = np.random.default_rng(seed)
@@ -34,11 +39,13 @@ def make_token_dataset(out: Path, length: int = 20_000, shard_size: int = 6_000,
     tokens[noise] = rng.integers(32, 127, noise.sum())
     npy = out.parent / f"{out.name}.npy"
     np.save(npy, tokens)
-    prepare_npy(npy, out, shard_size=shard_size, vocab_size=256)
+    prepare_npy(npy, out, shard_size=shard_size, vocab_size=256, val_fraction=val_fraction)
     return out
 
 
-def make_series_dataset(out: Path, length: int = 6_000, features: int = 3, seed: int = 0) -> Path:
+def make_series_dataset(out: Path, length: int = 6_000, features: int = 3, seed: int = 0,
+                        val_fraction: float = 0.0) -> Path:
+    """A real sharded float32 series (three train shards; normalized by the Reader)."""
     from mpirnn.data.prepare import prepare_npy
 
     t = np.arange(length)[:, None]
@@ -46,5 +53,24 @@ def make_series_dataset(out: Path, length: int = 6_000, features: int = 3, seed:
     series = np.sin(t / (5.0 + np.arange(features))) + 0.05 * rng.standard_normal((length, features))
     npy = out.parent / f"{out.name}.npy"
     np.save(npy, series.astype(np.float32))
-    prepare_npy(npy, out, shard_size=2_500)
+    prepare_npy(npy, out, shard_size=2_500, val_fraction=val_fraction)
     return out
+
+
+def reseal_dataset(root: Path) -> Path:
+    """Record the shards' current sizes and digests in manifest.json, as prepare would have.
+
+    The trainer refuses any shard changed after prepare; a test that plants damage only the
+    later checks can find (a NaN with data.validate=false, say) reseals the copy first.
+    """
+    import json
+
+    from mpirnn.data.fingerprint import file_digests
+
+    path = root / "manifest.json"
+    obj = json.loads(path.read_text())
+    for shards in [obj["shards"], *(split["shards"] for split in (obj.get("splits") or {}).values())]:
+        for shard in shards:
+            shard["bytes"], shard["sha256"], shard["fingerprint"] = file_digests(root / shard["file"])
+    path.write_text(json.dumps(obj, indent=2))
+    return root

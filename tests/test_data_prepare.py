@@ -64,7 +64,7 @@ def token_dataset(tmp_path):
     """A valid three-shard token dataset."""
     src = tmp_path / "in.txt"
     src.write_bytes(bytes(range(256)) * 10)
-    return prepare_text([src], tmp_path / "ds", shard_size=1000)
+    return prepare_text([src], tmp_path / "ds", shard_size=1000, val_fraction=0)
 
 
 # ---- prepare: text -----------------------------------------------------------------------
@@ -73,14 +73,16 @@ def test_text_directory_round_trip(text_tree, tmp_path):
     src, files = text_tree
     manifest = prepare_text([src], tmp_path / "ds", shard_size=97)
     expected = b"".join(files[n] for n in ("a.txt", "b.py", "pkg/sub/m.py", "pkg/z.py"))
-    assert read_all(manifest).tobytes() == expected
+    val = load_manifest(tmp_path / "ds", split="val")   # the default: the last 10% held out
+    assert read_all(manifest).tobytes() + read_all(val).tobytes() == expected
+    assert val.length == round(0.1 * len(expected)) and manifest.splits == ("train", "val")
     assert (manifest.kind, manifest.dtype, manifest.vocab_size) == ("tokens", "uint8", 256)
-    assert manifest.is_stream and manifest.length == len(expected)
+    assert manifest.is_stream and manifest.length + val.length == len(expected)
     assert load_manifest(tmp_path / "ds") == manifest
 
 
 def test_shards_tile_the_stream(text_tree, tmp_path):
-    manifest = prepare_text([text_tree[0]], tmp_path / "ds", shard_size=100)
+    manifest = prepare_text([text_tree[0]], tmp_path / "ds", shard_size=100, val_fraction=0)
     assert len(manifest.shards) == -(-manifest.length // 100) > 3
     assert [s.offset for s in manifest.shards] == list(range(0, manifest.length, 100))
     assert all(s.length == 100 for s in manifest.shards[:-1])
@@ -94,7 +96,8 @@ def test_shards_tile_the_stream(text_tree, tmp_path):
 
 def test_text_suffix_filter_and_max_bytes(text_tree, tmp_path):
     src, files = text_tree
-    manifest = prepare_text([src], tmp_path / "ds", suffixes=[".py"], max_bytes=500)
+    manifest = prepare_text([src], tmp_path / "ds", suffixes=[".py"], max_bytes=500,
+                            val_fraction=0)
     expected = (files["b.py"] + files["pkg/sub/m.py"] + files["pkg/z.py"])[:500]
     assert read_all(manifest).tobytes() == expected
 
@@ -102,7 +105,8 @@ def test_text_suffix_filter_and_max_bytes(text_tree, tmp_path):
 def test_stdlib_corpus_is_deterministic(tmp_path):
     one = prepare_stdlib_corpus(tmp_path / "one", max_bytes=20_000)
     two = prepare_stdlib_corpus(tmp_path / "two", max_bytes=20_000)
-    assert one.length == 20_000 and one.shards[0].sha256 == two.shards[0].sha256
+    assert one.length == 18_000 and one.shards[0].sha256 == two.shards[0].sha256
+    assert load_manifest(one.root, split="val").length == 2_000
     assert b"def " in read_all(one).tobytes()
 
 
@@ -110,8 +114,8 @@ def test_refuses_overwrite_without_force(token_dataset, tmp_path):
     src = tmp_path / "other.txt"
     src.write_bytes(b"x" * 10)
     with pytest.raises(DataError, match="already holds a prepared dataset.*--force"):
-        prepare_text([src], token_dataset.root)
-    manifest = prepare_text([src], token_dataset.root, force=True)
+        prepare_text([src], token_dataset.root, val_fraction=0)
+    manifest = prepare_text([src], token_dataset.root, force=True, val_fraction=0)
     assert manifest.length == 10 and len(list(token_dataset.root.glob("shard-*.h5"))) == 1
 
 
@@ -137,7 +141,7 @@ def csv_file(tmp_path):
 
 def test_csv_columns_series(csv_file, tmp_path):
     manifest = prepare_csv(csv_file, tmp_path / "ds", columns=["pressure", "temperature"],
-                           shard_size=4)
+                           shard_size=4, val_fraction=0)
     data = read_all(manifest)
     assert (manifest.kind, manifest.features, manifest.length) == ("series", 2, 10)
     assert len(manifest.shards) == 3 and data.dtype == np.float32
@@ -146,7 +150,8 @@ def test_csv_columns_series(csv_file, tmp_path):
 
 
 def test_csv_windowed_sequences(csv_file, tmp_path):
-    manifest = prepare_csv(csv_file, tmp_path / "ds", columns=["time"], window=3)
+    manifest = prepare_csv(csv_file, tmp_path / "ds", columns=["time"], window=3,
+                           val_fraction=0)
     data = read_all(manifest)
     assert (manifest.kind, manifest.seq_len, manifest.features) == ("sequences", 3, 1)
     assert data.shape == (3, 3, 1)   # 10 rows: three windows, one row dropped
@@ -156,9 +161,9 @@ def test_csv_windowed_sequences(csv_file, tmp_path):
 
 
 def test_csv_windows_span_parse_blocks(csv_file, tmp_path, monkeypatch):
-    monkeypatch.setattr("mpirnn.data.prepare.CSV_BLOCK_ROWS", 4)   # windows straddle blocks
+    monkeypatch.setattr("mpirnn.data.csv_input.CSV_BLOCK_ROWS", 4)   # windows straddle blocks
     manifest = prepare_csv(csv_file, tmp_path / "ds", columns=["time", "pressure"], window=3,
-                           shard_size=2)
+                           shard_size=2, val_fraction=0)
     data = read_all(manifest)
     assert data.shape == (3, 3, 2) and len(manifest.shards) == 2
     np.testing.assert_array_equal(data[:, :, 0].ravel(), np.arange(9))
@@ -172,10 +177,14 @@ def test_csv_unknown_column_suggests(csv_file, tmp_path):
 
 def test_csv_bad_cells_named(csv_file, tmp_path):
     with pytest.raises(DataError, match=r"line 2, column 'label': 'x0' is not a number"):
-        prepare_csv(csv_file, tmp_path / "ds", columns=["time", "label"])
+        prepare_csv(csv_file, tmp_path / "ds", columns=["time", "label"], val_fraction=0)
     csv_file.write_text("a,b\n1,2\n3,nan\n")
-    with pytest.raises(DataError, match=r"line 3, column 'b' is nan"):
-        prepare_csv(csv_file, tmp_path / "ds", columns=["a", "b"])
+    with pytest.raises(DataError, match=r"line 3, column 'b' is missing \('nan'\): pass "
+                                        r"--fill interpolate\|ffill\|drop"):
+        prepare_csv(csv_file, tmp_path / "ds", columns=["a", "b"], val_fraction=0)
+    csv_file.write_text("a,b\n1,2\n3,inf\n")
+    with pytest.raises(DataError, match=r"line 3, column 'b' is inf: infinite"):
+        prepare_csv(csv_file, tmp_path / "ds", columns=["a", "b"], val_fraction=0, fill="ffill")
     assert not (tmp_path / "ds" / "manifest.json").exists()
 
 
@@ -186,7 +195,7 @@ def test_csv_bad_cells_named(csv_file, tmp_path):
 def test_npy_float_arrays(tmp_path, shape, kind, features, seq_len):
     array = np.random.default_rng(0).standard_normal(shape)
     np.save(tmp_path / "x.npy", array)
-    manifest = prepare_npy(tmp_path / "x.npy", tmp_path / "ds", shard_size=16)
+    manifest = prepare_npy(tmp_path / "x.npy", tmp_path / "ds", shard_size=16, val_fraction=0)
     assert (manifest.kind, manifest.features, manifest.seq_len) == (kind, features, seq_len)
     assert manifest.length == 50 and len(manifest.shards) == 4
     data = read_all(manifest)
@@ -195,22 +204,25 @@ def test_npy_float_arrays(tmp_path, shape, kind, features, seq_len):
 
 def test_npy_int_tokens(tmp_path):
     np.save(tmp_path / "t.npy", np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int64))
-    manifest = prepare_npy(tmp_path / "t.npy", tmp_path / "a")
+    manifest = prepare_npy(tmp_path / "t.npy", tmp_path / "a", val_fraction=0)
     assert (manifest.kind, manifest.dtype, manifest.vocab_size) == ("tokens", "uint8", 10)
     np.testing.assert_array_equal(read_all(manifest), [3, 1, 4, 1, 5, 9, 2, 6])
-    manifest = prepare_npy(tmp_path / "t.npy", tmp_path / "b", vocab_size=1000)
+    manifest = prepare_npy(tmp_path / "t.npy", tmp_path / "b", vocab_size=1000, val_fraction=0)
     assert (manifest.dtype, manifest.vocab_size) == ("int32", 1000)
     with pytest.raises(DataError, match=r"token id 9 at index 5 is outside \[0, 8\)"):
-        prepare_npy(tmp_path / "t.npy", tmp_path / "c", vocab_size=8)
+        prepare_npy(tmp_path / "t.npy", tmp_path / "c", vocab_size=8, val_fraction=0)
 
 
 def test_npy_bad_inputs(tmp_path):
     np.save(tmp_path / "nan.npy", np.array([[1.0, 2.0], [np.nan, 3.0]]))
-    with pytest.raises(DataError, match=r"non-finite value nan at index \[1, 0\]"):
-        prepare_npy(tmp_path / "nan.npy", tmp_path / "ds")
+    with pytest.raises(DataError, match=r"missing value \(NaN\) at index \[1, 0\]: pass --fill"):
+        prepare_npy(tmp_path / "nan.npy", tmp_path / "ds", val_fraction=0)
+    np.save(tmp_path / "inf.npy", np.array([[1.0, 2.0], [3.0, 1e300]]))
+    with pytest.raises(DataError, match=r"non-finite value inf at index \[1, 1\]"):
+        prepare_npy(tmp_path / "inf.npy", tmp_path / "ds", val_fraction=0, fill="interpolate")
     np.save(tmp_path / "neg.npy", np.array([1, -2, 3]))
     with pytest.raises(DataError, match="token id -2 at index 1"):
-        prepare_npy(tmp_path / "neg.npy", tmp_path / "ds")
+        prepare_npy(tmp_path / "neg.npy", tmp_path / "ds", val_fraction=0)
     np.save(tmp_path / "s.npy", np.array(["a", "b"]))
     with pytest.raises(DataError, match="expected 1-D int tokens"):
         prepare_npy(tmp_path / "s.npy", tmp_path / "ds")
@@ -238,7 +250,8 @@ def edit_manifest(root: pathlib.Path, **changes) -> None:
 
 @pytest.mark.parametrize("changes, message", [
     ({"format": "other"}, "format is 'other'"),
-    ({"version": 2}, "version 2 is not supported"),
+    ({"version": 3}, "version 3 is newer than this mpirnn reads.*upgrade mpirnn"),
+    ({"version": 0}, "version 0 is not a manifest version.*re-run prepare"),
     ({"kind": "images"}, "unknown kind 'images'"),
     ({"length": 9999}, "shards hold 2560 rows but length is 9999"),
     ({"shards": [], "length": 0}, "empty dataset"),
@@ -291,12 +304,16 @@ def test_checksum_and_parts(token_dataset):
     path = token_dataset.shard_path(1)
     with h5py.File(path, "r+") as f:   # still valid HDF5, different bytes
         f["data"].attrs["note"] = "edited"
-    validate_dataset(token_dataset.root)
-    with pytest.raises(DataError, match="shard-00001.h5: checksum does not match"):
-        validate_dataset(token_dataset.root, check_checksum=True)
+    # The default (what the trainer calls) verifies the files too, values scanned or not.
+    for scan in (True, False):
+        with pytest.raises(DataError, match="shard-00001.h5.*changed after prepare.*re-run"):
+            validate_dataset(token_dataset.root, scan_values=scan)
+    validate_dataset(token_dataset.root, verify_files=False)
+    with pytest.raises(DataError, match="shard-00001.h5 .*changed after prepare"):
+        validate_dataset(token_dataset.root, check_checksum=True, verify_files=False)
     validate_dataset(token_dataset.root, part=0, parts=2, check_checksum=True)   # shards 0, 2
-    with pytest.raises(DataError, match="checksum"):
-        validate_dataset(token_dataset.root, part=1, parts=2, check_checksum=True)
+    with pytest.raises(DataError, match="shard-00001.h5 .*changed after prepare"):
+        validate_dataset(token_dataset.root, part=1, parts=2)
 
 
 @pytest.mark.parametrize("data, kind, fields, dataset, message", [
@@ -330,6 +347,7 @@ def test_cli_validate_and_info_in_process(token_dataset, capsys):
     assert data_cli.main(["info", str(token_dataset.root)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ok ") and "tokens: 2560 steps, vocab_size=256, 3 shard(s)" in out
+    assert "(train)" in out and "on disk (train)" in out
     assert data_cli.main(["info", str(token_dataset.root / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mpirnn.data: dataset directory") and err.count("\n") == 1
@@ -345,7 +363,11 @@ def test_cli_prepare_info_and_bad_input(csv_file, tmp_path):
     ok = run_cli("prepare", "--out", out, "--csv", str(csv_file), "--columns", "time,pressure",
                  "--window", "2")
     assert ok.returncode == 0, ok.stderr
-    assert "sequences: 5 rows" in ok.stdout and "1 shard(s)" in ok.stdout
+    # 5 windows: the default --val-fraction 0.1 holds out the last (nearest whole number).
+    assert "sequences: 4 rows" in ok.stdout and "1 shard(s)" in ok.stdout
+    assert "val split: sequences: 1 rows" in ok.stdout and "normalized per column" in ok.stdout
+    checked = run_cli("validate", out)
+    assert checked.returncode == 0 and checked.stdout.count("\nok ") == 1, checked.stderr
     bad = run_cli("prepare", "--out", str(tmp_path / "ds2"), "--csv", str(csv_file),
                   "--columns", "time,presure")
     assert bad.returncode == 2 and bad.stdout == ""

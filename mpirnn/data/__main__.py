@@ -1,19 +1,26 @@
 """Command line for datasets: prepare, validate, info.
 
     python -m mpirnn.data prepare --out DIR (--text PATH... | --csv FILE --columns A,B
-                                  [--window T] | --npy FILE | --stdlib) [options]
+                                  [--window T] | --npy FILE [--kind tokens|series] | --stdlib)
+                                  [--val-fraction F] [--fill interpolate|ffill|drop] [options]
     python -m mpirnn.data validate DIR
     python -m mpirnn.data info DIR
 
-A DataError ends the command with one line `mpirnn.data: <message>` on stderr, exit 2.
+validate and info cover every split (train, val). Notes (which kind a .npy was read as,
+what --fill did) and warnings (a constant column) go to stdout as `note:` / `warning:`
+lines. A DataError ends the command with one line `mpirnn.data: <message>` on stderr,
+exit 2. docs/data.md describes the format and every option.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from mpirnn.data.manifest import Manifest, load_manifest
+from mpirnn.data.splits import DEFAULT_VAL_FRACTION
 from mpirnn.errors import DataError, one_line
 
 PROG = "mpirnn.data"
@@ -44,9 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="text directories: only files ending so (repeatable or a,b)")
     prep.add_argument("--vocab-size", type=int, metavar="V",
                       help="npy tokens: vocabulary size (default max id + 1)")
+    prep.add_argument("--kind", choices=("tokens", "series"),
+                      help="npy: token ids or numbers (default: 1-D integers are tokens, "
+                           "anything else numbers; the choice is printed)")
+    prep.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, metavar="F",
+                      help="hold out the final fraction F of the stream (of the rows for "
+                           f"[N, T, F] data) as the val split; 0: none (default {DEFAULT_VAL_FRACTION})")
+    prep.add_argument("--fill", choices=("interpolate", "ffill", "drop"),
+                      help="csv/npy series: handle missing values (empty, NA, NaN) instead of "
+                           "stopping at the first; drop removes their time steps")
     prep.add_argument("--force", action="store_true", help="overwrite an existing dataset")
 
-    for name, text in (("validate", "check every shard, value by value, and the checksums"),
+    for name, text in (("validate", "check every shard of every split, value by value, "
+                                    "and the checksums"),
                        ("info", "print the manifest summary")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("dir", metavar="DIR", help="dataset directory")
@@ -56,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_options(args: argparse.Namespace) -> None:
     """Options that only make sense with one input kind."""
     only = {"columns": "csv", "window": "csv", "vocab_size": "npy", "suffix": "text",
-            "max_bytes": ("text", "stdlib")}
+            "max_bytes": ("text", "stdlib"), "kind": "npy", "fill": ("csv", "npy")}
     for option, inputs in only.items():
         inputs = (inputs,) if isinstance(inputs, str) else inputs
         if getattr(args, option) is not None and not any(getattr(args, i) for i in inputs):
@@ -71,44 +88,99 @@ def prepare(args: argparse.Namespace) -> Manifest:
     from mpirnn.data.prepare import prepare_csv, prepare_npy
 
     _check_options(args)
-    common = {"shard_size": args.shard_size, "force": args.force}
+    common = {"shard_size": args.shard_size, "force": args.force,
+              "val_fraction": args.val_fraction}
     if args.text:
         suffixes = [s for group in args.suffix or [] for s in group.split(",") if s]
         return prepare_text(args.text, args.out, max_bytes=args.max_bytes,
                             suffixes=suffixes or None, **common)
     if args.csv:
         columns = [c.strip() for c in args.columns.split(",") if c.strip()]
-        return prepare_csv(args.csv, args.out, columns=columns, window=args.window, **common)
+        return prepare_csv(args.csv, args.out, columns=columns, window=args.window,
+                           fill=args.fill, **common)
     if args.npy:
-        return prepare_npy(args.npy, args.out, vocab_size=args.vocab_size, **common)
+        return prepare_npy(args.npy, args.out, vocab_size=args.vocab_size, kind=args.kind,
+                           fill=args.fill, **common)
     max_bytes = args.max_bytes if args.max_bytes is not None else 8_000_000
     return prepare_stdlib_corpus(args.out, max_bytes, **common)
+
+
+def splits_of(manifest: Manifest) -> list[Manifest]:
+    """Every split of the dataset, train first."""
+    return [manifest] + [load_manifest(manifest.root, split=name) for name in manifest.splits[1:]]
+
+
+def describe(manifest: Manifest) -> list[str]:
+    """The lines after the summary: other splits, normalization, the fill report."""
+    lines = []
+    for held_out in splits_of(manifest)[1:]:
+        unit = "rows" if manifest.kind == "sequences" else "steps"
+        lines.append(f"  {held_out.split} split: {held_out.summary()} (the last "
+                     f"{100 * manifest.val_fraction:g}% of the {unit})")
+    if manifest.normalization is not None:
+        n = manifest.normalization
+        shown = ", ".join(f"{m:.4g}\u00b1{s:.4g}" for m, s in zip(n.mean[:4], n.std[:4]))
+        more = f" ... ({len(n.mean)} columns)" if len(n.mean) > 4 else ""
+        lines.append(f"  normalized per column with the train split's mean\u00b1std: "
+                     f"{shown}{more}")
+    if manifest.fill is not None:
+        lines.append(f"  filled: {manifest.fill.describe()}")
+    return lines
 
 
 def info(manifest: Manifest) -> str:
     from mpirnn.data.validate import dataset_bytes
 
-    mib = dataset_bytes(manifest) / 2**20
-    return "\n".join([f"{manifest.root}: {manifest.summary()}",
-                      f"  source: {manifest.source}",
-                      f"  on disk: {mib:.1f} MiB in "
-                      f"{', '.join(s.file for s in manifest.shards[:3])}"
-                      f"{' ...' if len(manifest.shards) > 3 else ''}"])
+    lines = [f"{manifest.root}: {manifest.summary()}", f"  source: {manifest.source}"]
+    lines += describe(manifest)
+    for split in splits_of(manifest):
+        mib = dataset_bytes(split) / 2**20
+        lines.append(f"  on disk ({split.split}): {mib:.1f} MiB in "
+                     f"{', '.join(s.file for s in split.shards[:3])}"
+                     f"{' ...' if len(split.shards) > 3 else ''}")
+    return "\n".join(lines)
+
+
+class _NoteFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        label = "warning" if record.levelno >= logging.WARNING else "note"
+        return f"{label}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _notes_to_stdout():
+    """The data package's notes and warnings as `note:` / `warning:` lines on stdout."""
+    logger = logging.getLogger(PROG)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_NoteFormatter())
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "prepare":
-            manifest = prepare(args)
-            print(f"prepared {manifest.root}: {manifest.summary()}")
-        elif args.command == "validate":
-            from mpirnn.data.validate import validate_dataset
+        with _notes_to_stdout():
+            if args.command == "prepare":
+                manifest = prepare(args)
+                print("\n".join([f"prepared {manifest.root}: {manifest.summary()}",
+                                 *describe(manifest)]))
+            elif args.command == "validate":
+                from mpirnn.data.validate import validate_dataset
 
-            manifest = validate_dataset(args.dir, check_checksum=True)
-            print(f"ok {manifest.root}: {manifest.summary()}")
-        else:
-            print(info(load_manifest(args.dir)))
+                for split in splits_of(load_manifest(args.dir)):
+                    validate_dataset(split, check_checksum=True)
+                    print(f"ok {split.root} ({split.split}): {split.summary()}")
+            else:
+                print(info(load_manifest(args.dir)))
     except DataError as exc:
         print(f"{PROG}: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from mpirnn.data.manifest import Manifest
-from mpirnn.data.prepare import PathLike, ShardWriter, check_positive, claim_output, finish
+from mpirnn.data.shard_writer import PathLike, check_positive, claim_output
+from mpirnn.data.splits import DEFAULT_VAL_FRACTION, SplitWriter, check_val_fraction, finish
 from mpirnn.errors import DataError
 
 READ_BYTES = 1 << 20
@@ -62,14 +63,26 @@ def _walk(top: pathlib.Path, suffixes: Sequence[str] | None,
 
 def prepare_text(paths: Sequence[PathLike], out: PathLike, *, shard_size: int | None = None,
                  max_bytes: int | None = None, suffixes: Sequence[str] | None = None,
-                 force: bool = False, source: str | None = None) -> Manifest:
-    """Concatenate the bytes of text files into a uint8 token stream (vocab 256)."""
+                 force: bool = False, source: str | None = None,
+                 val_fraction: float = DEFAULT_VAL_FRACTION) -> Manifest:
+    """Concatenate the bytes of text files into a uint8 token stream (vocab 256); its
+    last `val_fraction` of bytes is the val split."""
     check_positive(shard_size=shard_size, max_bytes=max_bytes)
+    check_val_fraction(val_fraction)
     paths = list(paths)
     files = text_files(paths, suffixes)
+    names = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3
+                                              else "")
+    # The sizes fix the val split's start before any byte is written.
+    planned = sum(_size(path) for path in files)
+    planned = planned if max_bytes is None else min(planned, max_bytes)
+    writer = SplitWriter(pathlib.Path(out), "tokens", "uint8", (), total=planned,
+                         val_fraction=val_fraction, shard_size=shard_size,
+                         attrs={"vocab_size": 256},
+                         empty=f"the text input ({names}) is empty: nothing to prepare")
     root = claim_output(out, force)
     used = total = 0
-    with ShardWriter(root, "tokens", "uint8", (), shard_size, {"vocab_size": 256}) as writer:
+    with writer:
         for path in files:
             if max_bytes is not None and total >= max_bytes:
                 break
@@ -77,11 +90,17 @@ def prepare_text(paths: Sequence[PathLike], out: PathLike, *, shard_size: int | 
             for piece in _pieces(path, None if max_bytes is None else max_bytes - total):
                 writer.write(np.frombuffer(piece, dtype=np.uint8))
                 total += len(piece)
-    names = ", ".join(map(str, paths[:3])) + (f" and {len(paths) - 3} more" if len(paths) > 3
-                                              else "")
-    return finish(root, writer, f"the text input ({names}) is empty: nothing to prepare",
-                  kind="tokens", dtype="uint8", vocab_size=256,
+    return finish(root, writer, kind="tokens", dtype="uint8", vocab_size=256,
+                  val_fraction=val_fraction,
                   source=source or f"text: {total} bytes of {used} file(s) from {names}")
+
+
+def _size(path: pathlib.Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror}): fix its permissions or "
+                        f"leave it out") from None
 
 
 def _pieces(path: pathlib.Path, limit: int | None) -> Iterator[bytes]:
@@ -95,6 +114,7 @@ def _pieces(path: pathlib.Path, limit: int | None) -> Iterator[bytes]:
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc.strerror}): fix its permissions or "
                         f"leave it out") from None
+
 
 def stdlib_files() -> list[pathlib.Path]:
     """The standard library's .py files, sorted by their path relative to the stdlib."""
@@ -110,11 +130,13 @@ def stdlib_files() -> list[pathlib.Path]:
 
 
 def prepare_stdlib_corpus(out: PathLike, max_bytes: int = 8_000_000, *,
-                          shard_size: int | None = None, force: bool = False) -> Manifest:
+                          shard_size: int | None = None, force: bool = False,
+                          val_fraction: float = DEFAULT_VAL_FRACTION) -> Manifest:
     """Prepare up to `max_bytes` of standard-library source as a byte-level token stream."""
     files = stdlib_files()
     version = ".".join(map(str, sys.version_info[:3]))
     return prepare_text(files, out, shard_size=shard_size, max_bytes=max_bytes, force=force,
+                        val_fraction=val_fraction,
                         source=f"stdlib: .py files of the Python {version} standard library "
                                f"at {sysconfig.get_paths()['stdlib']}, sorted, at most "
                                f"{max_bytes} bytes")

@@ -1,8 +1,12 @@
 """The manifest: the small JSON file that says what a prepared dataset holds.
 
-Every rank loads it at start-up, so it is pure Python + json and never opens HDF5;
-the shards themselves are checked by `mpirnn.data.validate`. The format is a contract
-(DESIGN.md section 3); `python -m mpirnn.data info DIR` prints one.
+Every rank loads it at start-up, so it needs only json (and numpy) and never opens HDF5;
+the shards themselves are checked by `mpirnn.data.validate`. The format is a contract,
+described field by field in docs/data.md; `python -m mpirnn.data info DIR` prints one.
+
+Version 2 added, all optional when reading: each shard's `bytes` and `fingerprint`,
+held-out `splits` (the top-level `length` and `shards` stay the train split, as in
+version 1), `val_fraction`, `normalization` and `fill`. Version-1 manifests still load.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import os
 import pathlib
 from dataclasses import dataclass
 
+from mpirnn.data.fill import FillReport, fill_report_from_json
+from mpirnn.data.normalization import Normalization, normalization_from_json
 from mpirnn.errors import DataError
 
 FORMAT = "mpirnn-hdf5"
-VERSION = 1
+VERSION = 2
 MANIFEST_NAME = "manifest.json"
 DATASET_NAME = "data"
 KINDS = ("tokens", "series", "sequences")
@@ -24,29 +30,48 @@ DTYPES = {"tokens": ("uint8", "int32"), "series": ("float32",), "sequences": ("f
 REQUIRED_KEYS = ("format", "version", "kind", "dataset", "dtype", "vocab_size", "features",
                  "length", "seq_len", "shards", "source")
 PREPARE_HINT = "run python -m mpirnn.data prepare --out DIR ... to create one"
+TRAIN = "train"
+# Each split's shard files: shard-00000.h5 ... for train (as in version 1), val-00000.h5 ...
+SHARD_PREFIX = {TRAIN: "shard", "val": "val"}
 
 
-def shard_name(i: int) -> str:
-    """The file name of shard `i`, e.g. shard-00003.h5."""
-    return f"shard-{i:05d}.h5"
+def shard_name(i: int, split: str = TRAIN) -> str:
+    """The file name of shard `i` of a split, e.g. shard-00003.h5 or val-00000.h5."""
+    return f"{SHARD_PREFIX[split]}-{i:05d}.h5"
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard file and the rows [offset, offset + length) along axis 0 it holds."""
+    """One shard file and the rows [offset, offset + length) along axis 0 it holds.
+
+    bytes and fingerprint are None in a version-1 manifest (see fingerprint.py).
+    """
 
     file: str
     offset: int
     length: int
     sha256: str
+    bytes: int | None = None
+    fingerprint: str | None = None
+
+    def to_json(self) -> dict:
+        obj = {"file": self.file, "offset": self.offset, "length": self.length,
+               "sha256": self.sha256}
+        if self.bytes is not None:
+            obj["bytes"] = self.bytes
+        if self.fingerprint is not None:
+            obj["fingerprint"] = self.fingerprint
+        return obj
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A checked description of a dataset directory.
+    """A checked description of one split of a dataset directory (train unless told).
 
     Construction checks the fields agree with each other (kind vs dtype, shards tiling
-    `[0, length)`), so holding a Manifest means those facts are true.
+    `[0, length)`), so holding a Manifest means those facts are true. Every split has
+    its own shards and length; the other fields are the dataset's, shared by all splits
+    (normalization holds the train split's statistics, for every split).
     """
 
     root: pathlib.Path
@@ -59,9 +84,26 @@ class Manifest:
     shards: tuple[Shard, ...]
     source: str
     dataset: str = DATASET_NAME
+    split: str = TRAIN
+    splits: tuple[str, ...] = (TRAIN,)
+    val_fraction: float | None = None
+    normalization: Normalization | None = None
+    fill: FillReport | None = None
 
     def __post_init__(self) -> None:
         _check_fields(self)
+
+    def normalize(self, values):
+        """Data units -> what the Reader returns: (x - mean) / std per column, if recorded."""
+        return values if self.normalization is None else self.normalization.normalize(values)
+
+    def denormalize(self, values):
+        """What the model sees -> data units: x * std + mean per column (last dim), if recorded.
+
+        Works on numpy arrays (float64 out) and torch tensors (dtype and device kept);
+        identity for tokens and for datasets prepared without normalization.
+        """
+        return values if self.normalization is None else self.normalization.denormalize(values)
 
     @property
     def is_stream(self) -> bool:
@@ -90,14 +132,18 @@ class Manifest:
         return (f"{self.kind}: {self.length} {unit}, {extra}, {len(self.shards)} shard(s), "
                 f"dtype {self.dtype}")
 
-    def to_json(self) -> dict:
-        """The manifest.json object (the on-disk contract)."""
+    def to_json(self, *held_out: Manifest) -> dict:
+        """The manifest.json object (the on-disk contract): this split as the train split,
+        `held_out` (e.g. the val split) under "splits"."""
         return {"format": FORMAT, "version": VERSION, "kind": self.kind,
                 "dataset": self.dataset, "dtype": self.dtype, "vocab_size": self.vocab_size,
                 "features": self.features, "length": self.length, "seq_len": self.seq_len,
-                "shards": [{"file": s.file, "offset": s.offset, "length": s.length,
-                            "sha256": s.sha256} for s in self.shards],
-                "source": self.source}
+                "shards": [s.to_json() for s in self.shards], "source": self.source,
+                "val_fraction": self.val_fraction,
+                "normalization": self.normalization and self.normalization.to_json(),
+                "fill": self.fill and self.fill.to_json(),
+                "splits": {m.split: {"length": m.length, "shards": [s.to_json() for s in m.shards]}
+                           for m in held_out}}
 
 
 def _check_fields(m: Manifest) -> None:
@@ -111,6 +157,13 @@ def _check_fields(m: Manifest) -> None:
         raise DataError(f"{where}: dtype {m.dtype!r} is not allowed for kind {m.kind!r} "
                         f"(expected {' or '.join(DTYPES[m.kind])}): {fix}")
     _check_kind_fields(m, where, fix)
+    if m.split not in m.splits or m.splits[0] != TRAIN or len(set(m.splits)) != len(m.splits):
+        raise DataError(f"{where}: split {m.split!r} is not among the splits {list(m.splits)}: "
+                        f"{fix}")
+    if m.normalization is not None and (m.kind == "tokens"
+                                        or len(m.normalization.mean) != m.features):
+        raise DataError(f"{where}: normalization does not match kind {m.kind!r} with "
+                        f"features={m.features}: {fix}")
     if m.length == 0 or not m.shards:
         raise DataError(f"{where}: empty dataset (length {m.length}, {len(m.shards)} shards): "
                         f"prepare it again from non-empty input")
@@ -144,8 +197,12 @@ def _check_kind_fields(m: Manifest, where: str, fix: str) -> None:
         raise DataError(f"{where}: vocab_size {m.vocab_size} does not fit dtype uint8: {fix}")
 
 
-def load_manifest(path: str | os.PathLike) -> Manifest:
-    """Read and check DIR/manifest.json (or the manifest file itself); no HDF5 access."""
+def load_manifest(path: str | os.PathLike, split: str = TRAIN) -> Manifest:
+    """Read and check DIR/manifest.json (or the manifest file itself); no HDF5 access.
+
+    Returns the train split unless `split` names another one (e.g. "val"); every split
+    present is listed in `.splits`.
+    """
     path = pathlib.Path(path)
     root = path.parent if path.name == MANIFEST_NAME and path.is_file() else path
     if not root.exists():
@@ -161,7 +218,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         obj = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{file} is not valid JSON ({exc}): re-run prepare") from None
-    manifest = _from_json(root, obj, file)
+    manifest = _from_json(root, obj, file, split)
     for s in manifest.shards:
         if not (root / s.file).is_file():
             raise DataError(f"{root / s.file} is listed in {MANIFEST_NAME} but missing: "
@@ -169,16 +226,26 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     return manifest
 
 
-def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path) -> Manifest:
+def _check_version(obj: dict, file: pathlib.Path) -> None:
+    """Older versions are read; a newer one needs a newer mpirnn, not a new prepare."""
+    version = obj.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DataError(f"{file}: version {version!r} is not a manifest version (this mpirnn "
+                        f"reads 1 to {VERSION}): re-run prepare")
+    if version > VERSION:
+        raise DataError(f"{file}: version {version} is newer than this mpirnn reads (1 to "
+                        f"{VERSION}): upgrade mpirnn to use this dataset (pip install -U "
+                        f"mpirnn, or update your checkout)")
+
+
+def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path, split: str) -> Manifest:
     """Build a Manifest from parsed JSON, with a clear error for each malformed field."""
     if not isinstance(obj, dict):
         raise DataError(f"{file}: expected a JSON object: re-run prepare")
     if obj.get("format") != FORMAT:
         raise DataError(f"{file}: format is {obj.get('format')!r}, expected {FORMAT!r}: "
                         f"this is not an mpirnn dataset; re-run prepare")
-    if obj.get("version") != VERSION:
-        raise DataError(f"{file}: version {obj.get('version')!r} is not supported (this "
-                        f"mpirnn reads version {VERSION}): re-run prepare")
+    _check_version(obj, file)
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise DataError(f"{file}: missing key(s) {', '.join(missing)}: re-run prepare")
@@ -191,40 +258,71 @@ def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path) -> Manifest:
                             f"{' or null' if optional else ''}, got {value!r}: re-run prepare")
         return value
 
-    def text(name: str, value: object) -> str:
+    def text(name: str, value: object, optional: bool = False) -> str | None:
+        if value is None and optional:
+            return None
         if not isinstance(value, str):
             raise DataError(f"{file}: {name} must be a string, got {value!r}: re-run prepare")
         return value
 
-    if not isinstance(obj["shards"], list):
-        raise DataError(f"{file}: shards must be a list: re-run prepare")
-    shards = []
-    for j, s in enumerate(obj["shards"]):
-        if not isinstance(s, dict) or any(k not in s for k in ("file", "offset", "length",
-                                                                "sha256")):
-            raise DataError(f"{file}: shards[{j}] must have file, offset, length, sha256: "
-                            f"re-run prepare")
-        shards.append(Shard(text("file", s["file"]), integer("offset", s["offset"]),
-                            integer("length", s["length"]), text("sha256", s["sha256"])))
+    def shards_of(where: str, value: object) -> tuple[Shard, ...]:
+        if not isinstance(value, list):
+            raise DataError(f"{file}: {where} must be a list: re-run prepare")
+        shards = []
+        for j, s in enumerate(value):
+            if not isinstance(s, dict) or any(k not in s for k in ("file", "offset", "length",
+                                                                    "sha256")):
+                raise DataError(f"{file}: {where}[{j}] must have file, offset, length, sha256: "
+                                f"re-run prepare")
+            shards.append(Shard(text("file", s["file"]), integer("offset", s["offset"]),
+                                integer("length", s["length"]), text("sha256", s["sha256"]),
+                                integer("bytes", s.get("bytes"), optional=True),
+                                text("fingerprint", s.get("fingerprint"), optional=True)))
+        return tuple(shards)
+
+    held_out = obj.get("splits") or {}
+    if not isinstance(held_out, dict) or TRAIN in held_out or not all(
+            isinstance(v, dict) and {"length", "shards"} <= set(v) for v in held_out.values()):
+        raise DataError(f"{file}: splits must map split names other than {TRAIN!r} to "
+                        f"{{length, shards}}: re-run prepare")
+    names = (TRAIN, *held_out)
+    if split not in names:
+        raise DataError(f"{root} has no {split!r} split (it holds: {', '.join(names)}): "
+                        f"prepare it with --val-fraction F (e.g. 0.1) to hold out a val split")
+    part = obj if split == TRAIN else held_out[split]
+    features = integer("features", obj["features"], optional=True)
+    val_fraction = obj.get("val_fraction")
+    if val_fraction is not None and (isinstance(val_fraction, bool) or not isinstance(
+            val_fraction, (int, float)) or not 0 <= val_fraction < 1):
+        raise DataError(f"{file}: val_fraction must be a number in [0, 1) or null, got "
+                        f"{val_fraction!r}: re-run prepare")
     return Manifest(root=root, kind=text("kind", obj["kind"]), dtype=text("dtype", obj["dtype"]),
                     vocab_size=integer("vocab_size", obj["vocab_size"], optional=True),
-                    features=integer("features", obj["features"], optional=True),
-                    length=integer("length", obj["length"]),
+                    features=features, length=integer("length", part["length"]),
                     seq_len=integer("seq_len", obj["seq_len"], optional=True),
-                    shards=tuple(shards), source=text("source", obj["source"]),
-                    dataset=text("dataset", obj["dataset"]))
+                    shards=shards_of(f"{'' if split == TRAIN else f'splits.{split}.'}shards",
+                                     part["shards"]),
+                    source=text("source", obj["source"]), dataset=text("dataset", obj["dataset"]),
+                    split=split, splits=names,
+                    val_fraction=None if val_fraction is None else float(val_fraction),
+                    normalization=normalization_from_json(obj.get("normalization"),
+                                                          features or 0, str(file)),
+                    fill=fill_report_from_json(obj.get("fill"), str(file)))
 
 
-def write_manifest(manifest: Manifest) -> pathlib.Path:
-    """Write manifest.json into manifest.root atomically (temp file, then os.replace).
+def write_manifest(train: Manifest, *held_out: Manifest) -> pathlib.Path:
+    """Write manifest.json into train.root atomically (temp file, then os.replace).
 
-    prepare calls this last, so a dataset directory only ever holds a complete manifest
-    describing shards that were fully written and validated.
+    `held_out` are the other splits (e.g. val), written under "splits". prepare calls
+    this last, so a dataset directory only ever holds a complete manifest describing
+    shards that were fully written and validated.
     """
-    target = manifest.root / MANIFEST_NAME
-    tmp = manifest.root / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+    if train.split != TRAIN or tuple(m.split for m in (train, *held_out)) != train.splits:
+        raise ValueError(f"write_manifest needs the splits {train.splits} in order, train first")
+    target = train.root / MANIFEST_NAME
+    tmp = train.root / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest.to_json(), f, indent=2)
+        json.dump(train.to_json(*held_out), f, indent=2)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

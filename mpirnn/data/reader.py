@@ -2,6 +2,12 @@
 
 A rank reads only its rows and its time segment (plus the one extra step its targets
 need), never the whole dataset. Shard files stay open for the run.
+
+Series and sequences whose manifest records normalization come out of `window` and
+`block` normalized, (x - mean) / std per column with the train split's statistics, so
+training sees normalized inputs and targets; `manifest.denormalize` undoes it.
+`read_span` and `read_row` return the stored values (data units).
+Exercised by: python -m pytest -q tests/test_data_normalization.py tests/test_sampler.py
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from mpirnn.errors import DataError
 
 
 class Reader:
+    """Windows of one split of a dataset (the split `manifest` describes)."""
+
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
+        self.normalization = manifest.normalization
         self._files: dict[int, h5py.File] = {}
         self._starts = np.array([s.offset for s in manifest.shards], dtype=np.int64)
 
@@ -60,11 +69,14 @@ class Reader:
         return self._shard(index)[row - self.manifest.shards[index].offset, t0:t1]
 
     def window(self, window: int, seq_len: int, t0: int, t1: int) -> np.ndarray:
-        """Steps [t0, t1 + 1) of a window: inputs are [:-1], targets [1:]."""
+        """Steps [t0, t1 + 1) of a window, normalized if recorded: inputs [:-1], targets [1:]."""
         if self.manifest.is_stream:
             base = window * seq_len
-            return self.read_span(base + t0, base + t1 + 1)
-        return self.read_row(window, t0, t1 + 1)
+            values = self.read_span(base + t0, base + t1 + 1)
+        else:
+            values = self.read_row(window, t0, t1 + 1)
+        # float64 arithmetic, rounded once when block() converts to the model's dtype.
+        return values if self.normalization is None else self.normalization.normalize(values)
 
     def block(self, windows, seq_len: int, t0: int, t1: int, dtype=torch.float32) -> torch.Tensor:
         """Steps [t0, t1 + 1) of the given windows, as one CPU tensor (inputs are [:, :-1], targets [:, 1:])."""
