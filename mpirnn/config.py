@@ -40,7 +40,7 @@ class DataConfig:
     path: str = doc("data/stdlib-bytes", "dataset directory made by `python -m mpirnn.data prepare`")
     seq_len: int = doc(128, "time steps per training sequence (the target is the next step)")
     batch_size: int = doc(32, "global batch: sequences per step over all ranks")
-    validate: bool = doc(True, "scan the dataset for bad values (NaN, ids past the vocabulary) before training")
+    validate: bool = doc(True, "scan every value (NaN, ids past the vocabulary) before training; shard sizes and checksums are checked either way")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from support import make_series_dataset, make_token_dataset
+from support import make_series_dataset, make_token_dataset, reseal_dataset
 
 from mpirnn.data.manifest import MANIFEST_NAME
 from mpirnn.data.prepare import prepare_npy
@@ -246,7 +246,19 @@ def nan_found_in_training(good, tmp, n):
     for shard in sorted(data.glob("shard-*.h5")):
         with h5py.File(shard, "r+") as f:
             f["data"][:, 0] = np.nan
+    # Resealed: the shards' new sizes and checksums are recorded, as if prepare had written the
+    # NaN (otherwise the start-up check refuses the changed files before any step).
+    reseal_dataset(data)
     return settings(tmp, data, **{"data.validate": "false"}), r"non-finite loss.* at step 1 on rank"
+
+
+def flipped_byte_unvalidated(good, tmp, n):
+    # One byte of a shard's values changed after prepare: with data.validate=false no value is
+    # scanned, but every shard's size and checksum are still checked before training.
+    data = copy_of(good, "tokens", tmp)
+    with h5py.File(data / "shard-00003.h5", "r+") as f:
+        f["data"][10] = (int(f["data"][10]) + 1) % 256
+    return settings(tmp, data, **{"data.validate": "false"}), r"shard-00003\.h5: checksum"
 
 
 def empty_dataset(good, tmp, n):
@@ -270,8 +282,15 @@ def grid_product(good, tmp, n):
         rf"{dp} ranks but the job has {n}.*dp\*sp\*pp\*tp"
 
 
-def pipeline_parallel(good, tmp, n):
-    return settings(tmp, good["tokens"], **{"parallel.pp": 2}), r"parallel\.pp = 2.*not available yet"
+def more_stages_than_layers(good, tmp, n):
+    # SMALL has one layer: two pipeline stages cannot each own one.
+    return settings(tmp, good["tokens"], **{"parallel.pp": 2}), \
+        r"parallel\.pp = 2 but model\.layers = 1: every pipeline stage needs at least one layer"
+
+
+def chunks_longer_than_the_segment(good, tmp, n):
+    return settings(tmp, good["tokens"], **{"parallel.pp": 2, "model.layers": 2, "parallel.chunks": 17}), \
+        r"parallel\.chunks = 17 but the shortest time segment has 16"
 
 
 def tensor_parallel(good, tmp, n):
@@ -331,7 +350,7 @@ def checkpoint_of_another_shape(good, tmp, n):
         assert snapshot(ckpt) == before, "the old checkpoint was changed or removed"
     args = settings(tmp, good["tokens"], **{"model.hidden": 32, "train.steps": 4, "checkpoint.dir": ckpt,
                                             "checkpoint.resume": "true"})
-    return args, r"ckpt-00000002\.pt.*different model", unchanged
+    return args, r"model\.hidden = 32 here, 16 in the checkpoint", unchanged
 
 
 def fresh_run_into_used_checkpoint_dir(good, tmp, n):
@@ -354,9 +373,9 @@ SINGLE_AND_MANY = [missing_dir, no_manifest, truncated_shard, deleted_shard, wro
                    wrong_ndim, nan_in_series, token_past_vocabulary, empty_dataset, unknown_key, wrong_type,
                    negative_batch, unknown_cell, bad_config_file, grid_product, checkpoint_of_another_shape,
                    fresh_run_into_used_checkpoint_dir,
-                   truncated_shard_unvalidated, nan_found_in_training]
+                   truncated_shard_unvalidated, nan_found_in_training, flipped_byte_unvalidated]
 # These grids need more than one rank, so they run at -n 2 and -n 4.
-SEVERAL_RANKS = [seq_shorter_than_segments, pipeline_parallel, tensor_parallel]
+SEVERAL_RANKS = [seq_shorter_than_segments, more_stages_than_layers, chunks_longer_than_the_segment, tensor_parallel]
 CASES = {case.__name__: case for case in SINGLE_AND_MANY + SEVERAL_RANKS}
 RUNS = ([(case.__name__, n) for case in SINGLE_AND_MANY for n in (1, 4)]
         + [(case.__name__, n) for case in SEVERAL_RANKS for n in (2, 4)])

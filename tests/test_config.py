@@ -27,7 +27,7 @@ def test_defaults_load_and_match_the_dataclasses():
     cfg = load_config()
     assert cfg == Config()
     assert [f.name for f in dataclasses.fields(cfg)] == list(SECTIONS)
-    # The contract names of DESIGN.md section 2 exist with sensible defaults.
+    # The contract names (docs/design.md, "Config") exist with sensible defaults.
     assert cfg.model.cell in CELLS
     assert (cfg.parallel.dp, cfg.parallel.sp, cfg.parallel.pp, cfg.parallel.tp) == (-1, 1, 1, 1)
     assert cfg.train.steps > 0 and cfg.train.lr > 0

@@ -31,11 +31,17 @@ def test_embedded_default_runs_from_an_empty_directory(tmp_path):
                           "--set", "output.sample_bytes=40"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=170)
     assert run.returncode == 0, run.stderr
-    assert "preparing the default corpus" in run.stderr
+    assert "data.path is not set, so the default corpus" in run.stdout
     assert "loss " in run.stdout and "sample:\ndef " in run.stdout
-    records = [json.loads(line) for line in (tmp_path / "runs/default/metrics.jsonl").read_text().splitlines()]
+    # Each run gets its own folder runs/<config name>-<start time>, named at the start and at the end.
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("default-"), folders
+    metrics = folders[0] / "metrics.jsonl"
+    assert f"metrics in {metrics.relative_to(tmp_path)}" in run.stdout
+    assert "grid dp=2 sp=1 pp=1 tp=1" in run.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in records[:-1]] == [1, 2, 3]
     assert all({"loss", "step_time_s", "tokens_per_s", "comm_time_s"} <= set(r) for r in records[:-1])
     summary = records[-1]
     assert summary["summary"] and summary["world_size"] == 2 and len(summary["placement"]) == 2
-    assert (tmp_path / "runs/default/metrics.config.json").exists()
+    assert (folders[0] / "metrics.config.json").exists()

@@ -5,7 +5,8 @@
 Every case runs `mpirun -n N python -m mpirnn.train ...` on a small model, injects one
 fault (MPIRNN_FAULT, a signal, or kill -9) and measures the time from the fault to the
 exit of mpirun: an exception or a bad batch on one rank ends the job within 10 s, a hung
-rank within ~10 s (train.comm_timeout_s = 3), a killed rank within 30 s. Resumed runs
+rank within the watchdog's limit (default settings: its 30 s floor; train.comm_timeout_s = 3
+when set), a killed rank within 30 s; a first Ctrl-C to mpirun stops cleanly with a checkpoint. Resumed runs
 must reproduce an uninterrupted run's losses exactly (float32 on the CPU: bitwise).
 The last test scans the library source for pickle-based MPI calls, eval/exec, shell=True
 and unsafe torch.load. Set MPIRNN_FAULT_TABLE=FILE to append each case's stderr line and
@@ -41,6 +42,7 @@ if not MPIRUN.exists():
 KILL_AFTER_S = 90     # a job still running after this is a hang: fail (and kill it)
 FAULT_EXIT_S = 10     # issue 4: an exception or bad batch on one rank ends every rank within 10 s
 HANG_EXIT_S = 10      # train.comm_timeout_s = 3, checked every 0.75 s, plus the abort
+DEFAULT_HANG_EXIT_S = 45  # train.comm_timeout_s = -1: the automatic limit's 30 s floor, plus the abort
 KILL9_EXIT_S = 30     # issue 4: kill -9 of one rank ends the job within 30 s
 SIGNAL_EXIT_S = 30    # a stop signal: checkpoint, then a clean exit
 # MPI_Abort makes MPICH print its own notice, e.g.
@@ -403,6 +405,33 @@ def test_hung_rank_is_reported_and_the_job_aborted(data, tmp_path):
     assert 2.5 <= seconds <= HANG_EXIT_S, f"exit {seconds:.1f} s after the hang\n{job.report()}"
 
 
+def test_hung_stage_ends_the_job_with_default_settings(data, tmp_path):
+    # No train.comm_timeout_s: the automatic watchdog (after its warm-up steps) must end a job whose
+    # second pipeline stage hangs, naming the step and what the stuck rank waits for.
+    job = Job(2, token_run(data, tmp_path, **{"train.steps": FOREVER, "model.layers": 2, "parallel.pp": 2}),
+              fault="hang:rank=1:step=8")
+    status = job.wait()
+    assert status != 0, job.report()
+    stuck = [line for line in job.stderr_lines if line.startswith("mpirnn:")]
+    assert stuck and all(re.match(r"^mpirnn: rank [01] of 2: step 8 has been stuck for more than the automatic "
+                                  r"limit of \d+ s \(train.comm_timeout_s = -1", line) for line in stuck), job.report()
+    assert all(l in stuck or MPICH_ABORT.search(l) for l in job.stderr_lines), job.report()
+    assert any("pp=2" in line and "stage" in line for line in stuck), job.report()
+    seconds = job.ended - job.seen[7]
+    record_case("stage 1 of pp=2 hangs at step 8, default settings", job, seconds, stuck[0])
+    assert 25 <= seconds <= DEFAULT_HANG_EXIT_S, f"exit {seconds:.1f} s after the hang\n{job.report()}"
+
+
+def test_exception_in_a_pipeline_stage_ends_every_rank(data, tmp_path):
+    job = Job(2, token_run(data, tmp_path, **{"train.steps": 20, "model.layers": 2, "parallel.pp": 2}),
+              fault="raise:rank=1:step=3")
+    assert job.wait() != 0, job.report()
+    line = assert_one_line(job, r"^mpirnn: rank 1 of 2: InjectedFault: injected fault at step 3\b")
+    fault_at = min(t for t in (job.seen.get(2), job.line_time(r"^mpirnn: rank 1")) if t is not None)
+    record_case("exception on stage 1 of pp=2 at step 3", job, job.ended - fault_at, line)
+    assert job.ended - fault_at <= FAULT_EXIT_S, job.report()
+
+
 # -- 4. kill -9 of one rank ---------------------------------------------------------------------------
 
 def test_kill_one_rank_then_resume_loses_at_most_every(data, tmp_path, uninterrupted):
@@ -478,6 +507,32 @@ def test_stop_signals_write_one_checkpoint_and_resume_exactly(data, tmp_path, un
     assert not third.stderr_lines, third.report()
     assert sorted(third.seen) == [step2 + 1, step2 + 2, step2 + 3]
     assert [r["step"] for r in records(tmp_path / "m.jsonl")] == list(range(1, step2 + 4)), "no step lost or repeated"
+    assert_losses_match(tmp_path / "m.jsonl", uninterrupted)
+
+
+def test_ctrl_c_stops_cleanly_with_a_checkpoint_and_resumes_exactly(data, tmp_path, uninterrupted):
+    # SIGINT to mpirun (what Ctrl-C in a terminal does): hydra passes it to every rank once; the
+    # ranks agree to stop at the next step boundary, save, print the resume command once, exit 130.
+    ckpt = tmp_path / "ckpt"
+    run = token_run(data, tmp_path, **{"train.steps": FOREVER, "checkpoint.dir": ckpt})
+    job = Job(2, run)
+    job.wait_for_step(3)
+    job.wait_for_ranks()
+    job.proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    status = job.wait()
+    assert status == 130, f"exit {status}, expected 130\n{job.report()}"
+    ours = [line for line in job.stderr_lines if line.startswith("mpirnn:")]
+    assert len(ours) == 1, job.report()
+    assert re.match(r"^mpirnn: stopped by signal SIGINT after step (\d+); checkpoint saved in .*; resume with: "
+                    r"mpirun -n 2 python -m mpirnn\.train .*--set checkpoint\.resume=true$", ours[0]), job.report()
+    step = int(re.search(r"after step (\d+)", ours[0]).group(1))
+    record_case("Ctrl-C (SIGINT to mpirun)", job, job.ended - sent, ours[0])
+    assert checkpoint_steps(ckpt) == [step]
+    assert_intact(ckpt, step)
+    resumed = Job(2, {**run, "train.steps": step + 3, "checkpoint.resume": "true"})
+    assert resumed.wait() == 0, resumed.report()
+    assert sorted(resumed.seen) == [step + 1, step + 2, step + 3]
     assert_losses_match(tmp_path / "m.jsonl", uninterrupted)
 
 

@@ -26,7 +26,7 @@ def main() -> int:
     args = parser.parse_args()
 
     world = MPI.COMM_WORLD
-    # The node-local rank the trainer binds GPUs with (DESIGN.md §4), not a launcher variable.
+    # The node-local rank the trainer binds GPUs with (docs/design.md, "Devices"), not a launcher variable.
     local = world.Split_type(MPI.COMM_TYPE_SHARED)
     report = {
         "rank": world.Get_rank(),
