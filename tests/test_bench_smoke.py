@@ -1,4 +1,5 @@
-"""The benchmark runs end to end at toy sizes: every workload reported, every exactness check passed.
+"""The benchmark runs end to end at toy sizes: every workload reported, every exactness check passed,
+the PyTorch DDP peer run under torchrun, and the performance model's prediction beside each mpirnn row.
 
     python -m pytest -q tests/test_bench_smoke.py
 
@@ -15,22 +16,30 @@ import pytest
 
 from mpirnn.tools.shapes import WORKLOADS
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(240)
 
 
 def test_tiny_bench_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "mpirnn.bench", "--tiny", "--steps", "1", "--warmup", "1",
                            "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, timeout=170)
+                          capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     assert report["errors"] == []
     rows = report["rows"]
     assert {r["workload"] for r in rows} == set(WORKLOADS)
     # Every parallel row was checked against its 1-rank reference, and matched.
-    checked = [r for r in rows if r["config"].startswith(("sp=", "dp="))]
+    checked = [r for r in rows if r["config"].startswith(("sp=", "dp=", "PyTorch DDP"))]
     assert checked and all(r["exact"] is True for r in checked), checked
+    # The DDP peer ran for W1 and dp, and its ratio is reported.
+    assert {r["workload"] for r in rows if r["config"].startswith("PyTorch DDP")} == {"W1", "dp"}
+    assert set(report["meta"]["ddp_ratio"]) == {"W1", "dp"} and "mpirnn dp=2 / PyTorch DDP" in done.stdout
+    # The model predicted every timed mpirnn row with one thread per rank (a quick calibration made first).
+    timed = [r for r in rows if r["median_step_s"] and not r["config"].startswith(("plain", "PyTorch"))
+             and "logcumsumexp" not in r["config"]]
+    assert timed and all(r["predicted_step_s"] and r["predicted_step_s"] > 0 for r in timed), timed
+    assert report["meta"]["calibration"] and "performance model:" in done.stdout
     assert any(r["workload"] == "W1" and r["config"].startswith("sp=2") and r["exact"] for r in rows)
     # W2 reports memory at 1, 2 and 4 segments; W3 one row per serial scan method; plain PyTorch on W1, W3.
     assert sum(r["workload"] == "W2" for r in rows) == 3

@@ -1,12 +1,16 @@
-"""Benchmark workloads side by side: sequence- and data-parallel steps against one rank.
+"""Benchmark workloads side by side: sequence- and data-parallel steps against one rank and PyTorch DDP.
 
     python -m mpirnn.bench [--only W1,W3] [--steps 5] [--repeat 3] [--out runs/bench/bench.json] [--device cuda]
+                           [--calibration FILE]
 
 Run it on one process: it starts the MPI runs it needs itself (`mpirun -n K python -m
 mpirnn.bench --worker ...`, one torch thread per rank unless a row says otherwise),
-grouping the runs of one rank count into one launch, then prints a markdown table and
-writes every number to a JSON file. The workloads and what they measure are in
-benchmarks/README.md; mpirnn/tools/workloads.py runs them.
+grouping the runs of one rank count into one launch, and the PyTorch DDP peers under
+`torchrun` (mpirnn/tools/ddp_peer.py); then prints a markdown table, with each row's step
+time as the performance model predicts it (mpirnn/tools/perf/, from --calibration or a
+calibration of this machine made first, about 15 s), and writes every number to a JSON
+file. The workloads and what they measure are in benchmarks/README.md;
+mpirnn/tools/workloads.py runs them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from pathlib import Path
 from mpirnn.tools.shapes import W2_MICROBATCHES, WORKLOADS, shape_of
 
 RTOL = 1e-5        # the exactness contract in float32
+DDP_NAME = "PyTorch DDP dp=2 (torchrun, gloo)"
+DDP_TARGET = 0.95  # mpirnn dp=2 step / DDP dp=2 step on the development machine
+PREDICTION_TOLERANCE = 0.20
 
 
 def parse_args(argv=None):
@@ -46,6 +53,8 @@ def parse_args(argv=None):
                         help="keep: glibc keeps freed memory (no mmap, no trim), so no step pays page faults for "
                              "memory the previous step gave back and ratios compare compute; default: glibc as is")
     parser.add_argument("--tiny", action="store_true", help="toy shapes (smoke test; the numbers mean nothing)")
+    parser.add_argument("--calibration", help="performance-model calibration for the predicted column "
+                                              "(default: calibrate this machine first, written beside --out)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)   # spec file: this process is an MPI rank
     parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -61,7 +70,8 @@ def plan(args) -> list[dict]:
     if unknown:
         raise SystemExit(f"mpirnn.bench: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     base = dict(tiny=args.tiny, device=args.device or "cpu", steps=args.steps, warmup=args.warmup, threads=1,
-                dp=1, sp=1, microbatches=0, method=None, plain=False, fresh=False, compare_to="1 rank", target=None)
+                dp=1, sp=1, pp=1, microbatches=0, chunks=0, method=None, plain=False, ddp=False, fresh=False, compare_to="1 rank",
+                target=None)
     runs = []
 
     def add(workload, name, ranks, **kw):
@@ -71,6 +81,10 @@ def plan(args) -> list[dict]:
         add("W1", "1 rank", 1)
         add("W1", "sp=2, M=8", 2, sp=2, microbatches=8, target={"speedup": 1.7, "exact": True})
         add("W1", "sp=2, M=4", 2, sp=2, microbatches=4)  # same bubble-model bound here, half the messages
+        add("W1", "dp=2 (-n 2)", 2, dp=2)
+        add("W1", "pp=2, C=8", 2, pp=2, chunks=8)   # the two layers on two ranks, overlapped through time chunks
+        if base["device"] == "cpu":
+            add("W1", DDP_NAME, 2, dp=2, ddp=True)
         if not args.tiny and base["device"] == "cpu":
             add("W1", "1 rank × 2 threads", 1, threads=2)
     if "W2" in only:  # fresh processes: their first step's memory is the activation memory
@@ -87,6 +101,8 @@ def plan(args) -> list[dict]:
     if "dp" in only:
         add("dp", "1 rank", 1)
         add("dp", "dp=2 (-n 2)", 2, dp=2)
+        if base["device"] == "cpu":
+            add("dp", DDP_NAME, 2, dp=2, ddp=True)
         if not args.tiny:
             add("dp", "dp=4 (-n 4, oversubscribed)", 4, dp=4)
         if not args.tiny and base["device"] == "cpu":
@@ -99,12 +115,12 @@ def plan(args) -> list[dict]:
 
 
 def launches(runs: list[dict]) -> list[list[dict]]:
-    """Runs grouped by (ranks, threads), one MPI launch each. A `fresh` run opens a new launch,
+    """Runs grouped by (ranks, threads, DDP or not), one launch each. A `fresh` run opens a new launch,
     so those go first: the rest of their rank count then joins them."""
     groups: dict = {}
     ordered = []
     for run in sorted(runs, key=lambda r: not r["fresh"]):
-        key = (run["ranks"], run["threads"])
+        key = (run["ranks"], run["threads"], run["ddp"])
         if run["fresh"] or key not in groups:
             groups[key] = []
             ordered.append(groups[key])
@@ -129,16 +145,27 @@ def mpiexec() -> str:
 KEEP_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 
 
+def torchrun() -> list[str]:
+    """PyTorch's launcher from the same environment as this Python."""
+    found = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    return [found] if found else [sys.executable, "-m", "torch.distributed.run"]
+
+
 def start(group: list[dict], workdir: Path, index: str, malloc: str = "keep"):
-    """Start one group of specs under mpirun (a process group of its own, so a hang can be killed whole)."""
+    """Start one group of specs under mpirun, or torchrun for the DDP peer (a process group of its own,
+    so a hang can be killed whole)."""
     specs, result = workdir / f"specs-{index}.json", workdir / f"result-{index}.json"
     specs.write_text(json.dumps(group))
     ranks, threads = group[0]["ranks"], group[0]["threads"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            **(KEEP_MEMORY if malloc == "keep" else {})}
-    command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpirnn.bench",
-               "--worker", str(specs), "--result", str(result)]
-    print(f"mpirnn.bench: -n {ranks}: " + ", ".join(f"{r['workload']} {r['name']}" for r in group),
+    if group[0]["ddp"]:
+        command = [*torchrun(), "--standalone", f"--nproc-per-node={ranks}", "-m", "mpirnn.tools.ddp_peer",
+                   "--worker", str(specs), "--result", str(result)]
+    else:
+        command = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpirnn.bench",
+                   "--worker", str(specs), "--result", str(result)]
+    print(f"mpirnn.bench: {'torchrun' if group[0]['ddp'] else '-n'} {ranks}: " + ", ".join(f"{r['workload']} {r['name']}" for r in group),
           file=sys.stderr, flush=True)
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
@@ -203,8 +230,9 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def rows_for(workload: str, results: list[dict]) -> list[dict]:
-    """Table rows of one workload: speedups against its baseline, memory against 1 rank, exactness."""
+def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
+    """Table rows of one workload: speedups against its baseline, memory against 1 rank, exactness,
+    and the performance model's prediction when a calibration is given."""
     runs = [r for r in results if r["workload"] == workload]
     if not runs:
         return []
@@ -225,9 +253,14 @@ def rows_for(workload: str, results: list[dict]) -> list[dict]:
                # Only a fresh process's first step has a clean RSS baseline (freed memory stays in the heap).
                "rss_mib": max(run["peak_bytes_per_rank"]) / 2**20 if run["fresh"] else None,
                "memory_vs_1_rank": max(run["saved_bytes_per_rank"]) / base_memory if base_memory else None,
-               "loss_rel_diff": None, "exact": None}
+               "loss_rel_diff": None, "exact": None, "predicted_step_s": None, "prediction_error": None}
+        if cal is not None and median:
+            from mpirnn.tools.perf.bench_predictions import predicted_step_s
+            row["predicted_step_s"] = predicted_step_s(run, shape_of(workload, run["tiny"]), cal)
+            if row["predicted_step_s"]:
+                row["prediction_error"] = row["predicted_step_s"] / median - 1
         reference = next((r for r in runs if r["name"] == run["compare_to"]), None)
-        if reference and reference is not run and run["threads"] == 1 and not run["plain"]:
+        if reference and reference is not run and run["threads"] == 1 and not run["plain"]:  # DDP included
             row["loss_rel_diff"] = relative(run["losses"][0], reference["losses"][0])
             row["exact"] = row["loss_rel_diff"] <= RTOL
             n = min(len(run["losses"]), len(reference["losses"]))
@@ -254,6 +287,17 @@ def judge(target: dict | None, row: dict) -> tuple[str, bool | None]:
     return ", ".join(words), met
 
 
+def ddp_ratios(rows: list[dict]) -> dict:
+    """{workload: mpirnn dp=2 median step / PyTorch DDP dp=2 median step} where both ran."""
+    ratios = {}
+    for workload in WORKLOADS:
+        mine = next((r for r in rows if r["workload"] == workload and r["config"] == "dp=2 (-n 2)"), None)
+        peer = next((r for r in rows if r["workload"] == workload and r["config"] == DDP_NAME), None)
+        if mine and peer and mine["median_step_s"] and peer["median_step_s"]:
+            ratios[workload] = mine["median_step_s"] / peer["median_step_s"]
+    return ratios
+
+
 def _mib(value: float) -> str:
     return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
 
@@ -263,9 +307,10 @@ def _fmt(value, spec, suffix="") -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| workload | config | median step s (min) quiet/all steps | tokens/s | speedup vs baseline | MPI wait s, per rank | "
+    lines = ["| workload | config | median step s (min) quiet/all steps | predicted s (error) | tokens/s | "
+             "speedup vs baseline | MPI wait s, per rank | "
              "activation MiB/rank: saved for backward (% of baseline); peak RSS Δ | target | exact? (loss rel. diff) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         exact = "—" if r["exact"] is None else f"{'yes' if r['exact'] else 'NO'} ({r['loss_rel_diff']:.1e})"
         memory = _mib(r["saved_mib"])
@@ -276,7 +321,9 @@ def markdown(rows: list[dict]) -> str:
         waits = " / ".join(f"{w:.3f}" for w in r["mpi_wait_s"]) if r["median_step_s"] and len(r["mpi_wait_s"]) > 1 else "—"
         speed = "baseline" if r["baseline"] else _fmt(r["speedup"], ".2f", "×")
         target = r["target"] + ("" if r["target_met"] is None else (": met" if r["target_met"] else ": **missed**"))
-        lines.append(f"| {r['workload']} | {r['config']} | {step} | {_fmt(r['tokens_per_s'], '.0f')} | {speed} | "
+        predicted = "—" if r["predicted_step_s"] is None else \
+            f"{r['predicted_step_s']:.3f} ({100 * r['prediction_error']:+.0f}%)"
+        lines.append(f"| {r['workload']} | {r['config']} | {step} | {predicted} | {_fmt(r['tokens_per_s'], '.0f')} | {speed} | "
                      f"{waits} | {memory} | {target} | {exact} |")
     return "\n".join(lines)
 
@@ -289,6 +336,39 @@ def machine() -> dict:
             "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def calibration_for(args, runs: list[dict]):
+    """The performance model's calibration: --calibration, or one measured now (before any run, so
+    nothing shares the cores with it) for the cells and hidden sizes of these runs, written beside --out."""
+    from mpirnn.tools.perf import bench_predictions, calibration
+    if args.calibration:
+        return calibration.load(args.calibration)
+    if (args.device or "cpu") != "cpu":
+        return None   # calibrating a GPU here would time the CPU: give --calibration for GPU predictions
+    from mpirnn.tools.calibrate import calibrate
+    cells, hidden = bench_predictions.scope([shape_of(w, args.tiny) for w in {r["workload"] for r in runs}])
+    out = Path(args.out).with_name(Path(args.out).stem + "-calibration.json")
+    path = calibrate(out, quick=args.tiny, cells=cells, hidden=hidden,
+                     say=lambda line: print(line, file=sys.stderr, flush=True))
+    return calibration.load(path)
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The DDP ratio and how many predictions fall within the tolerance, one line each."""
+    lines = []
+    for workload, ratio in ddp_ratios(rows).items():
+        verdict = "met" if ratio <= DDP_TARGET else "missed"
+        lines.append(f"{workload}: mpirnn dp=2 / PyTorch DDP dp=2 step time = {ratio:.3f} "
+                     f"(target ≤ {DDP_TARGET}: {verdict})")
+    predicted = [r for r in rows if r["prediction_error"] is not None]
+    if predicted:
+        within = sum(abs(r["prediction_error"]) <= PREDICTION_TOLERANCE for r in predicted)
+        worst = max(predicted, key=lambda r: abs(r["prediction_error"]))
+        lines.append(f"performance model: {within} of {len(predicted)} predicted rows within "
+                     f"±{100 * PREDICTION_TOLERANCE:.0f}% of the measured median (worst: {worst['workload']} "
+                     f"{worst['config']}, {100 * worst['prediction_error']:+.0f}%)")
+    return lines
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -298,6 +378,8 @@ def main(argv=None) -> int:
     meta = {"command": "python -m mpirnn.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "malloc": args.malloc,
             **machine()}
+    cal = calibration_for(args, runs)
+    meta["calibration"] = cal.path if cal else None
     results, errors, meta["load_per_pass"] = [], [], []
     with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:
         groups = launches(runs)
@@ -316,11 +398,13 @@ def main(argv=None) -> int:
     for r in results:
         shape = shape_of(r["workload"], r["tiny"])
         r["tokens_per_step"] = shape["batch"] * shape["seq_len"]
-    rows = [row for w in WORKLOADS for row in rows_for(w, results)]
+    rows = [row for w in WORKLOADS for row in rows_for(w, results, cal)]
+    meta["ddp_ratio"] = ddp_ratios(rows)
     meta["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["memory_method"] = results[0]["memory_method"] if results else None
     table = markdown(rows)
     print(table)
+    print("\n" + "\n".join(summary_lines(rows)))
     print(f"\nmalloc: {args.malloc}; {len(meta['load_per_pass'])} pass(es); load average (1, 5, 15 min) at the start of "
           f"each pass {meta['load_per_pass']}, at the end {meta['load_avg_end']}; {meta['cores']} cores; {meta['cpu']}")
     out = Path(args.out)

@@ -25,17 +25,17 @@ import statistics
 import time
 
 import torch
-from mpi4py import MPI
 from torch import nn
 from torch.nn import functional as F
 
-from mpirnn.tools.shapes import shape_of
-from mpirnn.distributed.mesh import Comms
 from mpirnn.config import Config
 from mpirnn.distributed.device import choose_device
-from mpirnn.parallel.grid import Grid, rows_of, segment_of
 from mpirnn.models import build_model
-from mpirnn.parallel.step import StepRunner
+from mpirnn.parallel.grid import Grid
+from mpirnn.tools.shapes import shape_of
+
+# MPI (mpi4py, the mesh, the step runner) is imported inside the functions that need it:
+# the PyTorch DDP peer (mpirnn/tools/ddp_peer.py, under torchrun, no MPI) reuses the rest.
 
 SEED = 0
 VOCAB = 256      # byte tokens
@@ -195,8 +195,9 @@ def busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def build_step(spec: dict, comms: Comms, device):
+def build_step(spec: dict, comms, device):
     """(model, step function returning this rank's loss share) for a spec."""
+    from mpirnn.parallel.step import StepRunner
     shape = shape_of(spec["workload"], spec["tiny"])
     inputs, targets = make_batch(shape)
     norm = float(targets.numel())
@@ -210,25 +211,36 @@ def build_step(spec: dict, comms: Comms, device):
             return loss.detach().double().cpu()
         return model, plain_step, None
 
-    model = make_model(shape, device)
-    rows = slice(*rows_of(shape["batch"], comms.grid, comms.coords["dp"]))
-    segment = slice(*segment_of(shape["seq_len"], comms.grid, comms.coords["sp"]))
-    inputs = inputs[rows, segment].contiguous().to(device)
-    targets = targets[rows, segment].contiguous().to(device)
-    state = model.zero_state(rows.stop - rows.start, inputs)
-    runner = StepRunner(model, comms, rows.stop - rows.start, spec["microbatches"], bucket_mb=4.0)
+    from mpirnn.parallel.plan import make_plan
+    from mpirnn.parallel.shard import stage_model
+    plan = make_plan(comms.grid, comms.coords, batch_size=shape["batch"], seq_len=shape["seq_len"],
+                     layers=shape["layers"], cell=shape["cell"], microbatches=spec["microbatches"],
+                     chunks=spec.get("chunks", 0))
+    model = stage_model(make_model(shape, device), plan)
+    rows, segment = slice(*plan.rows), slice(*plan.segment)
+    # Inputs are read on the first stage, targets on the last (as training does).
+    inputs = inputs[rows, segment].contiguous().to(device) if plan.first_stage else None
+    targets = targets[rows, segment].contiguous().to(device) if plan.last_stage else None
+    state = model.zero_state(plan.local_rows, torch.empty(0, device=device), range(*plan.layers))
+    runner = StepRunner(model, plan, comms, bucket_mb=4.0)
+
+    def cut(tensor):
+        return None if tensor is None else tensor[:, :2].contiguous()
 
     def step(prime=False):
-        if prime:  # a few time steps: one-time allocations (thread pools, kernels) before memory is read
-            return runner(inputs[:, :2].contiguous(), targets[:, :2].contiguous(), state, norm)[0]
+        # A few time steps first: one-time allocations (thread pools, kernels) before memory is read.
+        # Not with pp: the stages agree on the shapes of the activations they exchange.
+        if prime and plan.grid.pp == 1:
+            return runner(cut(inputs), cut(targets), state, norm)[0]
         return runner(inputs, targets, state, norm)[0]
     return model, step, runner
 
 
-def run_spec(spec: dict, world: MPI.Comm) -> dict | None:
-    """Warm-up and timed steps of one spec; the summary on rank 0 (None elsewhere)."""
+def run_spec(spec: dict, world) -> dict | None:
+    """Warm-up and timed steps of one spec on the MPI communicator `world`; the summary on rank 0 (None elsewhere)."""
+    from mpirnn.distributed.mesh import Comms
     torch.set_num_threads(spec["threads"])
-    comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"]), world)
+    comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"], pp=spec.get("pp", 1)), world)
     device = choose_device(spec["device"], comms.local_rank)
     runner = None
     try:

@@ -1,0 +1,136 @@
+"""Calibrate the performance model on this machine: `python -m mpirnn.plan --calibrate [--out FILE]`.
+
+Runs the compute measurements (mpirnn/tools/perf/compute_bench.py) in a fresh process with
+one thread and the benchmark's allocator settings, and the MPI measurements
+(mpirnn/tools/perf/comm_bench.py) under `mpirun -n 2`; fits the intra-node link's α and β
+to the point-to-point times and γ (adding up) to the allreduce times; and writes one JSON
+file, by default benchmarks/calibration/<cpu model>-<date>.json. Links between nodes are
+not measurable on one host: the file carries the documented NDR InfiniBand default
+(mpirnn/tools/perf/links.py). About 30 s in full, a few seconds with --quick.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mpirnn.tools.perf import links
+from mpirnn.tools.perf.calibration import FORMAT, cpu_model, default_path, save
+
+
+def fit_alpha_beta(points: list[list[float]]) -> tuple[float, float]:
+    """α, β minimising the RELATIVE error of α + n·β over (n, t) points (small messages count as much as big)."""
+    # Weighted least squares with weights 1/t²: solve the 2×2 normal equations.
+    sw = swn = swnn = swt = swnt = 0.0
+    for n, t in points:
+        w = 1.0 / t**2
+        sw, swn, swnn, swt, swnt = sw + w, swn + w * n, swnn + w * n * n, swt + w * t, swnt + w * n * t
+    det = sw * swnn - swn**2
+    beta = (sw * swnt - swn * swt) / det
+    alpha = (swt - swn * beta) / sw
+    if beta <= 0:   # noise: fall back to the largest message's bandwidth
+        n, t = max(points)
+        beta = t / n
+    return max(alpha, 0.0), beta
+
+
+def fit_gamma(link: links.Link, allreduce_points: list[list[float]]) -> float:
+    """γ from allreduce at p = 2, where the model is 2α + n·β + n/2·γ, over messages ≥ 64 KiB."""
+    big = [(n, t) for n, t in allreduce_points if n >= 65536] or allreduce_points
+    excess = [(t - 2 * link.alpha_s - n * link.beta_s_per_byte) / (n / 2) for n, t in big]
+    return max(0.0, sorted(excess)[len(excess) // 2])
+
+
+def fit_errors(link: links.Link, measured: dict) -> dict:
+    """Model / measured for every op and size: how well the α–β–γ formulas describe this machine."""
+    return {op: [[n, round(links.COLLECTIVES[op](link, n, 2) / t, 3)] for n, t in points]
+            for op, points in measured.items()}
+
+
+def fit_links(comm: dict) -> tuple[links.Link, dict]:
+    alpha, beta = fit_alpha_beta(comm["ops"]["p2p"])
+    link = links.Link(alpha, beta, source=f"measured here: {comm['library']}, 2 ranks on one node")
+    link = links.Link(alpha, beta, fit_gamma(link, comm["ops"]["allreduce"]), link.source)
+    return link, fit_errors(link, comm["ops"])
+
+
+def _run(command: list[str], env: dict, what: str) -> None:
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    if done.returncode:
+        tail = "\n".join(done.stdout.strip().splitlines()[-5:])
+        raise SystemExit(f"mpirnn.plan: calibration ({what}) failed, exit {done.returncode}:\n{tail}")
+
+
+def calibrate(out: str | Path | None = None, quick: bool = False, device: str = "cpu", cells=None,
+              hidden=None, say=print) -> Path:
+    """Measure, fit and write a calibration file; returns its path."""
+    from mpirnn.tools.bench import KEEP_MEMORY, mpiexec
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **KEEP_MEMORY}
+    started = datetime.datetime.now().astimezone()
+    load = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="mpirnn-calibrate-") as work:
+        compute_file, comm_file = Path(work) / "compute.json", Path(work) / "comm.json"
+        extra = ["--quick"] if quick else []
+        extra += ["--cells", ",".join(cells)] if cells else []
+        extra += ["--hidden", ",".join(map(str, hidden))] if hidden else []
+        say(f"mpirnn.plan: calibrating compute on {device} ({'quick' if quick else 'full'})")
+        _run([sys.executable, "-m", "mpirnn.tools.calibrate", "--worker", "compute", "--device", device,
+              "--result", str(compute_file), *extra], env, "compute")
+        say("mpirnn.plan: calibrating communication (mpirun -n 2)")
+        _run([mpiexec(), "-n", "2", sys.executable, "-m", "mpirnn.tools.calibrate", "--worker", "comm",
+              "--result", str(comm_file), *extra], env, "communication")
+        compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
+    compute["slowdown"] = comm["slowdown"]
+    intra, errors = fit_links(comm)
+    from importlib.metadata import version
+    cpu = cpu_model()
+    data = {
+        "format": FORMAT,
+        "host": {"cpu": cpu, "cores": os.cpu_count(), "device": device, "threads_per_rank": 1,
+                 "torch": version("torch"), "date": started.isoformat(timespec="seconds"),
+                 "load_avg_start": load, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
+        "source": "python -m mpirnn.plan --calibrate" + (" --quick (toy sizes: the numbers mean little)" if quick else ""),
+        "compute": compute,
+        "links": {"intra": intra.to_dict(), "inter": links.NDR_INFINIBAND.to_dict(),
+                  "staging": links.HOST_STAGING.to_dict() if device == "cuda" else None},
+        "async_progress": comm["async_progress"],
+        "comm_measured": comm["ops"],
+        "comm_model_over_measured": errors,
+    }
+    path = save(data, out or default_path(cpu, device, started.date()))
+    say(f"mpirnn.plan: calibration written to {path} ({(datetime.datetime.now().astimezone() - started).total_seconds():.0f} s)")
+    return path
+
+
+def worker(argv: list[str]) -> int:
+    """`--worker compute|comm --result FILE [--quick] [--device D]`: one side of the measurement."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", choices=("compute", "comm"))
+    parser.add_argument("--result")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--cells")
+    parser.add_argument("--hidden")
+    args = parser.parse_args(argv)
+    if args.worker == "compute":
+        import torch
+        from mpirnn.tools.perf.compute_bench import measure
+        torch.set_num_threads(1)
+        result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
+                         hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None)
+    else:
+        from mpirnn.tools.perf.comm_bench import measure
+        result = measure(args.quick)
+    if result is not None:
+        Path(args.result).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker(sys.argv[1:]))

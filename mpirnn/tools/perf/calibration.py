@@ -1,0 +1,231 @@
+"""A calibration file and the compute and link costs read from it.
+
+    python -m mpirnn.plan --calibrate [--out FILE]     # writes one (mpirnn/tools/calibrate.py)
+
+A calibration is a JSON object (format "mpirnn-calibration/1") holding what one rank of a
+machine costs: a fused nn.LSTM/GRU/RNN layer's forward+backward per time step and per call,
+measured at several row counts and hidden sizes (thin batches cost more per row); the
+linear cells' gates and log-space scan per element; the embedding, the head and loss per
+token; Adam per parameter; how much slower a rank runs when the node's other ranks are busy;
+and the links (α, β, γ) inside a node and between nodes. Costs between the measured points
+are interpolated: linearly in rows, log-log in hidden size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import json
+import math
+import re
+from pathlib import Path
+
+from mpirnn.tools.perf.links import NDR_INFINIBAND, Link
+
+FORMAT = "mpirnn-calibration/1"
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}               # weight blocks of a fused layer
+PROJECTIONS = {"mingru": 2, "minlstm": 3}             # gate projections of a linear cell (mpirnn.models.linear_cells)
+STATE_PARTS = {"lstm": 2}                             # (h, c); every other cell carries h only
+CALIBRATION_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "calibration"
+
+
+class CalibrationError(ValueError):
+    pass
+
+
+def _interp(xs: list[float], ys: list[float], x: float) -> float:
+    """Piecewise linear in x; past the last point, the last piece's slope (never below the last value)."""
+    if len(xs) == 1:
+        return ys[0] * x / xs[0]
+    if x <= xs[0]:
+        return ys[0]
+    i = min(bisect.bisect_left(xs, x), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    value = y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return max(value, ys[-1]) if x > xs[-1] else value
+
+
+def _log_interp(xs: list[float], ys: list[float], x: float, lowest: float = 1.0, highest: float = 2.0) -> float:
+    """Log-log interpolation in x; outside the points, the nearest piece's exponent, kept in [lowest, highest]."""
+    ys = [max(y, 1e-12) for y in ys]
+    if len(xs) == 1:
+        return ys[0] * (x / xs[0]) ** lowest
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    exponent = math.log(y1 / y0) / math.log(x1 / x0)
+    if not xs[0] <= x <= xs[-1]:
+        exponent = min(max(exponent, lowest), highest)
+        x0, y0 = (x1, y1) if x > xs[-1] else (x0, y0)
+    return y0 * (x / x0) ** exponent
+
+
+def _table(table: dict, key: str, rows: float, hidden: float) -> float:
+    """A [hidden][rows] table read at (rows, hidden)."""
+    per_hidden = [_interp(table["rows"], line, rows) for line in table[key]]
+    return _log_interp(table["hidden"], per_hidden, hidden, lowest=0.0)
+
+
+class Calibration:
+    """Costs of one rank of one machine, in seconds, read from a calibration dict."""
+
+    def __init__(self, data: dict, path: str | None = None):
+        if data.get("format") != FORMAT:
+            raise CalibrationError(f"{path or 'calibration'}: format is {data.get('format')!r}, expected {FORMAT!r}")
+        self.data, self.path = data, path
+        self.compute = data["compute"]
+        self.links = {name: Link.from_dict(d) for name, d in data["links"].items() if d}
+        self.async_progress = float(data.get("async_progress", 0.0))
+        self.cores = int(data.get("host", {}).get("cores") or 1)
+        self.gpu = data.get("host", {}).get("device", "cpu") != "cpu"
+
+    # -------------------------------------------------------------- compute
+
+    def _fused(self, cell: str) -> dict:
+        table = self.compute["fused"].get(cell)
+        if table is None:
+            raise CalibrationError(f"the calibration has no fused '{cell}' measurements; rerun --calibrate")
+        return table
+
+    def fused_step_s(self, cell: str, rows: int, d_in: int, hidden: int) -> float:
+        """One time step of a fused layer (nn.LSTM/GRU/RNN), forward+backward."""
+        table = self._fused(cell)
+        step = _table(table, "step_s", rows, hidden)
+        # The table is measured with d_in = hidden; the input projection's share scales with d_in.
+        adjusted = step + self.compute["input_mac_s"] * rows * GATES[cell] * hidden * (d_in - hidden)
+        return max(adjusted, 0.3 * step)
+
+    def fused_call_s(self, cell: str, rows: int, hidden: int) -> float:
+        """What one call of a fused layer costs besides its time steps (weight reorders, workspace)."""
+        return _table(self._fused(cell), "call_s", rows, hidden)
+
+    def fused_floor_s(self, cell: str) -> float:
+        """The least one time step costs: one row at the smallest hidden size measured (latency-bound devices)."""
+        table = self._fused(cell)
+        return table["step_s"][0][0]
+
+    def fused_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int) -> float:
+        """Forward+backward of one fused layer over `steps` time steps, one call."""
+        return self.fused_call_s(cell, rows, hidden) + steps * self.fused_step_s(cell, rows, d_in, hidden)
+
+    def linear_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False) -> float:
+        """Forward+backward of one minGRU/minLSTM layer: gate projections, log-space scan, exp.
+
+        segment: as one segment of the cross-rank scan (the prefix correction costs a little more).
+        """
+        costs = self.compute["linear"].get(cell)
+        if costs is None:
+            raise CalibrationError(f"the calibration has no '{cell}' measurements; rerun --calibrate")
+        element = costs.get("segment_element_s", costs["element_s"]) if segment else costs["element_s"]
+        elements = rows * steps * hidden
+        return costs.get("call_s", 0.0) + elements * (element + costs["mac_s"] * PROJECTIONS[cell] * d_in)
+
+    def layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False) -> float:
+        if cell in PROJECTIONS:
+            return self.linear_layer_s(cell, rows, steps, d_in, hidden, segment)
+        return self.fused_layer_s(cell, rows, steps, d_in, hidden)
+
+    def cell_loop_s(self, steps: int) -> float:
+        """Python and autograd overhead of stepping a cell one time step at a time (tensor parallelism)."""
+        return steps * self.compute.get("cell_loop_step_s", 0.0)
+
+    def input_s(self, tokens: int, embed: int, vocab: int | None) -> float:
+        key = "tokens_element_s" if vocab else "series_element_s"
+        return tokens * embed * self.compute["input"][key]
+
+    def head_s(self, tokens: int, hidden: int, vocab: int | None) -> float:
+        """Head and loss, forward+backward, over `tokens` positions."""
+        head = self.compute["head"]
+        if vocab:
+            per_token = _log_interp(head["tokens"]["hidden"], head["tokens"]["token_s"], hidden, lowest=0.5)
+            per_token *= vocab / head["tokens"]["vocab"]  # the projection dominates: its cost scales with the vocabulary
+        else:
+            per_token = _log_interp(head["series"]["hidden"], head["series"]["token_s"], hidden, lowest=0.0,
+                                    highest=1.0)
+        return head.get("call_s", 0.0) + tokens * per_token
+
+    def optimizer_s(self, params: int, tensors: int) -> float:
+        return params * self.compute["adam_param_s"] + tensors * self.compute["adam_tensor_s"]
+
+    def accumulate_s(self, params: int, passes: int) -> float:
+        """Backward passes after the first add into .grad (one per extra microbatch or chunk)."""
+        return max(0, passes - 1) * params * self.compute["accumulate_element_s"]
+
+    @property
+    def unit_overhead_s(self) -> float:
+        """Framework overhead of one unit (slicing, autograd graph, sends and receives posted from Python)."""
+        return self.compute["unit_overhead_s"]
+
+    def slowdown(self, busy: int) -> float:
+        """Compute time factor when `busy` ranks (one thread each) share a node of `cores` cores.
+
+        Measured at `busy_measured` ranks; linear in between, and beyond the cores the
+        ranks also take turns (oversubscription).
+        """
+        if self.gpu or busy <= 1:
+            return 1.0
+        measured = self.compute.get("slowdown", {"busy": 2, "factor": 1.0})
+        extra = (measured["factor"] - 1.0) * (min(busy, self.cores) - 1) / max(1, measured["busy"] - 1)
+        return (1.0 + max(0.0, extra)) * max(1.0, busy / self.cores)
+
+    # -------------------------------------------------------------- links
+
+    def link(self, inter_node: bool) -> Link:
+        """The link a message crosses: staged through the host first when the calibration says so."""
+        wire = self.links.get("inter", NDR_INFINIBAND) if inter_node else self.links["intra"]
+        return wire.plus(self.links.get("staging"))
+
+
+# ------------------------------------------------------------------ files
+
+
+def load(path: str | Path) -> Calibration:
+    path = Path(path)
+    try:
+        return Calibration(json.loads(path.read_text()), str(path))
+    except FileNotFoundError:
+        raise CalibrationError(f"calibration file {path} not found; make one with python -m mpirnn.plan --calibrate")\
+            from None
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise CalibrationError(f"calibration file {path} is not a valid calibration: {exc}") from None
+
+
+def save(data: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def default_path(cpu: str, device: str = "cpu", when: datetime.date | None = None) -> Path:
+    """benchmarks/calibration/<device or cpu model>-<date>.json."""
+    when = when or datetime.date.today()
+    return CALIBRATION_DIR / f"{slug(device if device != 'cpu' else cpu)}-{when.isoformat()}.json"
+
+
+def find_for_host(cpu: str, folder: Path = CALIBRATION_DIR) -> Path | None:
+    """The newest calibration in `folder` measured on this CPU model (CPU calibrations only)."""
+    found = []
+    for path in folder.glob("*.json") if folder.is_dir() else ():
+        try:
+            host = json.loads(path.read_text()).get("host", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+        if host.get("cpu") == cpu and host.get("device", "cpu") == "cpu":
+            found.append((host.get("date", ""), path))
+    return max(found)[1] if found else None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"

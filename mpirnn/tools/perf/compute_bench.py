@@ -1,0 +1,240 @@
+"""Compute measurements of one rank for a calibration: fused layers, linear cells, head, input, Adam.
+
+    python -m mpirnn.plan --calibrate          # runs measure() in a fresh process, one thread
+
+Every figure is the fastest of a few repetitions after a warm-up, timed on the CPU as
+this thread's CPU time (torch runs one-thread work in the calling thread), so other
+processes on a shared machine do not inflate it; on a GPU, as wall time after a
+synchronisation. A fused layer is timed over a short and a long sequence at each (rows,
+hidden): the difference gives the cost per time step, the rest the cost per call (oneDNN reorders the weights and allocates its workspace on every
+call, which on a CPU costs as much as tens of time steps and makes many small
+microbatches expensive).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mpirnn.tools.perf.calibration import GATES, PROJECTIONS
+
+FUSED = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+SIZES = {  # (full, quick): the quick set only exercises the machinery
+    "rows": ([1, 2, 4, 8, 16, 32, 64], [1, 4]),
+    "hidden": ([64, 128, 256, 512], [16, 32]),
+    "steps": ((8, 72), (2, 10)),   # the short run's steps, and at most this many in the long one
+    "reps": (3, 2),
+}
+
+
+class Timer:
+    def __init__(self, device: torch.device, reps: int):
+        self.device, self.reps = device, reps
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def clock(self) -> float:
+        return time.perf_counter() if self.device.type == "cuda" else time.thread_time()
+
+    def best(self, fn) -> float:
+        """Fastest of `reps` runs after one warm-up, in seconds."""
+        fn()
+        self.sync()
+        best = math.inf
+        for _ in range(self.reps):
+            started = self.clock()
+            fn()
+            self.sync()
+            best = min(best, self.clock() - started)
+        return best
+
+
+def _layer_pass(layer, x, grad):
+    def run():
+        out = layer(x)[0]
+        out.backward(grad)
+    return run
+
+
+def fused_layer(timer: Timer, cell: str, rows: int, steps: int, d_in: int, hidden: int) -> float:
+    layer = FUSED[cell](d_in, hidden, batch_first=True).to(timer.device)
+    x = torch.randn(rows, steps, d_in, device=timer.device, requires_grad=True)
+    grad = torch.randn(rows, steps, hidden, device=timer.device)
+    return timer.best(_layer_pass(layer, x, grad))
+
+
+def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[int, int]) -> dict:
+    """Per (hidden, rows) with d_in = hidden: seconds per time step and per call."""
+    short, most = steps
+    step_s, call_s = [], []
+    for hidden in hidden_list:
+        step_line, call_line = [], []
+        for rows in rows_list:
+            t_short = fused_layer(timer, cell, rows, short, hidden, hidden)
+            # About 20 ms for the long run (at least 8 more steps): long enough, short enough for a quick calibration.
+            long = min(most, short + max(8, round(0.02 / (t_short / short))))
+            t_long = fused_layer(timer, cell, rows, long, hidden, hidden)
+            per_step = (t_long - t_short) / (long - short)
+            if per_step <= 0:   # noise swamped the difference: charge everything to the steps
+                per_step, call = t_long / long, 0.0
+            else:
+                call = max(0.0, t_short - short * per_step)
+            step_line.append(per_step)
+            call_line.append(call)
+        step_s.append(monotone(step_line))
+        call_s.append(monotone(call_line))
+    return {"hidden": list(hidden_list), "rows": list(rows_list), "step_s": step_s, "call_s": call_s}
+
+
+def monotone(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence (pool adjacent violators): more rows never cost less,
+    so a dip is noise from other processes, spread over its neighbours instead of kept."""
+    blocks: list[list[float]] = []   # [sum, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(count)]
+
+
+def input_mac(timer: Timer, rows: int, hidden: int, steps: int) -> float:
+    """Seconds per multiply-add of a fused layer's input projection (forward+backward), from d_in = h vs h/4."""
+    full = fused_layer(timer, "lstm", rows, steps, hidden, hidden)
+    quarter = fused_layer(timer, "lstm", rows, steps, hidden // 4, hidden)
+    macs = steps * rows * GATES["lstm"] * hidden * (hidden - hidden // 4)
+    return max(0.0, (full - quarter) / macs)
+
+
+def linear_layer(timer: Timer, cell: str, rows: int, steps: int, hidden: int) -> dict:
+    """minGRU/minLSTM: per element (rows·steps·hidden), per gate multiply-add, per call; and per element
+    on a segment of the cross-rank scan (scan from zero, then correct the prefix the incoming state reaches)."""
+    from mpirnn.models.linear_cells import MinGRU, MinLSTM
+    from mpirnn.models.scan import enter_state, log_scan
+    make = {"mingru": MinGRU, "minlstm": MinLSTM}[cell]
+
+    def segment_pass(layer, x, grad):
+        incoming = torch.randn(x.shape[0], hidden, device=timer.device)
+
+        def run():
+            log_a, log_b = layer.gates(x)
+            log_h_zero = log_scan(log_a, log_b, None)
+            torch.exp(enter_state(log_a, log_h_zero, incoming + log_a.sum(dim=1) * 0)).backward(grad)
+        return run
+
+    def run(d_in, t, segment=False):
+        layer = make(d_in, hidden).to(timer.device)
+        x = torch.randn(rows, t, d_in, device=timer.device, requires_grad=True)
+        grad = torch.randn(rows, t, hidden, device=timer.device)
+        return timer.best((segment_pass if segment else _layer_pass)(layer, x, grad))
+
+    narrow, wide, short = hidden // 2, hidden * 2, max(2, steps // 8)
+    t_narrow, t_wide, t_short = run(narrow, steps), run(wide, steps), run(narrow, short)
+    t_segment = run(narrow, steps, segment=True)
+    elements, few = rows * steps * hidden, rows * short * hidden
+    per_element = (t_narrow - t_short) / (elements - few)
+    call = max(0.0, t_narrow - elements * per_element)
+    mac = max(0.0, (t_wide - t_narrow) / (elements * PROJECTIONS[cell] * (wide - narrow)))
+    gates = mac * PROJECTIONS[cell] * narrow
+    return {"element_s": max(0.0, per_element - gates), "mac_s": mac, "call_s": call,
+            "segment_element_s": max(0.0, (t_segment - call) / elements - gates)}
+
+
+def head(timer: Timer, tokens: int, hidden: int, vocab: int | None) -> float:
+    """Head and loss forward+backward, seconds per token."""
+    out = vocab or 1
+    layer = nn.Linear(hidden, out).to(timer.device)
+    x = torch.randn(tokens, hidden, device=timer.device, requires_grad=True)
+    if vocab:
+        target = torch.randint(0, vocab, (tokens,), device=timer.device)
+        loss = lambda: F.cross_entropy(layer(x), target, reduction="sum")  # noqa: E731
+    else:
+        target = torch.randn(tokens, 1, device=timer.device)
+        loss = lambda: F.mse_loss(layer(x), target, reduction="sum")  # noqa: E731
+    return timer.best(lambda: loss().backward()) / tokens
+
+
+def input_layer(timer: Timer, tokens: int, embed: int, vocab: int | None) -> float:
+    """Embedding (tokens) or input projection (series) forward+backward, seconds per token·embed element."""
+    if vocab:
+        layer, x = nn.Embedding(vocab, embed).to(timer.device), torch.randint(0, vocab, (tokens,), device=timer.device)
+    else:
+        layer, x = nn.Linear(1, embed).to(timer.device), torch.randn(tokens, 1, device=timer.device)
+    grad = torch.randn(tokens, embed, device=timer.device)
+    return timer.best(lambda: layer(x).backward(grad)) / (tokens * embed)
+
+
+def adam(timer: Timer, elements: int, tensors: int) -> float:
+    params = [nn.Parameter(torch.randn(elements // tensors, device=timer.device)) for _ in range(tensors)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return timer.best(torch.optim.Adam(params, lr=1e-3).step)
+
+
+def unit_overhead(timer: Timer) -> float:
+    """A whole model's forward, loss and backward on one token: what every unit pays besides its arithmetic."""
+    from mpirnn.models.model import RecurrentModel
+    model = RecurrentModel("lstm", 4, 1, 4, vocab_size=8).to(timer.device)
+    x = torch.randint(0, 8, (1, 1), device=timer.device)
+    return timer.best(lambda: model(x, x)[0].backward())
+
+
+def cell_loop_step(timer: Timer, steps: int = 32) -> float:
+    """Python and autograd overhead per time step of a cell stepped in a loop (what tp would run)."""
+    cell = nn.LSTMCell(16, 16).to(timer.device)
+    x = torch.randn(steps, 1, 16, device=timer.device, requires_grad=True)
+
+    def run():
+        h = c = torch.zeros(1, 16, device=timer.device)
+        outs = []
+        for t in range(steps):
+            h, c = cell(x[t], (h, c))
+            outs.append(h)
+        torch.stack(outs).sum().backward()
+    return timer.best(run) / steps
+
+
+def measure(device: str = "cpu", quick: bool = False, cells=None, hidden=None) -> dict:
+    """The calibration's "compute" section for this process's device and thread count.
+
+    cells / hidden: measure only these fused cells and hidden sizes (a benchmark needs few).
+    """
+    pick = 1 if quick else 0
+    rows_list, hidden_list = SIZES["rows"][pick], sorted(hidden or SIZES["hidden"][pick])
+    steps, reps = SIZES["steps"][pick], SIZES["reps"][pick]
+    timer = Timer(torch.device(device), reps)
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    h_mid, r_mid = hidden_list[-2] if len(hidden_list) > 1 else hidden_list[0], rows_list[-2]
+    fused = [cell for cell in FUSED if cells is None or cell in cells]
+    compute = {"fused": {cell: fused_table(timer, cell, rows_list, hidden_list, steps) for cell in fused}}
+    compute["input_mac_s"] = input_mac(timer, r_mid, h_mid, steps[1])
+    lin_rows, lin_steps, lin_hidden = (2, 64, 16) if quick else (4, 2048, 128)
+    compute["linear"] = {cell: linear_layer(timer, cell, lin_rows, lin_steps, lin_hidden) for cell in PROJECTIONS
+                         if cells is None or cell in cells}
+    head_hidden = hidden_list if quick else [64, 128, 256, 512]
+    compute["head"] = {
+        "tokens": {"vocab": 256, "hidden": head_hidden,
+                   "token_s": [head(timer, 128 if quick else 2048, h, 256) for h in head_hidden]},
+        "series": {"hidden": head_hidden, "token_s": [head(timer, 256 if quick else 16384, h, None) for h in head_hidden]},
+    }
+    tokens = 256 if quick else 8192
+    compute["input"] = {"tokens_element_s": input_layer(timer, tokens, 64, 256),
+                        "series_element_s": input_layer(timer, tokens, 64, None)}
+    big = 2**16 if quick else 2**20
+    compute["adam_param_s"] = adam(timer, big, 8) / big
+    compute["adam_tensor_s"] = max(0.0, (adam(timer, 512, 256) - 512 * compute["adam_param_s"]) / 256)
+    a, b = torch.randn(big, device=timer.device), torch.randn(big, device=timer.device)
+    compute["accumulate_element_s"] = timer.best(lambda: a.add_(b)) / big
+    compute["unit_overhead_s"] = unit_overhead(timer)
+    compute["cell_loop_step_s"] = cell_loop_step(timer)
+    compute["threads"] = torch.get_num_threads()
+    compute["seconds_taken"] = time.perf_counter() - started
+    return compute

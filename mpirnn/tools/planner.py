@@ -1,0 +1,205 @@
+"""Choose a grid: rank every dp × sp × pp × tp for N ranks by the predicted step time.
+
+    python -m mpirnn.plan --config FILE.toml [--set section.key=value ...] --ranks N [--nodes K]
+                          [--grid dp=2,sp=2] [--json] [--calibration FILE] [--vocab 256]
+    python -m mpirnn.plan --calibrate [--out FILE] [--quick]
+    python -m mpirnn.plan --project [--calibration GPU.json] [--gpus-per-node 8] [--max-gpus 1024]
+
+The model and its assumptions are in docs/performance.md; the arithmetic in
+mpirnn/tools/perf/. Without --calibration the newest file in benchmarks/calibration/
+measured on this CPU model is used. Each grid gets the microbatch count M (and, with pp,
+the chunk count C) the model predicts fastest: more microbatches shrink the bubble, but
+thinner ones run less efficiently per row and every one pays a fixed cost per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from mpirnn.tools.perf import calibration as calibration_file
+from mpirnn.tools.perf.calibration import Calibration, CalibrationError
+from mpirnn.tools.perf.step_model import AXES, Layout, Prediction, Shape, invalid, predict
+
+MAX_MICROBATCHES = 64
+MAX_CHUNKS = 16
+
+
+def factorizations(n: int, axes: int = 4) -> list[tuple[int, ...]]:
+    """Every ordered tuple of `axes` positive integers whose product is n."""
+    if axes == 1:
+        return [(n,)]
+    return [(d, *rest) for d in range(1, n + 1) if n % d == 0 for rest in factorizations(n // d, axes - 1)]
+
+
+def valid_grids(shape: Shape, ranks: int) -> list[dict]:
+    """Grids of `ranks` ranks this shape can use: pp ≤ layers, tp dividing hidden, sp ≤ seq_len, dp ≤ batch."""
+    return [dict(zip(AXES, g)) for g in factorizations(ranks)
+            if invalid(shape, Layout(*g)) is None]
+
+
+def _powers_up_to(limit: int) -> list[int]:
+    values, v = [], 1
+    while v <= limit:
+        values.append(v)
+        v *= 2
+    return values + ([limit] if limit not in values else [])
+
+
+def candidates(shape: Shape, grid: dict) -> list[tuple[int, int]]:
+    """(M, C) pairs worth predicting: powers of two (and the row count itself); chunks only for pp with nonlinear cells."""
+    rows = math.ceil(shape.batch / grid["dp"])
+    segment = math.ceil(shape.seq_len / grid["sp"])
+    chained = grid["sp"] > 1 and not shape.linear
+    Ms = _powers_up_to(min(rows, MAX_MICROBATCHES)) if chained or grid["pp"] > 1 else [1]
+    Cs = _powers_up_to(min(segment, MAX_CHUNKS)) if grid["pp"] > 1 and not shape.linear else [1]
+    return [(m, c) for m in Ms for c in Cs]
+
+
+def best_microbatches(shape: Shape, grid: dict, cal: Calibration, nodes: int = 1, bucket_mb: float = 4.0,
+                      microbatches: int = 0, chunks: int = 0) -> Prediction:
+    """The prediction for `grid` with the (M, C) the model finds fastest; M or C fixed when given (> 0).
+
+    This is what a trainer calls for parallel.microbatches = 0: `best_microbatches(...).layout.microbatches`.
+    """
+    best = None
+    for m, c in candidates(shape, grid):
+        m, c = microbatches or m, chunks or c
+        layout = Layout(**grid, microbatches=m, chunks=c, nodes=nodes)
+        if invalid(shape, layout):
+            continue
+        guess = predict(shape, layout, cal, bucket_mb)
+        if best is None or guess.step_s < best.step_s:
+            best = guess
+    if best is None:
+        raise ValueError(f"no valid microbatch count for grid {grid} (microbatches={microbatches}, chunks={chunks})")
+    return best
+
+
+def rank_grids(shape: Shape, ranks: int, cal: Calibration, nodes: int = 1, bucket_mb: float = 4.0) -> list[Prediction]:
+    """Every valid grid for `ranks`, fastest first."""
+    found = []
+    for grid in valid_grids(shape, ranks):
+        if ranks % nodes == 0:
+            found.append(best_microbatches(shape, grid, cal, nodes, bucket_mb))
+    return sorted(found, key=lambda p: p.step_s)
+
+
+def serial(shape: Shape, cal: Calibration, bucket_mb: float = 4.0) -> Prediction:
+    return predict(shape, Layout(), cal, bucket_mb)
+
+
+def parse_grid(text: str, ranks: int) -> dict:
+    """"dp=2,sp=2" → all four degrees; unnamed ones are 1, except dp, which takes what is left of `ranks`."""
+    grid = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        axis, _, value = item.partition("=")
+        if axis not in AXES or not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"mpirnn.plan: --grid {text!r}: expected axis=degree items, axes {', '.join(AXES)}")
+        grid[axis] = int(value)
+    named = math.prod(grid.values())
+    if "dp" not in grid and ranks % named == 0:
+        grid["dp"] = ranks // named
+    grid = {axis: grid.get(axis, 1) for axis in AXES}
+    if math.prod(grid.values()) != ranks:
+        raise SystemExit(f"mpirnn.plan: --grid {text}: dp·sp·pp·tp = {math.prod(grid.values())}, not {ranks} ranks")
+    return grid
+
+
+def as_json(predictions: list[Prediction], reference: Prediction, ranks: int) -> list[dict]:
+    return [{**p.to_dict(), "efficiency": reference.step_s / (ranks * p.step_s)} for p in predictions]
+
+
+def _name(grid: dict) -> str:
+    return "×".join(str(grid[a]) for a in AXES)
+
+
+def table(predictions: list[Prediction], reference: Prediction, ranks: int) -> str:
+    lines = ["| # | dp×sp×pp×tp | M | C | step s | tokens/s | efficiency | bubble | comm s (fill + gradients) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, p in enumerate(predictions, 1):
+        comm = p.parts["exchange_fill"] + p.parts["gradient_allreduce"]
+        lines.append(f"| {i} | {_name(p.layout.grid)} | {p.layout.microbatches} | {p.layout.chunks} | {p.step_s:.4g} | "
+                     f"{p.tokens_per_s:,.0f} | {100 * reference.step_s / (ranks * p.step_s):.0f}% | "
+                     f"{100 * p.bubble:.0f}% | {comm:.2g} |")
+    return "\n".join(lines)
+
+
+def load_calibration(path: str | None) -> Calibration:
+    if path:
+        return calibration_file.load(path)
+    cpu = calibration_file.cpu_model()
+    found = calibration_file.find_for_host(cpu)
+    if found is None:
+        raise CalibrationError(f"no calibration for this CPU ({cpu}) in {calibration_file.CALIBRATION_DIR}: run "
+                               f"python -m mpirnn.plan --calibrate, or pass --calibration FILE")
+    return calibration_file.load(found)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML config (model and data sizes; the grid in it is ignored)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--ranks", type=int, help="ranks to plan for")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes the ranks are spread over (evenly)")
+    parser.add_argument("--grid", help="predict this grid only, e.g. dp=2,sp=2 (unnamed axes 1; dp takes the rest)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--calibration", help="calibration file (default: the newest for this CPU model)")
+    parser.add_argument("--vocab", type=int, default=256, help="token vocabulary (0: a continuous series)")
+    parser.add_argument("--top", type=int, default=0, help="print only the best this many grids")
+    parser.add_argument("--calibrate", action="store_true", help="measure this machine and write a calibration file")
+    parser.add_argument("--out", help="with --calibrate: the file (default benchmarks/calibration/<cpu>-<date>.json)")
+    parser.add_argument("--quick", action="store_true", help="with --calibrate: toy sizes, seconds (tests)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="with --calibrate: device measured")
+    parser.add_argument("--project", action="store_true", help="W1 and W2 from 1 to --max-gpus GPUs (GPU calibration)")
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--max-gpus", type=int, default=1024)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.calibrate:
+            from mpirnn.tools.calibrate import calibrate
+            calibrate(args.out, quick=args.quick, device=args.device, say=lambda s: print(s, file=sys.stderr))
+            return 0
+        if args.project:
+            from mpirnn.tools.perf.projection import main as project
+            return project(args.calibration, args.gpus_per_node, args.max_gpus, args.json)
+        if not args.ranks or args.ranks < 1:
+            raise SystemExit("mpirnn.plan: give --ranks N (or --calibrate, or --project)")
+        return plan(args)
+    except (CalibrationError, ValueError) as exc:
+        print(f"mpirnn.plan: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def plan(args) -> int:
+    from mpirnn.config import load_config
+    cfg = load_config(args.config, args.overrides)
+    shape = Shape.from_config(cfg, args.vocab)
+    cal = load_calibration(args.calibration)
+    bucket = cfg.train.bucket_mb
+    reference = serial(shape, cal, bucket)
+    if args.grid:
+        grid = parse_grid(args.grid, args.ranks)
+        fixed = cfg.parallel.microbatches if grid["sp"] > 1 or grid["pp"] > 1 else 0
+        predictions = [best_microbatches(shape, grid, cal, args.nodes, bucket, microbatches=fixed)]
+    else:
+        predictions = rank_grids(shape, args.ranks, cal, args.nodes, bucket)
+    if args.top:
+        predictions = predictions[:args.top]
+    if args.json:
+        print(json.dumps(as_json(predictions, reference, args.ranks), indent=1))
+        return 0
+    data = "tokens, vocab " + str(shape.vocab) if shape.vocab else "a series"
+    print(f"{shape.cell} {shape.layers}×{shape.hidden}, embed {shape.embed}, batch {shape.batch}, "
+          f"seq_len {shape.seq_len} ({data}); {args.ranks} rank(s) on {args.nodes} node(s); 1 rank: "
+          f"{reference.step_s:.4g} s per step\ncalibration: {cal.path} ({cal.data['host'].get('cpu')}, "
+          f"{cal.data['host'].get('date', '?')[:10]})\n")
+    print(table(predictions, reference, args.ranks))
+    return 0
