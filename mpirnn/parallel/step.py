@@ -31,3 +31,7 @@ class StepRunner:
         loss, final = self.wavefront(inputs, targets, state, norm)
         self.reducer.finish()
         return loss, final
+
+    def evaluate(self, inputs, targets, state, norm: float, observe=None):
+        """Forward only, through the same parallel paths: (loss share, final states)."""
+        return self.wavefront.evaluate(inputs, targets, state, norm, observe)

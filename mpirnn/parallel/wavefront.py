@@ -72,29 +72,45 @@ class Wavefront:
         states of its rows at the end of its segment — the step's final states on the last segment).
         """
         self._like = state  # device and dtype of what arrives
-        graphs, sends, finals = self._forward(inputs, targets, state, norm)
+        graphs, sends, finals, _ = self._forward(inputs, targets, state, norm)
         total = self._backward(graphs, sends)
         for send in sends:
             send.wait()
         return total, torch.cat(finals, dim=2)
 
-    def _forward(self, inputs, targets, state, norm):
+    @torch.no_grad()
+    def evaluate(self, inputs, targets, state, norm: float, observe=None):
+        """Forward only (validation, evaluation): the same units, edges and sends, no graphs.
+
+        Returns (this rank's share of the loss, the final states at the end of its segment).
+        `observe(outputs, targets)` is called on the last stage for every unit, with the
+        stage's top outputs and the chunk's targets, to accumulate other measures.
+        """
+        self._like = state
+        _, sends, finals, total = self._forward(inputs, targets, state, norm, observe=observe, train=False)
+        for send in sends:
+            send.wait()
+        return total, torch.cat(finals, dim=2)
+
+    def _forward(self, inputs, targets, state, norm, observe=None, train=True):
         pos, C, timer = self.position, self.plan.chunks, self.comms.timer
         states_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment - 1, state_tag(u), timer)
                      for u in self.units if pos.state_from_peer(u)}
         inputs_in = {u: irecv(self.pp, self._activation_like(u), pos.stage - 1, activation_tag(u, C), timer)
                      for u in self.units} if pos.inputs_from_peer() else {}
         graphs, sends, previous, finals = {}, [], {}, []
+        total = torch.zeros((), dtype=torch.float64)
+        leaf = (lambda t: t.requires_grad_()) if train else (lambda t: t)
         for unit in self.units:
             rows, steps = self.rows[unit.microbatch], self.steps[unit.chunk]
             if pos.state_from_peer(unit):
-                start = states_in.pop(unit.microbatch).wait().requires_grad_()
+                start = leaf(states_in.pop(unit.microbatch).wait())
             elif unit.chunk > 0:
-                start = previous.pop(unit.microbatch).detach().requires_grad_()
+                start = leaf(previous.pop(unit.microbatch).detach())
             else:
                 start = state[:, :, rows]
             if pos.inputs_from_peer():
-                received = inputs_in.pop(unit).wait().requires_grad_()
+                received = leaf(inputs_in.pop(unit).wait())
                 features = received
             else:
                 received = None
@@ -103,6 +119,10 @@ class Wavefront:
             loss = None
             if self.plan.last_stage:
                 loss = self.model.loss_sum(outputs, targets[rows, steps]) / norm
+                if observe is not None:
+                    observe(outputs, targets[rows, steps])
+                if not train:
+                    total += loss.double().cpu()
             else:
                 sends.append(isend(self.pp, outputs, pos.stage + 1, activation_tag(unit, C), timer))
             if pos.state_to_peer(unit, C):
@@ -110,8 +130,9 @@ class Wavefront:
             previous[unit.microbatch] = final
             if unit.chunk == C - 1:
                 finals.append(final.detach())
-            graphs[unit] = UnitGraph(start, received, outputs, final, loss)
-        return graphs, sends, finals
+            if train:
+                graphs[unit] = UnitGraph(start, received, outputs, final, loss)
+        return graphs, sends, finals, total
 
     def _run(self, features, start):
         if self.plan.mode == "scan":

@@ -81,8 +81,16 @@ def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches
         stage = slice(*plan.layers)
         state = initial_state(model, dtype, random_state, layers)[stage, :, rows]
         runner = StepRunner(model, plan, comms, bucket_mb=0.0005)
-        loss, final = runner(inputs[rows, segment] if plan.first_stage else None,
-                             targets[rows, segment] if plan.last_stage else None, state, float(targets.numel()))
+        local_inputs = inputs[rows, segment] if plan.first_stage else None
+        local_targets = targets[rows, segment] if plan.last_stage else None
+        # Forward only (validation) first: the same loss, the same final states, no gradients.
+        evaluated, evaluated_final = runner.evaluate(local_inputs, local_targets, state, float(targets.numel()))
+        assert all(p.grad is None for p in model.parameters())
+        loss, final = runner(local_inputs, local_targets, state, float(targets.numel()))
+        # Equal to rounding: the loss shares are summed in the other order, and without autograd
+        # PyTorch may pick another kernel for the fused cells.
+        torch.testing.assert_close(evaluated, loss.to(evaluated.dtype), **TOLERANCE[dtype])
+        torch.testing.assert_close(evaluated_final, final, **TOLERANCE[dtype])
         total = torch.tensor([float(loss)], dtype=torch.float64)
         comms.world.Allreduce(MPI.IN_PLACE, total.numpy(), MPI.SUM)
         runner.reducer.remove()
