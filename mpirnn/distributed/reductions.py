@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from mpirnn.distributed.transport import broadcast_
+
 
 # As torch.nn.utils.clip_grad_norm_, so a clipped step equals the serial reference's.
 CLIP_EPS = 1e-6
@@ -22,9 +24,7 @@ CLIP_EPS = 1e-6
 def broadcast_parameters(model, comms) -> None:
     """Replica 0's parameters on every replica (equal already by seeding; this makes it certain)."""
     for tensor in model.state_dict().values():
-        host = tensor.detach().cpu().contiguous()
-        comms.replicas.Bcast(host.numpy(), root=0)
-        tensor.copy_(host)
+        broadcast_(comms.replicas, tensor, root=0)
 
 
 def gradient_norm(params, comms) -> float:

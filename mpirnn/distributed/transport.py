@@ -98,3 +98,63 @@ def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None)
         torch.cuda.current_stream().synchronize()
         return Transfer(comm.Irecv(out, source, tag), tensor=out, timer=timer)
     return Transfer(comm.Irecv(host_view(out), source, tag), tensor=out, timer=timer)
+
+
+# -- blocking transfers and collectives (small tensors: states, summaries, parameters) ----------
+# Each goes through the host when the tensor is on a GPU and MPI is not CUDA-aware; on the CPU
+# MPI reads and writes the tensor's own memory.
+
+
+def _on_host(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous()
+
+
+def _timed(timer, call, *args):
+    if timer is None:
+        return call(*args)
+    with timer:
+        return call(*args)
+
+
+def send(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None) -> None:
+    _timed(timer, comm.Send, host_view(_on_host(tensor)), dest, tag)
+
+
+def recv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None) -> torch.Tensor:
+    """Receive a tensor shaped like `like`, returned on like's device."""
+    host = torch.empty(like.shape, dtype=like.dtype)
+    _timed(timer, comm.Recv, host_view(host), source, tag)
+    return host.to(like.device)
+
+
+def allgather(comm: MPI.Comm, tensor: torch.Tensor, timer=None) -> torch.Tensor:
+    """Every rank's tensor, stacked along a new first dimension (on the host)."""
+    mine = _on_host(tensor)
+    gathered = torch.empty((comm.size, *mine.shape), dtype=mine.dtype)
+    _timed(timer, comm.Allgather, host_view(mine), host_view(gathered))
+    return gathered
+
+
+def allreduce_sum(comm: MPI.Comm, tensor: torch.Tensor, timer=None) -> torch.Tensor:
+    """The elementwise sum over the ranks of `comm` (a new host tensor)."""
+    summed = _on_host(tensor).clone()
+    _timed(timer, comm.Allreduce, MPI.IN_PLACE, host_view(summed), MPI.SUM)
+    return summed
+
+
+def broadcast_(comm: MPI.Comm, tensor: torch.Tensor, root: int = 0) -> None:
+    """Overwrite `tensor` on every rank with root's (in place, any device)."""
+    host = _on_host(tensor)
+    comm.Bcast(host_view(host), root=root)
+    if comm.rank != root:
+        tensor.copy_(host)
+
+
+def iallreduce_sum_(comm: MPI.Comm, host: torch.Tensor):
+    """Start summing a host buffer in place (gradient buckets); returns the MPI request."""
+    return comm.Iallreduce(MPI.IN_PLACE, host_view(host), MPI.SUM)
+
+
+def pinned_buffer(numel: int, dtype, for_device) -> torch.Tensor:
+    """A host buffer for MPI; pinned when it is filled from a GPU, so the copy is one fast DMA."""
+    return torch.zeros(numel, dtype=dtype, pin_memory=torch.device(for_device).type == "cuda")

@@ -18,15 +18,15 @@ import threading
 import torch
 from mpi4py import MPI
 
-from mpirnn.distributed.transport import host_view
+from mpirnn.distributed.transport import iallreduce_sum_, pinned_buffer
 
 
 class Bucket:
     def __init__(self, params: list[torch.nn.Parameter], device):
         self.params = params
         self.size = sum(p.numel() for p in params)
-        # MPI reads host memory (no CUDA-aware MPI assumed): pinned, so the copy from a GPU is one fast DMA.
-        self.buffer = torch.zeros(self.size, dtype=params[0].dtype, pin_memory=device.type == "cuda")
+        # MPI reads host memory (no CUDA-aware MPI assumed); see transport.pinned_buffer.
+        self.buffer = pinned_buffer(self.size, params[0].dtype, device)
         self.pending = 0
         self.request = None
 
@@ -84,7 +84,7 @@ class GradientReducer:
         flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype,
                           device=p.device) for p in bucket.params])
         bucket.buffer.copy_(flat)
-        bucket.request = self.comm.Iallreduce(MPI.IN_PLACE, host_view(bucket.buffer), MPI.SUM)
+        bucket.request = iallreduce_sum_(self.comm, bucket.buffer)
 
     def finish(self) -> None:
         """After backward: start buckets whose parameters got no gradient, wait, write sums back."""

@@ -14,9 +14,8 @@ its own. Everything is in log space (a, b > 0), like the in-segment scan.
 from __future__ import annotations
 
 import torch
-from mpi4py import MPI
 
-from mpirnn.distributed.transport import host_view
+from mpirnn.distributed.transport import allgather, allreduce_sum
 from mpirnn.models.scan import apply_summary, enter_state, log_scan
 
 
@@ -33,9 +32,7 @@ class ExchangeStates(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_A, log_B, log_h0, comm, timer):
-        mine = torch.stack([log_A, log_B, log_h0]).detach().cpu().contiguous()
-        gathered = torch.empty((comm.size, *mine.shape), dtype=mine.dtype)
-        _timed(timer, comm.Allgather, host_view(mine), host_view(gathered))
+        gathered = allgather(comm, torch.stack([log_A, log_B, log_h0]), timer)
         ctx.comm, ctx.timer, ctx.device = comm, timer, log_A.device
         ctx.save_for_backward(gathered)
         return _fold(gathered, comm.rank).to(log_A.device)
@@ -47,17 +44,9 @@ class ExchangeStates(torch.autograd.Function):
         with torch.enable_grad():
             incoming = _fold(leaf, ctx.comm.rank)
             (grads,) = torch.autograd.grad(incoming, leaf, grad_incoming.cpu(), allow_unused=True)
-        grads = torch.zeros_like(leaf) if grads is None else grads.contiguous()
-        _timed(ctx.timer, ctx.comm.Allreduce, MPI.IN_PLACE, host_view(grads), MPI.SUM)
+        grads = allreduce_sum(ctx.comm, torch.zeros_like(leaf) if grads is None else grads, ctx.timer)
         mine = grads[ctx.comm.rank].to(ctx.device)
         return mine[0], mine[1], mine[2], None, None
-
-
-def _timed(timer, call, *args):
-    if timer is None:
-        return call(*args)
-    with timer:
-        return call(*args)
 
 
 def scan_layers(model, layers: range, features, state, comm, timer=None):

@@ -16,7 +16,7 @@ import torch
 
 from mpirnn.distributed import placement, reductions
 from mpirnn.distributed.agreement import AgreedError, agree
-from mpirnn.distributed.transport import host_view
+from mpirnn.distributed import transport
 from mpirnn.distributed.watchdog import Watchdog
 from mpirnn.training import checkpoint, faults, sample
 from mpirnn.training.metrics import MetricsWriter
@@ -181,11 +181,9 @@ class Trainer:
             self.state = final.detach()
             return
         if self.plan.last_segment:
-            self.sp.Send(host_view(final.detach().cpu().contiguous()), dest=0, tag=CARRY_TAG)
+            transport.send(self.sp, final, dest=0, tag=CARRY_TAG)
         elif self.plan.first_segment:
-            like = torch.empty(final.shape, dtype=final.dtype)
-            self.sp.Recv(host_view(like), source=S - 1, tag=CARRY_TAG)
-            self.state = like.to(final.device)
+            self.state = transport.recv(self.sp, final, source=S - 1, tag=CARRY_TAG)
 
     def _nonfinite(self, loss) -> None:
         """Stop (or skip) a step with a non-finite loss or gradient norm, naming where it came from.
