@@ -45,8 +45,7 @@ def parse_args(argv):
 def make_grid(cfg, world_size: int) -> Grid:
     p = cfg.parallel
     grid = Grid(world_size, p.dp, p.sp, p.pp, p.tp)
-    grid.require_available()
-    check_grid_fits(grid, cfg.model.layers, cfg.data.seq_len)
+    check_grid_fits(grid, cfg.model.layers, cfg.data.seq_len, cfg.model.hidden)
     return grid
 
 

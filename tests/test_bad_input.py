@@ -293,8 +293,9 @@ def chunks_longer_than_the_segment(good, tmp, n):
         r"parallel\.chunks = 17 but the shortest time segment has 16"
 
 
-def tensor_parallel(good, tmp, n):
-    return settings(tmp, good["tokens"], **{"parallel.tp": 2}), r"parallel\.tp = 2.*not available yet"
+def hidden_not_divisible_by_tp(good, tmp, n):
+    return settings(tmp, good["tokens"], **{"parallel.tp": 2, "model.hidden": 15}), \
+        r"model\.hidden = 15 is not divisible by parallel\.tp = 2.*use model\.hidden = 14 or 16"
 
 
 def unknown_key(good, tmp, n):
@@ -375,7 +376,8 @@ SINGLE_AND_MANY = [missing_dir, no_manifest, truncated_shard, deleted_shard, wro
                    fresh_run_into_used_checkpoint_dir,
                    truncated_shard_unvalidated, nan_found_in_training, flipped_byte_unvalidated]
 # These grids need more than one rank, so they run at -n 2 and -n 4.
-SEVERAL_RANKS = [seq_shorter_than_segments, more_stages_than_layers, chunks_longer_than_the_segment, tensor_parallel]
+SEVERAL_RANKS = [seq_shorter_than_segments, more_stages_than_layers, chunks_longer_than_the_segment,
+                 hidden_not_divisible_by_tp]
 CASES = {case.__name__: case for case in SINGLE_AND_MANY + SEVERAL_RANKS}
 RUNS = ([(case.__name__, n) for case in SINGLE_AND_MANY for n in (1, 4)]
         + [(case.__name__, n) for case in SEVERAL_RANKS for n in (2, 4)])

@@ -149,22 +149,6 @@ def test_coords_example():
     assert grid.rank_of() == 0  # missing coordinates are 0
 
 
-@pytest.mark.parametrize("axis", ["tp"])
-def test_require_available_refuses_tp(axis):
-    grid = Grid(4, dp=2, **{axis: 2})
-    with pytest.raises(ConfigError) as info:
-        grid.require_available()
-    message = str(info.value)
-    assert "not available yet" in message
-    assert f"parallel.{axis} = 2" in message
-    assert f"set parallel.{axis} = 1" in message
-
-
-@pytest.mark.parametrize("shape", [(4, 1, 1, 1), (1, 4, 1, 1), (2, 2, 1, 1), (1, 1, 1, 1), (1, 1, 4, 1), (1, 2, 2, 1)])
-def test_require_available_accepts_dp_sp_and_pp(shape):
-    Grid(shape[0] * shape[1] * shape[2], *shape).require_available()
-
-
 @pytest.mark.parametrize("batch, dp", [(8, 1), (8, 4), (10, 3), (5, 8), (33, 4)])
 def test_rows_of_splits_the_global_batch(batch, dp):
     grid = Grid(dp, dp=dp)

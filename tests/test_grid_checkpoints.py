@@ -30,9 +30,12 @@ COMMON = {"model.cell": "gru", "model.hidden": 12, "model.layers": 2, "model.emb
           "train.device": "cpu", "output.progress": "false", "output.sample_bytes": 0}
 GRIDS = {"1 rank": (1, {}), "pp=2": (2, {"parallel.pp": 2}), "dp=2": (2, {"parallel.dp": 2}),
          "pp=2 x sp=2": (4, {"parallel.pp": 2, "parallel.sp": 2, "parallel.dp": 1}),
-         "dp=2 x pp=2": (4, {"parallel.pp": 2, "parallel.dp": 2})}
+         "dp=2 x pp=2": (4, {"parallel.pp": 2, "parallel.dp": 2}),
+         "tp=2 x pp=2": (4, {"parallel.pp": 2, "parallel.tp": 2, "parallel.dp": 1}),
+         "tp=2": (2, {"parallel.tp": 2, "parallel.dp": 1})}
 # (written on, resumed on): every pair crosses world sizes, in both directions.
-PAIRS = [("pp=2 x sp=2", "1 rank"), ("pp=2 x sp=2", "dp=2"), ("1 rank", "pp=2"), ("pp=2", "dp=2 x pp=2")]
+PAIRS = [("pp=2 x sp=2", "1 rank"), ("pp=2 x sp=2", "dp=2"), ("1 rank", "pp=2"), ("pp=2", "dp=2 x pp=2"),
+         ("tp=2 x pp=2", "1 rank"), ("1 rank", "tp=2")]
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -29,6 +29,17 @@ def test_more_stages_than_layers_is_refused_naming_the_key():
         check_grid_fits(Grid(3, dp=1, pp=3), layers=2, seq_len=10)
 
 
+def test_hidden_not_divisible_by_tp_is_refused_with_the_nearest_sizes():
+    with pytest.raises(ConfigError, match=r"model.hidden = 100 is not divisible by parallel.tp = 3.*"
+                                          r"use model.hidden = 99 or 102, or parallel.tp = 2, 4, 5"):
+        check_grid_fits(Grid(3, dp=1, tp=3), layers=2, seq_len=10, hidden=100)
+    check_grid_fits(Grid(4, dp=1, tp=4), layers=2, seq_len=10, hidden=100)
+    grid = Grid(4, dp=1, tp=4)
+    spans = [make_plan(grid, grid.coords(r), batch_size=2, seq_len=10, layers=2, cell="lstm", hidden=100).hidden
+             for r in range(4)]
+    assert spans == [(0, 25), (25, 50), (50, 75), (75, 100)]
+
+
 def test_automatic_microbatches():
     # The sp chain overlaps through microbatches: 2 to 8, at least 8 rows each.
     assert [resolve_microbatches(0, rows=r, sp=2) for r in (2, 3, 31, 32, 200)] == [2, 2, 3, 4, 8]

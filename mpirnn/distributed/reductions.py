@@ -33,8 +33,11 @@ def gradient_norm(params, comms) -> float:
     Call after the gradients are summed over replicas (they are then equal on every replica,
     so each replica's model-parallel group computes the same norm).
     """
-    square = np.array([sum(float(torch.linalg.vector_norm(p.grad, dtype=torch.float64)) ** 2
-                           for p in params if p.grad is not None)], dtype=np.float64)
+    # Parameters replicated over a tp group (embedding, head) count on its rank 0 only.
+    counted = [p for p in params if p.grad is not None
+               and not (getattr(p, "tp_replicated", False) and comms.coords["tp"] != 0)]
+    square = np.array([sum(float(torch.linalg.vector_norm(p.grad, dtype=torch.float64)) ** 2 for p in counted)],
+                      dtype=np.float64)
     if comms.model_parallel.size > 1:
         comms.model_parallel.Allreduce(MPI.IN_PLACE, square, MPI.SUM)
     return math.sqrt(square[0])

@@ -45,6 +45,7 @@ class RecurrentModel(nn.Module):
         self.layers = nn.ModuleList(make(embed if i == 0 else hidden, hidden) for i in range(layers))
         self.head = nn.Linear(hidden, vocab_size or features)
         self._owned = (0, layers)
+        self.state_width = hidden  # hidden units per layer this copy holds (H/K under tensor parallelism)
 
     # -- the protocol every parallel strategy runs the model through ----------------------
 
@@ -69,7 +70,7 @@ class RecurrentModel(nn.Module):
     def zero_state(self, batch: int, like: torch.Tensor, layers: range | None = None) -> torch.Tensor:
         """Zero states [layers, parts, batch, hidden] for `layers` (default: every layer)."""
         count = self.depth if layers is None else len(layers)
-        return torch.zeros(count, self.parts, batch, self.hidden, dtype=self.dtype, device=like.device)
+        return torch.zeros(count, self.parts, batch, self.state_width, dtype=self.dtype, device=like.device)
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] or features [B, T, F] -> layer-0 inputs [B, T, embed]."""
@@ -78,6 +79,8 @@ class RecurrentModel(nn.Module):
     def run_layer(self, index: int, x: torch.Tensor, state: torch.Tensor):
         """One layer over x [B, T, D] from state [parts, B, H]; returns (outputs, final state)."""
         layer = self.layers[index]
+        if hasattr(layer, "run"):  # a layer that runs itself (a tensor-parallel slice)
+            return layer.run(x, state)
         if self.linear:
             out, last = layer(x, state[0])
             return out, last.unsqueeze(0)
@@ -104,6 +107,12 @@ class RecurrentModel(nn.Module):
     def log_gates(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear cells: layer `index`'s recurrence h_t = a_t h_{t-1} + b_t as (log a, log b) [B, T, H]."""
         return self.layers[index].gates(x)
+
+    def join_hidden(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """Linear cells: the layer's outputs from the hidden units this copy computed (all of
+        them, or under tensor parallelism the slices of every rank, gathered)."""
+        join = getattr(self.layers[index], "join", None)
+        return h if join is None else join(h)
 
     @staticmethod
     def log_state(h: torch.Tensor) -> torch.Tensor:

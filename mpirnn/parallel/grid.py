@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from mpirnn.errors import ConfigError
 
 AXES = ("dp", "sp", "pp", "tp")
-# Strategies whose training path exists; the grid describes all four regardless.
-AVAILABLE = {"dp", "sp", "pp"}
 
 
 def chunk(n: int, parts: int, index: int) -> tuple[int, int]:
@@ -83,13 +81,6 @@ class Grid:
         for axis in AXES:
             rank = rank * getattr(self, axis) + coords.get(axis, 0)
         return rank
-
-    def require_available(self) -> None:
-        missing = [a for a in AXES if self.enabled(a) and a not in AVAILABLE]
-        if missing:
-            raise ConfigError(
-                f"parallel.{missing[0]} = {getattr(self, missing[0])}: {missing[0]} parallelism is not "
-                f"available yet in this version; use dp, sp and pp (set parallel.{missing[0]} = 1)")
 
 
 def rows_of(batch_size: int, grid: Grid, dp_rank: int) -> tuple[int, int]:

@@ -3,9 +3,9 @@
 Pure arithmetic on integers (no MPI, no torch), so it is tested without processes:
     python -m pytest -q tests/test_plan.py
 
-A rank at grid coordinates (dp d, sp s, pp p) owns rows `rows_of(batch, d)` of the global
-batch, time steps `segment_of(seq_len, s)` of every sequence and layers `layers_of(layers, p)`
-of the stack. It cuts its rows into M microbatches and its segment into C time chunks; one
+A rank at grid coordinates (dp d, sp s, pp p, tp k) owns rows `rows_of(batch, d)` of the
+global batch, time steps `segment_of(seq_len, s)` of every sequence, layers `layers_of(layers, p)`
+of the stack and hidden units [k*H/K, (k+1)*H/K) of each of those layers. It cuts its rows into M microbatches and its segment into C time chunks; one
 *unit* of work is (microbatch, chunk). How segments connect is the plan's *mode*:
 
 - "chain": segment s starts from the final states of segment s-1 (rnn, lstm, gru, and the
@@ -115,8 +115,21 @@ def bubble(sp: int, pp: int, microbatches: int, chunks: int, mode: str = "chain"
     return lag / (units + lag)
 
 
-def check_grid_fits(grid: Grid, layers: int, seq_len: int) -> None:
+def nearest_divisible(value: int, divisor: int) -> list[int]:
+    """The multiples of divisor nearest to value (below and above)."""
+    below = value // divisor * divisor
+    return [v for v in (below, below + divisor) if v > 0]
+
+
+def check_grid_fits(grid: Grid, layers: int, seq_len: int, hidden: int | None = None) -> None:
     """Refusals that need only the grid and the model/data sizes (before any data is read)."""
+    if hidden is not None and hidden % grid.tp:
+        sizes = " or ".join(str(v) for v in nearest_divisible(hidden, grid.tp))
+        divisors = [d for d in range(2, min(hidden, 64) + 1) if hidden % d == 0][:6]
+        raise ConfigError(
+            f"model.hidden = {hidden} is not divisible by parallel.tp = {grid.tp}: every rank of a tensor-parallel "
+            f"group owns the same number of hidden units; use model.hidden = {sizes}"
+            + (f", or parallel.tp = {', '.join(map(str, divisors))}" if divisors else ""))
     if grid.pp > layers:
         raise ConfigError(
             f"parallel.pp = {grid.pp} but model.layers = {layers}: every pipeline stage needs at least one "
@@ -135,6 +148,7 @@ class Plan:
     rows: tuple[int, int]       # global-batch rows [start, stop)
     segment: tuple[int, int]    # time steps [start, stop) of every sequence
     layers: tuple[int, int]     # stack layers [start, stop) of this stage
+    hidden: tuple[int, int]     # hidden units [start, stop) of every layer (a tp slice)
     microbatches: int
     chunks: int
     mode: str                   # "chain" or "scan"
@@ -175,13 +189,13 @@ class Plan:
 
 
 def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers: int, cell: str,
-              microbatches: int = 0, chunks: int = 0) -> Plan:
+              microbatches: int = 0, chunks: int = 0, hidden: int | None = None) -> Plan:
     """This rank's plan; raises ConfigError (with what to change) when the grid cannot be run exactly.
 
     Every rank of a run computes every rank's choices from the same numbers, so refusals are
     the same everywhere (microbatches depend on the smallest data-parallel group).
     """
-    check_grid_fits(grid, layers, seq_len)
+    check_grid_fits(grid, layers, seq_len, hidden)
     mode = mode_of(cell, grid.sp)
     fewest_rows = batch_size // grid.dp
     resolve_microbatches(microbatches, fewest_rows, grid.sp, grid.pp, mode)  # refuse the same everywhere
@@ -189,5 +203,7 @@ def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers
     m = resolve_microbatches(microbatches, rows[1] - rows[0], grid.sp, grid.pp, mode)
     shortest_segment = seq_len // grid.sp
     c = resolve_chunks(chunks, shortest_segment, grid.pp, m, mode)
+    width = (hidden or 0) // grid.tp
     return Plan(grid, dict(coords), rows, segment_of(seq_len, grid, coords["sp"]),
-                layers_of(layers, grid.pp, coords["pp"]), m, c, mode)
+                layers_of(layers, grid.pp, coords["pp"]), (coords["tp"] * width, (coords["tp"] + 1) * width),
+                m, c, mode)

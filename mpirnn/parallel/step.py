@@ -8,6 +8,8 @@ A 1-rank run is the same path with one unit and no peers.
 
 from __future__ import annotations
 
+import torch
+
 from mpirnn.parallel.gradients import GradientReducer
 from mpirnn.parallel.wavefront import Wavefront
 
@@ -30,8 +32,13 @@ class StepRunner:
         self.reducer.begin(self.units)
         loss, final = self.wavefront(inputs, targets, state, norm)
         self.reducer.finish()
-        return loss, final
+        return self._counted(loss), final
 
     def evaluate(self, inputs, targets, state, norm: float, observe=None):
         """Forward only, through the same parallel paths: (loss share, final states)."""
-        return self.wavefront.evaluate(inputs, targets, state, norm, observe)
+        loss, final = self.wavefront.evaluate(inputs, targets, state, norm, observe)
+        return self._counted(loss), final
+
+    def _counted(self, loss):
+        """The ranks of a tp group all compute the same (replicated) loss: only tp rank 0's counts."""
+        return loss if self.plan.coords["tp"] == 0 else torch.zeros_like(loss)

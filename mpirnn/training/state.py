@@ -20,6 +20,7 @@ import torch
 
 from mpirnn.distributed.gather import Piece, gather_pieces
 from mpirnn.errors import CheckpointError
+from mpirnn.parallel.shard import replicated, row_blocks, take_rows
 
 FORMAT = 2
 
@@ -28,22 +29,53 @@ def _names(model) -> dict:
     return {id(p): name for name, p in model.named_parameters()}
 
 
-def _optimizer_pieces(model, optimizer) -> list[Piece]:
-    names = _names(model)
-    pieces = []
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for field, value in optimizer.state.get(param, {}).items():
-                if isinstance(value, torch.Tensor):
-                    pieces.append(Piece.whole(f"optimizer/{names[id(param)]}/{field}", value))
+def _pieces(key: str, tensor: torch.Tensor, whole_shape, blocks) -> list[Piece]:
+    """`tensor` as pieces of the serial tensor: whole, or one piece per block of rows."""
+    if blocks is None or tensor.dim() == 0:
+        return [Piece.whole(key, tensor)]
+    pieces, start = [], 0
+    rest = tuple((0, n) for n in tensor.shape[1:])
+    for a, b in blocks:
+        pieces.append(Piece(key, tuple(whole_shape), ((a, b), *rest), tensor[start:start + b - a]))
+        start += b - a
     return pieces
 
 
-def carried_piece(carried, plan, depth: int, batch_size: int) -> Piece:
+def _model_pieces(model, plan) -> list[Piece]:
+    pieces = []
+    first_of_group = plan.coords["tp"] == 0
+    for name, tensor in model.state_dict().items():
+        if replicated(name, plan) and not first_of_group:
+            continue
+        pieces += _pieces(f"model/{name}", tensor, model.serial_shapes[name], row_blocks(model, name, plan))
+    return pieces
+
+
+def _optimizer_pieces(model, optimizer, plan) -> list[Piece]:
+    names = _names(model)
+    pieces = []
+    first_of_group = plan.coords["tp"] == 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            for field, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.dim() == 0 or replicated(name, plan):
+                    if first_of_group:  # the same on every rank of a tp group
+                        pieces.append(Piece.whole(f"optimizer/{name}/{field}", value))
+                    continue
+                pieces += _pieces(f"optimizer/{name}/{field}", value, model.serial_shapes[name],
+                                  row_blocks(model, name, plan))
+    return pieces
+
+
+def carried_piece(carried, plan, depth: int, batch_size: int, hidden: int) -> Piece:
     """This rank's carried states as part of [layers, parts, batch, hidden]."""
-    layers, parts, rows, hidden = carried.shape
+    layers, parts, rows, width = carried.shape
     shape = (depth, parts, batch_size, hidden)
-    index = ((plan.layers[0], plan.layers[1]), (0, parts), (plan.rows[0], plan.rows[1]), (0, hidden))
+    index = ((plan.layers[0], plan.layers[1]), (0, parts), (plan.rows[0], plan.rows[1]),
+             (plan.hidden[0], plan.hidden[1]) if width < hidden else (0, hidden))
     return Piece("carried", shape, index, carried)
 
 
@@ -52,8 +84,8 @@ def gather_state(comms, plan, model, optimizer, step: int, carried_piece: Piece 
     holds_model = plan.coords["dp"] == 0 and plan.coords["sp"] == 0
     pieces = []
     if holds_model:
-        pieces += [Piece.whole(f"model/{name}", t) for name, t in model.state_dict().items()]
-        pieces += _optimizer_pieces(model, optimizer)
+        pieces += _model_pieces(model, plan)
+        pieces += _optimizer_pieces(model, optimizer, plan)
     if carried_piece is not None:
         pieces.append(carried_piece)
     whole = gather_pieces(comms.world, pieces)
@@ -102,13 +134,16 @@ def check_compatible(model, state: dict, path: str) -> None:
                               f"it is from a different model (model.cell?)")
 
 
-def load_state(model, optimizer, state: dict) -> None:
+def load_state(model, optimizer, state: dict, plan) -> None:
     """Restore the parameters and optimizer state this rank holds from a whole (format-2) state."""
-    model.load_state_dict({name: state["model"][name] for name in model.state_dict()})
+    model.load_state_dict({name: take_rows(state["model"][name], row_blocks(model, name, plan))
+                           for name in model.state_dict()})
     names = [name for group in optimizer.param_groups for name in
              (_names(model)[id(p)] for p in group["params"])]
     saved = state["optimizer"]
     # The optimizer moves its state to each parameter's device and dtype itself.
-    local = {"state": {i: dict(saved["state"][name]) for i, name in enumerate(names) if name in saved["state"]},
+    local = {"state": {i: {field: take_rows(value, row_blocks(model, name, plan))
+                           for field, value in saved["state"][name].items()}
+                       for i, name in enumerate(names) if name in saved["state"]},
              "param_groups": [{**saved["param_groups"][0], "params": list(range(len(names)))}]}
     optimizer.load_state_dict(local)

@@ -16,7 +16,8 @@ from mpirnn.distributed.mesh import Comms
 from mpirnn.models.model import RecurrentModel
 from mpirnn.parallel.grid import Grid
 from mpirnn.parallel.plan import layers_of, make_plan, mode_of
-from mpirnn.parallel.shard import stage_model
+from mpirnn.parallel.shard import row_blocks, stage_model, take_rows
+from mpirnn.parallel.tensor import TensorGroup
 from mpirnn.parallel.step import StepRunner
 from support import TEST_DEVICE
 
@@ -25,19 +26,22 @@ pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
 world = MPI.COMM_WORLD
 CELLS = ["rnn", "lstm", "gru", "mingru", "minlstm"]
 ROWS, STEPS, VOCAB, FEATURES = 6, 23, 11, 3
+HIDDEN = 12  # divisible by tp = 2, 3 and 4
 TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
 
-def grids(layers: int, n: int | None = None) -> list[tuple[int, int, int]]:
-    """Every (dp, sp, pp) with dp*sp*pp = n and pp <= layers: the whole matrix, not a hand-picked list."""
+def grids(layers: int, n: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Every (dp, sp, pp, tp) with dp*sp*pp*tp = n, pp <= layers and tp dividing the hidden size:
+    the whole matrix of valid factorizations, not a hand-picked list."""
     n = world.size if n is None else n
-    return [(dp, sp, n // (dp * sp)) for dp in range(1, n + 1) if n % dp == 0
-            for sp in range(1, n // dp + 1) if (n // dp) % sp == 0 and n // (dp * sp) <= layers]
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return [(dp, sp, pp, n // (dp * sp * pp)) for dp in divisors for sp in divisors for pp in divisors
+            if n % (dp * sp * pp) == 0 and pp <= layers and HIDDEN % (n // (dp * sp * pp)) == 0]
 
 
 def make_model(cell, dtype, layers, tokens=True):
     torch.manual_seed(1234)
-    model = RecurrentModel(cell, hidden=7, layers=layers, embed=5,
+    model = RecurrentModel(cell, hidden=HIDDEN, layers=layers, embed=5,
                            vocab_size=VOCAB if tokens else None, features=None if tokens else FEATURES)
     return model.to(device=TEST_DEVICE, dtype=dtype)
 
@@ -70,16 +74,17 @@ def serial(cell, dtype, layers, tokens, random_state, steps):
 
 
 def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches, steps, chunks=0):
-    dp, sp, pp = grid_shape
-    comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp))
+    dp, sp, pp, tp = grid_shape
+    comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp))
     try:
         plan = make_plan(comms.grid, comms.coords, batch_size=ROWS, seq_len=steps, layers=layers, cell=cell,
-                         microbatches=microbatches, chunks=chunks)
-        model = stage_model(make_model(cell, dtype, layers, tokens), plan)
+                         microbatches=microbatches, chunks=chunks, hidden=HIDDEN)
+        group = TensorGroup(comms.axis["tp"], HIDDEN, comms.timer) if tp > 1 else None
+        model = stage_model(make_model(cell, dtype, layers, tokens), plan, group)
         inputs, targets = make_batch(dtype, tokens, steps)
         rows, segment = slice(*plan.rows), slice(*plan.segment)
         stage = slice(*plan.layers)
-        state = initial_state(model, dtype, random_state, layers)[stage, :, rows]
+        state = initial_state(model, dtype, random_state, layers)[stage, :, rows, slice(*plan.hidden)]
         runner = StepRunner(model, plan, comms, bucket_mb=0.0005)
         local_inputs = inputs[rows, segment] if plan.first_stage else None
         local_targets = targets[rows, segment] if plan.last_stage else None
@@ -94,7 +99,7 @@ def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches
         total = torch.tensor([float(loss)], dtype=torch.float64)
         comms.world.Allreduce(MPI.IN_PLACE, total.numpy(), MPI.SUM)
         runner.reducer.remove()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        grads = {n: (p.grad.clone(), row_blocks(model, n, plan)) for n, p in model.named_parameters()}
         return float(total[0]), grads, final, plan
     finally:
         comms.free()
@@ -109,17 +114,19 @@ def check(cell, dtype=torch.float64, layers=2, tokens=True, random_state=False, 
         chained = mode_of(cell, grid_shape[1]) == "chain"
         loss, grads, final, plan = parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches,
                                             steps, chunks if chained else 0)
-        where = (f"rank {world.rank}, dp×sp×pp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {cell}, "
+        where = (f"rank {world.rank}, dp×sp×pp×tp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {cell}, "
                  f"{dtype}, {layers} layers")
         assert loss == pytest.approx(expected_loss, rel=TOLERANCE[dtype]["rtol"], abs=TOLERANCE[dtype]["atol"]), where
         owned = set(grads)
         assert owned, where
         if grid_shape[2] == 1:
             assert owned == set(expected_grads), where  # without pp every rank holds the whole model
-        for name, grad in grads.items():
-            torch.testing.assert_close(grad, expected_grads[name], **TOLERANCE[dtype], msg=f"{where}: {name}")
+        for name, (grad, blocks) in grads.items():
+            # Under tp a layer's parameters are this rank's rows of every gate (blocks); others whole.
+            expected = take_rows(expected_grads[name], blocks)
+            torch.testing.assert_close(grad, expected, **TOLERANCE[dtype], msg=f"{where}: {name}")
         if plan.last_segment:  # the final states (carried in stateful mode) live on the last segment
-            expected = expected_final[slice(*plan.layers), :, slice(*plan.rows)]
+            expected = expected_final[slice(*plan.layers), :, slice(*plan.rows), slice(*plan.hidden)]
             torch.testing.assert_close(final, expected, **TOLERANCE[dtype], msg=f"{where}: final")
     # Every parameter is owned by some stage: the stages together hold the serial model.
     for grid_shape in grids(layers):

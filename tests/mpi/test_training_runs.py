@@ -42,7 +42,7 @@ def shared_dir():
 
 
 def small_run(path: Path, data: str, run: str, **extra) -> list[str]:
-    settings = {"model.hidden": 12, "model.layers": 2, "model.embed": 6, "model.dtype": '"float64"',
+    settings = {"model.hidden": HIDDEN, "model.layers": 2, "model.embed": 6, "model.dtype": '"float64"',
                 "data.path": str(path / data), "data.seq_len": 19, "data.batch_size": 6,
                 "train.steps": 20, "train.lr": 1e-2, "train.device": TEST_DEVICE,
                 "output.metrics": str(path / run / "metrics.jsonl"), "output.progress": "false",
@@ -62,17 +62,24 @@ def reference(args: list[str]) -> list[float]:
     return serial_losses(cfg)
 
 
+HIDDEN = 12  # divisible by tp = 2, 3, 4
+
+
 def grids(layers: int = 2) -> list[dict]:
-    """Every dp x sp x pp = world size with pp <= layers (the whole matrix, not a hand-picked list)."""
+    """Every dp x sp x pp x tp = world size with pp <= layers and tp dividing the hidden size
+    (the whole matrix of valid factorizations, not a hand-picked list)."""
     n = world.size
-    shapes = [(dp, sp, n // (dp * sp)) for dp in range(1, n + 1) if n % dp == 0
-              for sp in range(1, n // dp + 1) if (n // dp) % sp == 0 and n // (dp * sp) <= layers]
-    return [{"parallel.dp": dp, "parallel.sp": sp, "parallel.pp": pp} for dp, sp, pp in shapes]
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    shapes = [(dp, sp, pp, n // (dp * sp * pp)) for dp in divisors for sp in divisors for pp in divisors
+              if n % (dp * sp * pp) == 0 and pp <= layers and HIDDEN % (n // (dp * sp * pp)) == 0]
+    return [{"parallel.dp": dp, "parallel.sp": sp, "parallel.pp": pp, "parallel.tp": tp} for dp, sp, pp, tp in shapes]
 
 
-def most_composed() -> dict:
-    """The grid using the most axes (pp x sp at -n 4), where composition bugs would show."""
-    return max(grids(), key=lambda g: (sum(v > 1 for v in g.values()), g["parallel.pp"]))
+def most_composed(*prefer: str) -> dict:
+    """The grid using the most axes (e.g. pp x sp at -n 4), where composition bugs would show;
+    among those, the one using the `prefer`red axes."""
+    return max(grids(), key=lambda g: (sum(v > 1 for v in g.values()),
+                                       sum(g[f"parallel.{a}"] > 1 for a in prefer), g["parallel.pp"]))
 
 
 def records(path: Path, run: str) -> list[dict]:
@@ -93,6 +100,16 @@ def test_twenty_steps_match_serial(shared_dir, cell):
         assert got[-1] < got[0] - 0.1, "training should reduce the loss"
         # Every field describes its own step: the MPI wait is part of the step's time.
         assert all(r["comm_time_s"] <= r["step_time_s"] for r in records(shared_dir, run)), grid
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mingru", "minlstm"])
+def test_ten_steps_with_tensor_parallelism_match_serial(shared_dir, cell):
+    # tp x pp at -n 4 (tp alone at -n 2 and 3): the wide model, not K narrow ones, every step.
+    grid = most_composed("tp")
+    run = f"tp-{cell}"
+    args = small_run(shared_dir, "tokens", run, **{"model.cell": cell, "train.steps": 10, **grid})
+    assert main(args) == 0
+    assert losses(shared_dir, run) == pytest.approx(reference(args), rel=1e-10, abs=1e-12), f"{grid}"
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mingru", "minlstm"])
@@ -127,17 +144,17 @@ def test_resume_reproduces_uninterrupted_run(shared_dir, stateful):
         assert got == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("stateful", ["false", "true"])
-def test_checkpoint_resumes_on_every_other_grid(shared_dir, stateful):
-    # Written on the most composed grid (pp=2 x sp=2 at -n 4), resumed on every grid of this world
-    # size: checkpoints hold the serial model under serial names, so the losses continue exactly.
-    written = most_composed()
+@pytest.mark.parametrize("stateful, prefer", [("false", "sp"), ("true", "sp"), ("true", "tp")])
+def test_checkpoint_resumes_on_every_other_grid(shared_dir, stateful, prefer):
+    # Written on a composed grid (pp=2 x sp=2, pp=2 x tp=2 at -n 4), resumed on every grid of this
+    # world size: checkpoints hold the serial model under serial names, so the losses continue exactly.
+    written = most_composed(prefer)
     common = {"model.cell": "gru", "train.stateful": stateful, "train.steps": 8}
-    whole = f"grids-whole-{stateful}"
+    whole = f"grids-whole-{stateful}-{prefer}"
     assert main(small_run(shared_dir, "series", whole, **{**common, **written})) == 0
     expected = losses(shared_dir, whole)
     for index, grid in enumerate(grids()):
-        run, ckpt = f"grids-{stateful}-{index}", shared_dir / f"ckpt-grids-{stateful}-{index}"
+        run, ckpt = f"grids-{stateful}-{prefer}-{index}", shared_dir / f"ckpt-grids-{stateful}-{prefer}-{index}"
         assert main(small_run(shared_dir, "series", run, **{**common, **written, "train.steps": 4,
                                                              "checkpoint.dir": str(ckpt)})) == 0
         assert main(small_run(shared_dir, "series", run, **{**common, **grid, "checkpoint.dir": str(ckpt),
