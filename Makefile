@@ -29,13 +29,17 @@ test: test-unit test-mpi test-slurm
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not mpi and not slurm"
 
-# Every MPI test file at 1, 2, 3 and 4 ranks (4 is oversubscribed on small machines: fine for correctness).
+# Every MPI test file at 1, 2, 3 and 4 ranks, then the three-axis grids at 8 (4 and 8 are
+# oversubscribed on small machines: fine for correctness).
 test-mpi: setup
 	@for n in 1 2 3 4; do \
 	  echo "== MPI tests at -n $$n"; \
 	  timeout -k 10 $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n $$n $(PY) -m pytest -q --with-mpi -m mpi tests/mpi \
 	    || { echo "MPI tests failed at -n $$n"; exit 1; }; \
 	done
+	@echo "== MPI tests at -n 8 (dp x sp x tp, sp x pp x tp)"
+	@timeout -k 10 $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 8 $(PY) -m pytest -q --with-mpi -m mpi tests/mpi8 \
+	  || { echo "MPI tests failed at -n 8"; exit 1; }
 
 # Needs the local cluster (slurm/local-cluster.sh start); the tests skip, saying so, when it is down.
 test-slurm: setup
