@@ -80,3 +80,19 @@ def test_gate_blocks_tile_every_gate():
     rows = sorted(r for k in range(3) for a, b in gate_blocks(4, 6, k, 3) for r in range(a, b))
     assert rows == list(range(24))
     assert gate_blocks(4, 6, 1, 3) == [(2, 4), (8, 10), (14, 16), (20, 22)]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_packed_float32_product_matches_the_fused_layer(cell):
+    # H = 256 is large enough for the oneDNN-packed step product (models/cells.py StepProduct).
+    torch.manual_seed(5)
+    fused = FUSED[cell](8, 256, batch_first=True)
+    sharded = ShardedRecurrentLayer(fused, cell, TensorGroup(MPI.COMM_SELF, 256))
+    x = torch.randn(4, 12, 8, requires_grad=True)
+    state = torch.zeros(2 if cell == "lstm" else 1, 4, 256)
+    expected, _ = fused(x)
+    got, _ = sharded.run(x, state)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    (g_expected,) = torch.autograd.grad(expected.sum(), x)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-5)

@@ -126,10 +126,11 @@ class ShardedRecurrence(torch.autograd.Function):
         # h_full of every step (entering step t at [t]): the outputs are [1:], W_hh's gradient needs [:-1].
         hidden = xw.new_empty((steps + 1, batch, width))
         group.gather_into(state[0], hidden[0])
+        times_w = cells.StepProduct(w_hh)
         saved = []
         for t in range(steps):
             extra = (b_hh, state[0]) if cell == "gru" else ()
-            state, keep = step(xw[:, t], hidden[t], state, w_hh, *extra)
+            state, keep = step(xw[:, t], hidden[t], state, times_w, *extra)
             saved.append(keep)
             group.gather_into(state[0], hidden[t + 1])
         ctx.cell, ctx.group, ctx.saved = cell, group, saved
@@ -149,6 +150,7 @@ class ShardedRecurrence(torch.autograd.Function):
         dpre_x = hidden.new_empty((batch, steps, gates))
         dpre_h = hidden.new_empty((steps, batch, gates)) if ctx.cell == "gru" else None
         mine = group.slice
+        times_w_t = cells.StepProduct(w_hh.t())  # dpre @ W_hh, the gradient of h_full
         for t in range(steps - 1, -1, -1):
             if grad_outputs is not None:
                 dstate[0] += grad_outputs[:, t, mine]
@@ -157,7 +159,7 @@ class ShardedRecurrence(torch.autograd.Function):
             if dpre_h is not None:
                 dpre_h[t] = dh
             dstate = direct
-            dstate[0] += group.reduce_scatter(dh @ w_hh)
+            dstate[0] += group.reduce_scatter(times_w_t(dh))
         ctx.saved = None
         products = dpre_h if dpre_h is not None else dpre_x.transpose(0, 1)
         # One product for W_hh's gradient over all steps: sum_t dpre_t^T h_full_{t-1}.
