@@ -67,3 +67,20 @@ def test_projection_runs_on_the_derived_gpu_calibration():
     for rows in result["shapes"].values():
         assert [r["gpus"] for r in rows] == [1, 2, 4, 8, 16]
         assert all(math.prod(r["grid"].values()) == r["gpus"] for r in rows)
+
+
+def test_validate_compares_a_bench_file(toy, tmp_path):
+    from mpirnn.tools.shapes import SHAPES
+    run = {"workload": "W1", "name": "sp=2, M=4", "median_step_s": 1.0, "quiet_steps": [1.0] * 3,
+           "step_times_s": [1.0] * 3, "plain": False, "ddp": False, "threads": 1, "steps": 3, "method": None,
+           "device": "cpu", "dp": 1, "sp": 2, "pp": 1, "microbatches": 4, "chunks": 0}
+    skipped = {**run, "name": "1 rank × 2 threads", "sp": 1, "threads": 2}
+    bench = {"meta": {"date": "2026-01-01", "cpu": "toy", "load_per_pass": [[0.1, 0.1, 0.1]], "calibration": str(toy)},
+             "runs": [run, skipped], "shapes": {"W1": SHAPES["W1"]}}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    done = plan("--validate", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)
+    assert row["config"] == "sp=2, M=4" and row["measured_s"] == 1.0 and row["predicted_s"] > 0
+    assert row["error"] == pytest.approx(row["predicted_s"] - 1.0)

@@ -336,37 +336,15 @@ def machine() -> dict:
             "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
 
 
-def calibration_for(args, runs: list[dict]):
-    """The performance model's calibration: --calibration, or one measured now (before any run, so
-    nothing shares the cores with it) for the cells and hidden sizes of these runs, written beside --out."""
-    from mpirnn.tools.perf import bench_predictions, calibration
-    if args.calibration:
-        return calibration.load(args.calibration)
-    if (args.device or "cpu") != "cpu":
-        return None   # calibrating a GPU here would time the CPU: give --calibration for GPU predictions
-    from mpirnn.tools.calibrate import calibrate
-    cells, hidden = bench_predictions.scope([shape_of(w, args.tiny) for w in {r["workload"] for r in runs}])
-    out = Path(args.out).with_name(Path(args.out).stem + "-calibration.json")
-    path = calibrate(out, quick=args.tiny, cells=cells, hidden=hidden,
-                     say=lambda line: print(line, file=sys.stderr, flush=True))
-    return calibration.load(path)
-
-
 def summary_lines(rows: list[dict]) -> list[str]:
-    """The DDP ratio and how many predictions fall within the tolerance, one line each."""
+    """The DDP ratio and how the model's predictions compare, one line each."""
+    from mpirnn.tools.perf.bench_predictions import prediction_summary
     lines = []
     for workload, ratio in ddp_ratios(rows).items():
         verdict = "met" if ratio <= DDP_TARGET else "missed"
         lines.append(f"{workload}: mpirnn dp=2 / PyTorch DDP dp=2 step time = {ratio:.3f} "
                      f"(target ≤ {DDP_TARGET}: {verdict})")
-    predicted = [r for r in rows if r["prediction_error"] is not None]
-    if predicted:
-        within = sum(abs(r["prediction_error"]) <= PREDICTION_TOLERANCE for r in predicted)
-        worst = max(predicted, key=lambda r: abs(r["prediction_error"]))
-        lines.append(f"performance model: {within} of {len(predicted)} predicted rows within "
-                     f"±{100 * PREDICTION_TOLERANCE:.0f}% of the measured median (worst: {worst['workload']} "
-                     f"{worst['config']}, {100 * worst['prediction_error']:+.0f}%)")
-    return lines
+    return lines + prediction_summary(rows, PREDICTION_TOLERANCE)
 
 
 def main(argv=None) -> int:
@@ -378,7 +356,8 @@ def main(argv=None) -> int:
     meta = {"command": "python -m mpirnn.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "malloc": args.malloc,
             **machine()}
-    cal = calibration_for(args, runs)
+    from mpirnn.tools.perf.bench_predictions import calibration_for
+    cal = calibration_for(args, [shape_of(w, args.tiny) for w in {r["workload"] for r in runs}])
     meta["calibration"] = cal.path if cal else None
     results, errors, meta["load_per_pass"] = [], [], []
     with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:

@@ -4,6 +4,7 @@
                           [--grid dp=2,sp=2] [--json] [--calibration FILE] [--vocab 256]
     python -m mpirnn.plan --calibrate [--out FILE] [--quick]
     python -m mpirnn.plan --project [--calibration GPU.json] [--gpus-per-node 8] [--max-gpus 1024]
+    python -m mpirnn.plan --validate runs/bench/bench.json [--calibration FILE]   # predicted vs measured
 
 The model and its assumptions are in docs/performance.md; the arithmetic in
 mpirnn/tools/perf/. Without --calibration the newest file in benchmarks/calibration/
@@ -155,6 +156,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="with --calibrate: toy sizes, seconds (tests)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="with --calibrate: device measured")
     parser.add_argument("--project", action="store_true", help="W1 and W2 from 1 to --max-gpus GPUs (GPU calibration)")
+    parser.add_argument("--validate", metavar="BENCH_JSON", help="predicted vs measured for a mpirnn.bench result file "
+                                                                "(calibration: --calibration, else the one the bench used)")
     parser.add_argument("--gpus-per-node", type=int, default=8)
     parser.add_argument("--max-gpus", type=int, default=1024)
     return parser.parse_args(argv)
@@ -170,12 +173,32 @@ def main(argv=None) -> int:
         if args.project:
             from mpirnn.tools.perf.projection import main as project
             return project(args.calibration, args.gpus_per_node, args.max_gpus, args.json)
+        if args.validate:
+            return validate(args)
         if not args.ranks or args.ranks < 1:
             raise SystemExit("mpirnn.plan: give --ranks N (or --calibrate, or --project)")
         return plan(args)
     except (CalibrationError, ValueError) as exc:
         print(f"mpirnn.plan: error: {exc}", file=sys.stderr)
         return 1
+
+
+def validate(args) -> int:
+    from pathlib import Path
+
+    from mpirnn.tools.perf.bench_predictions import validate as compare
+    from mpirnn.tools.perf.bench_predictions import validation_table
+    bench = json.loads(Path(args.validate).read_text())
+    cal = load_calibration(args.calibration or bench["meta"].get("calibration"))
+    rows = compare(bench, cal)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    meta = bench["meta"]
+    print(f"bench: {args.validate} ({meta['date']}, {meta['cpu']}, load at the start of each pass "
+          f"{meta['load_per_pass']}); calibration: {cal.path}\n")
+    print(validation_table(rows))
+    return 0
 
 
 def plan(args) -> int:
@@ -187,8 +210,9 @@ def plan(args) -> int:
     reference = serial(shape, cal, bucket)
     if args.grid:
         grid = parse_grid(args.grid, args.ranks)
-        fixed = cfg.parallel.microbatches if grid["sp"] > 1 or grid["pp"] > 1 else 0
-        predictions = [best_microbatches(shape, grid, cal, args.nodes, bucket, microbatches=fixed)]
+        # The config's microbatches and chunks, when set, are what training would run.
+        predictions = [best_microbatches(shape, grid, cal, args.nodes, bucket, microbatches=cfg.parallel.microbatches,
+                                         chunks=getattr(cfg.parallel, "chunks", 0))]
     else:
         predictions = rank_grids(shape, args.ranks, cal, args.nodes, bucket)
     if args.top:

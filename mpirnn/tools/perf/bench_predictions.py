@@ -1,4 +1,5 @@
-"""The performance model's step time for a benchmark run: `python -m mpirnn.bench`'s "predicted" column.
+"""What the performance model adds to `python -m mpirnn.bench`: its calibration, the "predicted" column,
+the summary line, and `python -m mpirnn.plan --validate BENCH.json` (predicted vs measured afterwards).
 
     python -m pytest -q tests/test_bench_smoke.py
 
@@ -9,6 +10,10 @@ calibration was measured on.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+from mpirnn.tools.perf import calibration
 from mpirnn.tools.perf.calibration import Calibration
 from mpirnn.tools.perf.step_model import Layout, Shape, predict
 
@@ -24,6 +29,32 @@ def shape_for(shape: dict) -> Shape:
 def scope(shapes: list[dict]) -> tuple[list[str], list[int]]:
     """(cells, hidden sizes) a calibration needs for these benchmark shapes."""
     return sorted({s["cell"] for s in shapes}), sorted({s["hidden"] for s in shapes})
+
+
+def calibration_for(args, shapes: list[dict]) -> Calibration | None:
+    """The bench's calibration: --calibration, or one measured now (before any run, so nothing shares the
+    cores with it) for the cells and hidden sizes of these shapes, written beside --out."""
+    if args.calibration:
+        return calibration.load(args.calibration)
+    if (args.device or "cpu") != "cpu":
+        return None   # calibrating here would time this CPU: give --calibration for GPU predictions
+    from mpirnn.tools.calibrate import calibrate
+    cells, hidden = scope(shapes)
+    out = Path(args.out).with_name(Path(args.out).stem + "-calibration.json")
+    path = calibrate(out, quick=args.tiny, cells=cells, hidden=hidden,
+                     say=lambda line: print(line, file=sys.stderr, flush=True))
+    return calibration.load(path)
+
+
+def prediction_summary(rows: list[dict], tolerance: float) -> list[str]:
+    """How many of the bench's rows the model predicted within `tolerance`, and the worst one."""
+    predicted = [r for r in rows if r["prediction_error"] is not None]
+    if not predicted:
+        return []
+    within = sum(abs(r["prediction_error"]) <= tolerance for r in predicted)
+    worst = max(predicted, key=lambda r: abs(r["prediction_error"]))
+    return [f"performance model: {within} of {len(predicted)} predicted rows within ±{100 * tolerance:.0f}% of the "
+            f"measured median (worst: {worst['workload']} {worst['config']}, {100 * worst['prediction_error']:+.0f}%)"]
 
 
 def units(run: dict, model: Shape) -> tuple[int, int]:
@@ -48,3 +79,24 @@ def predicted_step_s(run: dict, shape: dict, cal: Calibration) -> float | None:
     m, c = units(run, model)
     layout = Layout(dp=run["dp"], sp=run["sp"], pp=run.get("pp", 1), microbatches=m, chunks=c)
     return predict(model, layout, cal).step_s
+
+
+def validate(bench: dict, cal: Calibration) -> list[dict]:
+    """Predicted against measured for every row of a `python -m mpirnn.bench` JSON file the model describes."""
+    out = []
+    for run in bench["runs"]:
+        shape = bench["shapes"][run["workload"]]
+        predicted = predicted_step_s(run, shape, cal)
+        if predicted and run.get("median_step_s"):
+            out.append({"workload": run["workload"], "config": run["name"], "measured_s": run["median_step_s"],
+                        "quiet": f"{len(run['quiet_steps'])}/{len(run['step_times_s'])}",
+                        "predicted_s": predicted, "error": predicted / run["median_step_s"] - 1})
+    return out
+
+
+def validation_table(rows: list[dict]) -> str:
+    lines = ["| workload | run | measured median s (quiet/all steps) | predicted s | error |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['config']} | {r['measured_s']:.3f} ({r['quiet']}) | "
+                     f"{r['predicted_s']:.3f} | {100 * r['error']:+.0f}% |")
+    return "\n".join(lines)

@@ -120,7 +120,7 @@ def markdown(name: str, rows: list[dict]) -> str:
         g = r["grid"]
         lines.append(f"| {r['gpus']} | {r['nodes']} | {g['dp']}×{g['sp']}×{g['pp']}×{g['tp']} | {r['microbatches']} | "
                      f"{r['chunks']} | {1e3 * r['step_time_s']:.3g} | {r['tokens_per_s']:,.0f} | "
-                     f"{100 * r['efficiency']:.0f}% |")
+                     f"{100 * r['efficiency']:.2g}% |")
     return "\n".join(lines)
 
 

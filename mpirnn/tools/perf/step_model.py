@@ -246,6 +246,8 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
         tensors = stage_tensors(shape, layout, p)
         buckets = [links.allreduce(link, n, replicas) for n in bucket_bytes(tensors, shape.dtype_bytes, bucket_mb)]
         exposed = buckets[-1] + (1 - cal.async_progress) * sum(buckets[:-1]) if buckets else 0.0
+        if replicas > 1:   # gradients are flattened into the bucket buffers and the sums copied back
+            exposed += slowdown * cal.accumulate_s(sum(tensors), 3)
         gradients = max(gradients, exposed)
         passes = M if shape.linear else M * C
         optimizer = max(optimizer, slowdown * cal.optimizer_s(sum(tensors), len(tensors)))
