@@ -70,7 +70,7 @@ def plan(args) -> list[dict]:
     if unknown:
         raise SystemExit(f"mpirnn.bench: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     base = dict(tiny=args.tiny, device=args.device or "cpu", steps=args.steps, warmup=args.warmup, threads=1,
-                dp=1, sp=1, pp=1, microbatches=0, chunks=0, method=None, plain=False, ddp=False, fresh=False, compare_to="1 rank",
+                dp=1, sp=1, pp=1, tp=1, microbatches=0, chunks=0, method=None, plain=False, ddp=False, fresh=False, compare_to="1 rank",
                 target=None)
     runs = []
 
@@ -83,6 +83,7 @@ def plan(args) -> list[dict]:
         add("W1", "sp=2, M=4", 2, sp=2, microbatches=4)  # same bubble-model bound here, half the messages
         add("W1", "dp=2 (-n 2)", 2, dp=2)
         add("W1", "pp=2, C=8", 2, pp=2, chunks=8)   # the two layers on two ranks, overlapped through time chunks
+        add("W1", "tp=2", 2, tp=2)                  # each layer's hidden units on two ranks, exchanged every step
         if base["device"] == "cpu":
             add("W1", DDP_NAME, 2, dp=2, ddp=True)
         if not args.tiny and base["device"] == "cpu":

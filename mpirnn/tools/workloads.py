@@ -215,8 +215,12 @@ def build_step(spec: dict, comms, device):
     from mpirnn.parallel.shard import stage_model
     plan = make_plan(comms.grid, comms.coords, batch_size=shape["batch"], seq_len=shape["seq_len"],
                      layers=shape["layers"], cell=shape["cell"], microbatches=spec["microbatches"],
-                     chunks=spec.get("chunks", 0))
-    model = stage_model(make_model(shape, device), plan)
+                     chunks=spec.get("chunks", 0), hidden=shape["hidden"])
+    group = None
+    if comms.grid.tp > 1:
+        from mpirnn.parallel.tensor import TensorGroup
+        group = TensorGroup(comms.axis["tp"], shape["hidden"], comms.timer)
+    model = stage_model(make_model(shape, device), plan, group)
     rows, segment = slice(*plan.rows), slice(*plan.segment)
     # Inputs are read on the first stage, targets on the last (as training does).
     inputs = inputs[rows, segment].contiguous().to(device) if plan.first_stage else None
@@ -240,7 +244,8 @@ def run_spec(spec: dict, world) -> dict | None:
     """Warm-up and timed steps of one spec on the MPI communicator `world`; the summary on rank 0 (None elsewhere)."""
     from mpirnn.distributed.mesh import Comms
     torch.set_num_threads(spec["threads"])
-    comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"], pp=spec.get("pp", 1)), world)
+    comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"], pp=spec.get("pp", 1), tp=spec.get("tp", 1)),
+                         world)
     device = choose_device(spec["device"], comms.local_rank)
     runner = None
     try:

@@ -77,7 +77,7 @@ def predicted_step_s(run: dict, shape: dict, cal: Calibration) -> float | None:
         return None
     model = shape_for(shape)
     m, c = units(run, model)
-    layout = Layout(dp=run["dp"], sp=run["sp"], pp=run.get("pp", 1), microbatches=m, chunks=c)
+    layout = Layout(dp=run["dp"], sp=run["sp"], pp=run.get("pp", 1), tp=run.get("tp", 1), microbatches=m, chunks=c)
     return predict(model, layout, cal).step_s
 
 

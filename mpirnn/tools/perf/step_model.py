@@ -191,16 +191,17 @@ def unit_s(shape: Shape, layout: Layout, cal: Calibration, stage: int, slowdown:
         d_in = shape.embed if index == 0 else H
         if K == 1:
             compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan)
-        elif shape.linear:   # elementwise scan: 1/K of the work; the gates need the whole input, gathered forward
+        elif shape.linear:   # elementwise in time: 1/K of the work, exchanges at the layer's boundaries only
             compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan) / K
-            messages += (links.allgather(tp_link, rows * steps * H * b / K, K)
-                         + links.reduce_scatter(tp_link, rows * steps * H * b, K))
+            messages += links.allgather(tp_link, rows * steps * H * b / K, K)   # outputs gathered forward
         else:   # a cell stepped in a loop: 1/K of the matmuls, but never below one step's latency
             per_step = max(cal.fused_floor_s(shape.cell), cal.fused_step_s(shape.cell, rows, d_in, H) / K)
             compute += cal.fused_call_s(shape.cell, rows, H) / K + steps * per_step + cal.cell_loop_s(steps)
             # every time step gathers the hidden shards forward and reduce-scatters their gradient backward
             messages += steps * (links.allgather(tp_link, rows * H * b / K, K)
                                  + links.reduce_scatter(tp_link, rows * H * b, K))
+        if K > 1:   # the input's gradient is summed over the group (each rank's products give part of it)
+            messages += links.allreduce(tp_link, rows * steps * d_in * b, K)
         if layout.sp > 1 and shape.linear:   # the cross-rank scan: Allgather of summaries, Allreduce of their gradients
             summary = 3 * rows * H // K * b
             messages += links.allgather(sp_link, summary, layout.sp) + links.allreduce(sp_link, layout.sp * summary, layout.sp)
