@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from mpirnn.distributed.trace import Tracer
+
 
 def cuda_aware() -> bool:
     query = getattr(MPI, "Query_cuda_support", None)
@@ -23,16 +25,31 @@ def cuda_aware() -> bool:
 
 
 class CommTimer:
-    """Seconds spent waiting in MPI, summed over the step (the metrics' comm_time_s)."""
+    """Seconds spent waiting in MPI, summed over the step (the metrics' comm_time_s).
 
-    def __init__(self):
+    `with timer.waiting("what"):` also records the wait as a span of the run's trace
+    (mpirnn/distributed/trace.py) when tracing is on; plain `with timer:` only counts.
+    """
+
+    def __init__(self, tracer=None):
         self.seconds = 0.0
+        self.tracer = tracer if tracer is not None else Tracer()
+        self._label = "MPI wait"
+
+    def waiting(self, label: str) -> "CommTimer":
+        self._label = label
+        return self
 
     def __enter__(self):
         self._start = time.perf_counter()
 
     def __exit__(self, *exc):
-        self.seconds += time.perf_counter() - self._start
+        end = time.perf_counter()
+        self.seconds += end - self._start
+        if self.tracer.enabled:
+            origin = self.tracer._origin
+            self.tracer.record(self._label, (self._start - origin) * 1e6, (end - origin) * 1e6)
+        self._label = "MPI wait"
 
     def take(self) -> float:
         seconds, self.seconds = self.seconds, 0.0
@@ -47,12 +64,12 @@ def host_view(tensor: torch.Tensor) -> np.ndarray:
 class Transfer:
     """A nonblocking send or receive of one tensor; `wait()` completes it."""
 
-    def __init__(self, request, tensor=None, staged=None, timer=None):
-        self.request, self.tensor, self.staged, self.timer = request, tensor, staged, timer
+    def __init__(self, request, tensor=None, staged=None, timer=None, label="MPI wait"):
+        self.request, self.tensor, self.staged, self.timer, self.label = request, tensor, staged, timer, label
 
     def wait(self) -> torch.Tensor | None:
         if self.timer is not None:
-            with self.timer:
+            with self.timer.waiting(self.label):
                 self.request.Wait()
         else:
             self.request.Wait()
@@ -76,28 +93,28 @@ def _staged(tensor: torch.Tensor, key: tuple) -> torch.Tensor:
     return _PINNED[key]
 
 
-def isend(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None) -> Transfer:
+def isend(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None, label="send") -> Transfer:
     tensor = tensor.detach().contiguous()
     if tensor.is_cuda and not cuda_aware():
         host = _staged(tensor, ("send", id(comm), dest, tag))
         host.copy_(tensor)
-        return Transfer(comm.Isend(host_view(host), dest, tag), staged=host, timer=timer)
+        return Transfer(comm.Isend(host_view(host), dest, tag), staged=host, timer=timer, label=label)
     if tensor.is_cuda:
         torch.cuda.current_stream().synchronize()
-        return Transfer(comm.Isend(tensor, dest, tag), tensor=None, staged=tensor, timer=timer)
-    return Transfer(comm.Isend(host_view(tensor), dest, tag), staged=tensor, timer=timer)
+        return Transfer(comm.Isend(tensor, dest, tag), tensor=None, staged=tensor, timer=timer, label=label)
+    return Transfer(comm.Isend(host_view(tensor), dest, tag), staged=tensor, timer=timer, label=label)
 
 
-def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None) -> Transfer:
+def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None, label="receive") -> Transfer:
     """Receive into a new tensor shaped like `like` (on like's device)."""
     out = torch.empty_like(like, memory_format=torch.contiguous_format)
     if out.is_cuda and not cuda_aware():
         host = _staged(out, ("recv", id(comm), source, tag))
-        return Transfer(comm.Irecv(host_view(host), source, tag), tensor=out, staged=host, timer=timer)
+        return Transfer(comm.Irecv(host_view(host), source, tag), tensor=out, staged=host, timer=timer, label=label)
     if out.is_cuda:
         torch.cuda.current_stream().synchronize()
-        return Transfer(comm.Irecv(out, source, tag), tensor=out, timer=timer)
-    return Transfer(comm.Irecv(host_view(out), source, tag), tensor=out, timer=timer)
+        return Transfer(comm.Irecv(out, source, tag), tensor=out, timer=timer, label=label)
+    return Transfer(comm.Irecv(host_view(out), source, tag), tensor=out, timer=timer, label=label)
 
 
 # -- blocking transfers and collectives (small tensors: states, summaries, parameters) ----------
@@ -112,7 +129,7 @@ def _on_host(tensor: torch.Tensor) -> torch.Tensor:
 def _timed(timer, call, *args):
     if timer is None:
         return call(*args)
-    with timer:
+    with timer.waiting(call.__name__):
         return call(*args)
 
 

@@ -85,6 +85,8 @@ class GradientReducer:
                           device=p.device) for p in bucket.params])
         bucket.buffer.copy_(flat)
         bucket.request = iallreduce_sum_(self.comm, bucket.buffer)
+        if self.timer is not None:
+            self.timer.tracer.instant(f"start gradient sum of bucket {self.buckets.index(bucket)}")
 
     def finish(self) -> None:
         """After backward: start buckets whose parameters got no gradient, wait, write sums back."""
@@ -96,7 +98,7 @@ class GradientReducer:
             self._start_ready()
         requests = [b.request for b in self.buckets]
         if self.timer is not None:
-            with self.timer:
+            with self.timer.waiting(f"gradient sums ({len(requests)} buckets)"):
                 MPI.Request.Waitall(requests)
         else:
             MPI.Request.Waitall(requests)

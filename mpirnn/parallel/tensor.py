@@ -51,7 +51,7 @@ class TensorGroup:
     def _call(self, fn, *args):
         if self.timer is None:
             return fn(*args)
-        with self.timer:
+        with self.timer.waiting(f"tp {fn.__name__}"):
             return fn(*args)
 
     def gather_into(self, piece: torch.Tensor, out: torch.Tensor) -> None:

@@ -94,9 +94,11 @@ class Wavefront:
 
     def _forward(self, inputs, targets, state, norm, observe=None, train=True):
         pos, C, timer = self.position, self.plan.chunks, self.comms.timer
-        states_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment - 1, state_tag(u), timer)
+        states_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment - 1, state_tag(u), timer,
+                                         f"receive state {u.microbatch} from segment {pos.segment - 1}")
                      for u in self.units if pos.state_from_peer(u)}
-        inputs_in = {u: irecv(self.pp, self._activation_like(u), pos.stage - 1, activation_tag(u, C), timer)
+        inputs_in = {u: irecv(self.pp, self._activation_like(u), pos.stage - 1, activation_tag(u, C), timer,
+                              f"receive inputs {u.microbatch}.{u.chunk} from stage {pos.stage - 1}")
                      for u in self.units} if pos.inputs_from_peer() else {}
         graphs, sends, previous, finals = {}, [], {}, []
         total = torch.zeros((), dtype=torch.float64)
@@ -114,19 +116,21 @@ class Wavefront:
                 features = received
             else:
                 received = None
-                features = self.model.embed(inputs[rows, steps])
-            outputs, final = self._run(features, start)
-            loss = None
-            if self.plan.last_stage:
-                loss = self.model.loss_sum(outputs, targets[rows, steps]) / norm
-                if observe is not None:
-                    observe(outputs, targets[rows, steps])
-                if not train:
-                    total += loss.double().cpu()
-            else:
-                sends.append(isend(self.pp, outputs, pos.stage + 1, activation_tag(unit, C), timer))
+                with timer.tracer.span(f"embed {unit.microbatch}.{unit.chunk}"):
+                    features = self.model.embed(inputs[rows, steps])
+            with timer.tracer.span(f"forward {unit.microbatch}.{unit.chunk}"):
+                outputs, final = self._run(features, start)
+                loss = None
+                if self.plan.last_stage:
+                    loss = self.model.loss_sum(outputs, targets[rows, steps]) / norm
+                    if observe is not None:
+                        observe(outputs, targets[rows, steps])
+                    if not train:
+                        total += loss.double().cpu()
+            if not self.plan.last_stage:
+                sends.append(isend(self.pp, outputs, pos.stage + 1, activation_tag(unit, C), timer, "send outputs"))
             if pos.state_to_peer(unit, C):
-                sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit), timer))
+                sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit), timer, "send state"))
             previous[unit.microbatch] = final
             if unit.chunk == C - 1:
                 finals.append(final.detach())
@@ -143,9 +147,11 @@ class Wavefront:
         pos, C, timer = self.position, self.plan.chunks, self.comms.timer
         order = backward_order(self.plan.microbatches, C)
         state_grads_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment + 1,
-                                              state_grad_tag(u), timer)
+                                              state_grad_tag(u), timer,
+                                              f"receive state gradient {u.microbatch} from segment {pos.segment + 1}")
                           for u in order if pos.state_to_peer(u, C)}
-        output_grads_in = {u: irecv(self.pp, self._activation_like(u), pos.stage + 1, activation_grad_tag(u, C), timer)
+        output_grads_in = {u: irecv(self.pp, self._activation_like(u), pos.stage + 1, activation_grad_tag(u, C), timer,
+                                    f"receive output gradient {u.microbatch}.{u.chunk} from stage {pos.stage + 1}")
                            for u in order} if pos.outputs_to_peer() else {}
         total = torch.zeros((), dtype=torch.float64)
         next_start_grad = {}
@@ -166,11 +172,14 @@ class Wavefront:
             if final_grad is not None:
                 roots.append(graph.final)
                 grads.append(final_grad)
-            torch.autograd.backward(roots, grads)
+            with timer.tracer.span(f"backward {unit.microbatch}.{unit.chunk}"):
+                torch.autograd.backward(roots, grads)
             if graph.inputs is not None:
-                sends.append(isend(self.pp, _grad_of(graph.inputs), pos.stage - 1, activation_grad_tag(unit, C), timer))
+                sends.append(isend(self.pp, _grad_of(graph.inputs), pos.stage - 1, activation_grad_tag(unit, C), timer,
+                                   "send input gradient"))
             if pos.state_from_peer(unit):
-                sends.append(isend(self.sp, _grad_of(graph.start), pos.segment - 1, state_grad_tag(unit), timer))
+                sends.append(isend(self.sp, _grad_of(graph.start), pos.segment - 1, state_grad_tag(unit), timer,
+                                   "send state gradient"))
             elif unit.chunk > 0:
                 next_start_grad[unit.microbatch] = _grad_of(graph.start)
         return total
