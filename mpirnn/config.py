@@ -18,6 +18,8 @@ from pathlib import Path
 from mpirnn.errors import ConfigError
 
 CELLS = ("rnn", "lstm", "gru", "mingru", "minlstm")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "float64")
 
 
@@ -59,7 +61,12 @@ class ParallelConfig:
 class TrainConfig:
     steps: int = doc(300, "optimizer steps in total (a resumed run continues up to this)")
     seed: int = doc(0, "seed for parameters and batch order: same seed, same run on any grid")
-    lr: float = doc(3e-3, "Adam learning rate")
+    lr: float = doc(3e-3, "peak learning rate (after warm-up; the whole run with schedule = constant)")
+    optimizer: str = doc("adam", "adam (weight decay added to the gradient) or adamw (weight decay decoupled)")
+    weight_decay: float = doc(0.0, "weight decay of the optimizer; 0 = none")
+    schedule: str = doc("constant", "learning-rate schedule after warm-up: constant, or cosine (down to min_lr at the last step)")
+    warmup_steps: int = doc(0, "steps of linear warm-up from lr / warmup_steps to lr")
+    min_lr: float = doc(0.0, "learning rate at the last step with schedule = cosine")
     grad_clip: float = doc(1.0, "clip the global gradient norm to this; 0 = off")
     stateful: bool = doc(False, "carry each sequence's final state into the next step (truncated BPTT over a stream)")
     device: str = doc("auto", "auto (a GPU per rank when there is one), cpu, or cuda")
@@ -68,6 +75,9 @@ class TrainConfig:
     comm_timeout_s: float = doc(-1.0, "abort a step stuck this long (a hung peer): -1 = automatic (from the "
                                       "run's own step times, docs/reliability.md), 0 = off, > 0 = seconds")
     bucket_mb: float = doc(4.0, "gradient allreduce bucket size in MiB (overlapped with backward)")
+    eval_every: int = doc(0, "every this many steps (and at the last), val_loss over the val split (in the "
+                             "loss's unit); 0 = off")
+    eval_batches: int = doc(0, "batches of data.batch_size val sequences per evaluation, in order; 0 = the whole val split")
 
 
 @dataclass
@@ -85,7 +95,8 @@ class OutputConfig:
     run_name: str = doc("", "name of this run's folder runs/NAME; empty = the config file's name (or 'default') "
                             "and the start time")
     metrics: str = doc("", "metrics file (JSON Lines, rank 0), the resolved config beside it; "
-                           "empty = runs/<run_name>/metrics.jsonl")
+                           "empty = runs/<run_name>/metrics.jsonl; loss: cross-entropy in nats per token "
+                           "(tokens), mean squared error per normalized value (series)")
     log_every: int = doc(1, "write a metrics line every this many steps")
     progress: bool = doc(True, "progress bar on rank 0 (stderr)")
     sample_bytes: int = doc(300, "after training, print a sample of this many generated tokens (token data only)")
@@ -142,6 +153,27 @@ def _apply(cfg: Config, table: dict, origin: str) -> None:
             cfg.explicit.add(f"{section}.{key}")
 
 
+def config_from_dict(table: dict, origin: str = "checkpoint") -> Config:
+    """A Config from a resolved config (the dict `to_dict` wrote, e.g. into a checkpoint's JSON).
+
+    Keys this version does not know are refused (ConfigError); keys missing (an older
+    checkpoint) keep their defaults. None of them counts as given by the user.
+    """
+    cfg = Config()
+    _apply(cfg, {section: values for section, values in table.items()}, origin)
+    cfg.explicit.clear()
+    check(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+    """`--set section.key=value` overrides on an existing config (e.g. one read from a checkpoint)."""
+    for text in overrides:
+        _apply(cfg, parse_override(text), "--set")
+    check(cfg)
+    return cfg
+
+
 def parse_override(text: str) -> dict:
     """`section.key=value` → {section: {key: value}}; value read as TOML, else a plain string."""
     name, sep, raw = text.partition("=")
@@ -186,7 +218,9 @@ def check(cfg: Config) -> None:
     non_negative = {"train.steps": t.steps, "parallel.microbatches": p.microbatches,
                     "checkpoint.every": c.every, "train.threads": t.threads,
                     "train.grad_clip": t.grad_clip, "parallel.chunks": p.chunks,
-                    "output.sample_bytes": o.sample_bytes}
+                    "output.sample_bytes": o.sample_bytes, "train.weight_decay": t.weight_decay,
+                    "train.warmup_steps": t.warmup_steps, "train.min_lr": t.min_lr,
+                    "train.eval_every": t.eval_every, "train.eval_batches": t.eval_batches}
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} = {value} must be positive")
@@ -195,6 +229,13 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"{name} = {value} must not be negative")
     if not t.lr > 0:
         raise ConfigError(f"train.lr = {t.lr} must be positive")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer = {t.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule = {t.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr = {t.min_lr} is above train.lr = {t.lr}: the cosine schedule decays "
+                          f"from lr down to min_lr")
     if t.comm_timeout_s < 0 and t.comm_timeout_s != -1:
         raise ConfigError(f"train.comm_timeout_s = {t.comm_timeout_s}: use -1 (automatic), 0 (off) or seconds")
     if t.bucket_mb <= 0:

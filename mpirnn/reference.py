@@ -1,8 +1,9 @@
 """The serial reference: the plain model trained on one process, no MPI anywhere.
 
 Every parallel path is checked against this (same seed, same global batches, same
-optimizer), so it is written as plainly as possible and shares only the model, the
-sampler and the reader with the parallel code.
+optimizer and learning-rate schedule), so it is written as plainly as possible and shares
+only the model, the sampler, the reader and the optimizer settings (training/optim.py)
+with the parallel code.
 
     python -m mpirnn.reference --set train.steps=20    # prints the serial loss per step
 """
@@ -19,6 +20,7 @@ from mpirnn.data.manifest import load_manifest
 from mpirnn.models import build_model
 from mpirnn.parallel.grid import Grid
 from mpirnn.parallel.plan import make_plan
+from mpirnn.training.optim import lr_at, make_optimizer, set_lr
 
 SERIAL = Grid(1)
 SERIAL_COORDS = {"dp": 0, "sp": 0, "pp": 0, "tp": 0}
@@ -33,13 +35,14 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
     plan = make_plan(SERIAL, SERIAL_COORDS, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell)
     loader = BatchLoader(manifest, cfg, plan, "cpu", dtype)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(model.parameters(), cfg.train)
     losses, state = [], None
     for step in range(cfg.train.steps if steps is None else steps):
         inputs, targets = loader.batch(step)
         if state is None or loader.restarts(step) or not cfg.train.stateful:
             state = model.zero_state(inputs.shape[0], inputs)
         optimizer.zero_grad()
+        set_lr(optimizer, lr_at(step + 1, cfg.train))
         loss, final = model(inputs, targets, state)
         loss = loss / loader.elements
         loss.backward()

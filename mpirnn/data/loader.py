@@ -4,6 +4,7 @@ dataset fits the run, done on every rank and agreed before any compute.
 
 Under pipeline parallelism only the first stage reads inputs and only the last reads
 targets; a middle stage reads nothing (its inputs arrive from the stage before it).
+`EvaluationLoader` reads a held-out split the same way, in order, for evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from mpirnn.training import faults
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
-from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
+from mpirnn.data.sampler import lane_batch, lane_restarts, sequential_batches, shuffled_batch
 from mpirnn.errors import DataError
 from mpirnn.parallel.grid import Grid
 from mpirnn.parallel.plan import Plan, make_plan
@@ -30,7 +31,8 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
                         f"have {manifest.seq_len}: use data.seq_len <= {manifest.seq_len - 1}")
     # Microbatches and chunks are refused the same way on every rank (the fewest rows decide).
     make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
-              cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks)
+              cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
+              hidden=cfg.model.hidden)
     windows = Reader(manifest).n_windows(d.seq_len)
     if windows < d.batch_size:
         raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps, fewer than one batch "
@@ -65,31 +67,90 @@ class BatchLoader:
         if not (self.reads_inputs or self.reads_targets):
             return None, None
         windows = self.global_windows(step)[slice(*self.rows)]
-        t0, t1 = self.segment
-        # A block holds steps [first, last + 1): inputs are steps t0..t1-1, targets t0+1..t1.
-        first, last = t0 + (not self.reads_inputs), t1 - (not self.reads_targets)
-        block = self.reader.block(windows, self.seq_len, first, last, dtype=self.dtype)
+        block = read_block(self.reader, windows, self.seq_len, self.segment, self.reads_inputs,
+                           self.reads_targets, self.dtype)
         block = faults.corrupt_batch(self.rank, step + 1, block)
-        self._check_tokens(block, step)
-        block = block.to(self.device)
-        inputs = block[:, :t1 - t0] if self.reads_inputs else None
-        targets = block[:, -(t1 - t0):] if self.reads_targets else None
-        return inputs, targets
-
-    def _check_tokens(self, block, step: int) -> None:
-        """Ids past the vocabulary would crash the embedding with no hint; say what and where."""
-        vocab = self.reader.manifest.vocab_size
-        if vocab is None or block.numel() == 0:
-            return
-        low, high = int(block.min()), int(block.max())
-        if low < 0 or high >= vocab:
-            bad = high if high >= vocab else low
-            raise DataError(f"step {step + 1}: token id {bad} in this rank's batch (rows {self.rows[0]}-"
-                            f"{self.rows[1] - 1} of the global batch) is outside the vocabulary "
-                            f"(vocab_size={vocab}); check the data with python -m mpirnn.data validate "
-                            f"{self.reader.manifest.root}")
+        check_token_ids(block, self.reader.manifest,
+                        f"step {step + 1}: token id {{}} in this rank's batch (rows {self.rows[0]}-"
+                        f"{self.rows[1] - 1} of the global batch)")
+        return split_block(block.to(self.device), self.segment, self.reads_inputs, self.reads_targets)
 
     def close(self) -> None:
         self.reader.close()
 
 
+def read_block(reader: Reader, windows, seq_len: int, segment: tuple[int, int], reads_inputs: bool,
+               reads_targets: bool, dtype):
+    """Steps of `segment` of the given windows as one CPU tensor: one more step than the
+    segment when both inputs and targets are read (inputs are steps t0..t1-1, targets t0+1..t1)."""
+    t0, t1 = segment
+    # A block holds steps [first, last + 1).
+    first, last = t0 + (not reads_inputs), t1 - (not reads_targets)
+    return reader.block(windows, seq_len, first, last, dtype=dtype)
+
+
+def split_block(block, segment: tuple[int, int], reads_inputs: bool, reads_targets: bool):
+    """(inputs, targets) of a block from `read_block`, None for the part not read."""
+    steps = segment[1] - segment[0]
+    return (block[:, :steps] if reads_inputs else None), (block[:, -steps:] if reads_targets else None)
+
+
+def check_token_ids(block, manifest: Manifest, where: str) -> None:
+    """Ids past the vocabulary would crash the embedding with no hint; say what and where.
+
+    `where` is the start of the message, with `{}` for the offending id."""
+    vocab = manifest.vocab_size
+    if vocab is None or block.numel() == 0:
+        return
+    low, high = int(block.min()), int(block.max())
+    if low < 0 or high >= vocab:
+        bad = high if high >= vocab else low
+        raise DataError(f"{where.format(bad)} is outside the vocabulary (vocab_size={vocab}); check the data "
+                        f"with python -m mpirnn.data validate {manifest.root}")
+
+
+def check_eval_fit(manifest: Manifest, seq_len: int, setting: str = "data.seq_len") -> int:
+    """The number of sequences a split holds at seq_len; refuse a split too short for one."""
+    windows = Reader(manifest).n_windows(seq_len)
+    if windows == 0:
+        longest = manifest.length - 1 if manifest.is_stream else manifest.seq_len - 1
+        have = f"{manifest.length} steps" if manifest.is_stream else f"rows of {manifest.seq_len} steps"
+        raise DataError(f"the {manifest.split} split of {manifest.root} holds {have}, too few for one sequence of "
+                        f"{seq_len} steps plus its target: use {setting} <= {max(1, longest)}"
+                        f"{' or prepare the data with a larger --val-fraction' if manifest.split != 'train' else ''}")
+    return windows
+
+
+class EvaluationLoader:
+    """Sequential batches of one split (every window once, in order) for held-out evaluation.
+
+    Each batch is read for whatever plan the caller scores it with (the last batch may be
+    smaller than data.batch_size, so its rows are cut differently): the rank reads only its
+    rows and its segment, the first stage inputs and the last stage targets.
+        python -m pytest -q tests/test_inference_scoring.py
+    """
+
+    def __init__(self, manifest: Manifest, seq_len: int, batch_size: int, device, dtype):
+        self.reader = Reader(manifest)
+        self.manifest, self.seq_len, self.batch_size = manifest, seq_len, batch_size
+        self.windows = check_eval_fit(manifest, seq_len)
+        self.device, self.dtype = device, dtype
+        self.values_per_step = manifest.features or 1
+
+    def batches(self, limit: int = 0) -> list:
+        """Window ids of each batch, in order (`limit` > 0: only the first `limit` batches)."""
+        return sequential_batches(self.windows, self.batch_size, limit)
+
+    def read(self, windows, plan: Plan):
+        """(inputs, targets) of this rank's rows (`plan.rows` of `windows`) and segment."""
+        if not (plan.first_stage or plan.last_stage) or plan.local_rows == 0:
+            return None, None
+        mine = windows[slice(*plan.rows)]
+        block = read_block(self.reader, mine, self.seq_len, plan.segment, plan.first_stage, plan.last_stage,
+                           self.dtype)
+        check_token_ids(block, self.manifest, f"{self.manifest.split} split, sequences {int(mine[0])}-"
+                                              f"{int(mine[-1])}: token id {{}}")
+        return split_block(block.to(self.device), plan.segment, plan.first_stage, plan.last_stage)
+
+    def close(self) -> None:
+        self.reader.close()

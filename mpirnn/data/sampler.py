@@ -1,7 +1,10 @@
 """Which windows make up the global batch of each step: a pure function of (seed, step).
 
 Because the global batch does not depend on the grid, a dp=4 run and a 1-rank run see
-the same samples in the same step; each rank then takes its own rows of it.
+the same samples in the same step; each rank then takes its own rows of it. Evaluation
+(`sequential_batches`) takes every window of a split once, in order.
+
+    python -m pytest -q tests/test_sampler.py tests/test_inference_scoring.py
 """
 
 from __future__ import annotations
@@ -34,3 +37,15 @@ def lane_batch(step: int, batch_size: int, n_windows: int) -> np.ndarray:
 def lane_restarts(step: int, batch_size: int, n_windows: int) -> bool:
     """True when stateful lanes wrap round at this step (the carried state must be zeroed)."""
     return step % (n_windows // batch_size) == 0
+
+
+def sequential_batches(n_windows: int, batch_size: int, limit: int = 0) -> list[np.ndarray]:
+    """Evaluation order: windows 0, 1, 2, ... in batches of `batch_size`, the last one partial.
+
+    Every window is scored exactly once (nothing dropped, unlike a training epoch), so the
+    mean loss is over the whole split; `limit` > 0 keeps only the first `limit` batches.
+    """
+    starts = range(0, n_windows, batch_size)
+    if limit > 0:
+        starts = starts[:limit]
+    return [np.arange(start, min(start + batch_size, n_windows)) for start in starts]

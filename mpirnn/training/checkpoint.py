@@ -42,8 +42,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-def save(directory: str | Path, step: int, state: dict, config: dict) -> Path:
-    """Write checkpoint `step` (the number of optimizer steps done); nothing else is touched."""
+def save(directory: str | Path, step: int, state: dict, config: dict, extra: dict | None = None) -> Path:
+    """Write checkpoint `step` (the number of optimizer steps done); nothing else is touched.
+
+    `extra` adds fields to the JSON: what the model reads ("dataset") and, where the run
+    evaluated at this step, "val_loss" (docs/checkpoints.md)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -52,7 +55,7 @@ def save(directory: str | Path, step: int, state: dict, config: dict) -> Path:
     weights = directory / f"ckpt-{step:08d}.pt"
     _atomic_write(weights, payload)
     meta = {"step": step, "file": weights.name, "sha256": hashlib.sha256(payload).hexdigest(),
-            "bytes": len(payload), "config": config}
+            "bytes": len(payload), "config": config, **(extra or {})}
     _atomic_write(directory / f"ckpt-{step:08d}.json", json.dumps(meta, indent=1).encode())
     return weights
 

@@ -3,7 +3,9 @@
 Per step every rank runs its forward/backward (mpirnn/parallel/step.py), the gradient norm
 is summed over the parts of the model (mpirnn/distributed/reductions.py), and one small
 agreement over the world settles the loss, non-finite values and stop signals, so every
-rank takes the same decision at the same step boundary.
+rank takes the same decision at the same step boundary. The learning rate of each step
+comes from mpirnn/training/optim.py; with train.eval_every the val loss is computed between
+steps (mpirnn/training/validation.py) and the best checkpoint by val loss is kept.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from mpirnn.distributed import placement, reductions
 from mpirnn.distributed.agreement import AgreedError, agree
 from mpirnn.distributed import transport
 from mpirnn.distributed.watchdog import Watchdog
-from mpirnn.training import checkpoint, faults, sample
+from mpirnn.training import checkpoint, faults, optim, sample
 from mpirnn.training.metrics import MetricsWriter
 from mpirnn.training.signals import StopSignals, name
 from mpirnn.training.state import carried_piece, check_compatible, gather_state, load_state, upgrade
@@ -28,11 +30,16 @@ CARRY_TAG = 32767  # the largest tag MPI guarantees; the schedule's tags are far
 
 
 class Trainer:
-    def __init__(self, cfg, comms, plan, model, loader):
+    def __init__(self, cfg, comms, plan, model, loader, info=None, validator=None):
+        """`info`: what the model reads (mpirnn/inference/model_info.py), recorded in checkpoints;
+        `validator`: the val-split evaluation (train.eval_every > 0), or None."""
         self.cfg, self.comms, self.plan, self.model, self.loader = cfg, comms, plan, model, loader
+        self.info, self.validator = info, validator
         self.rank0 = comms.rank == 0
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.train.lr)
+        self.optimizer = optim.make_optimizer(self.params, cfg.train)
+        self.sample = True  # the session turns the sample off when its prompt does not fit the vocabulary
+        self.val_loss = None  # at the current step, when evaluated there
         self.runner = StepRunner(model, plan, comms, cfg.train.bucket_mb)
         self.sp = comms.axis["sp"]
         self.state = None  # carried states (stateful mode), on the first segment's ranks
@@ -53,11 +60,15 @@ class Trainer:
         state, _ = checkpoint.load(directory, step)
         state = upgrade(state, list(self.model.serial_shapes))
         check_compatible(self.model, state, path)
-        load_state(self.model, self.optimizer, state)
+        load_state(self.model, self.optimizer, state, self.plan)
+        optim.apply_settings(self.optimizer, self.cfg.train)
         self.step = int(state["step"])
+        if self.validator is not None:
+            self.validator.recall_best(directory, self.owned)
         carried = state.get("carried")
         if carried is not None and self.plan.first_segment:
-            self.state = carried[slice(*self.plan.layers), :, slice(*self.plan.rows)].to(self.model.device)
+            width = slice(*self.plan.hidden) if self.plan.grid.tp > 1 else slice(None)
+            self.state = carried[slice(*self.plan.layers), :, slice(*self.plan.rows), width].to(self.model.device)
         if self.rank0:
             print(f"mpirnn: resumed from step {self.step} of {self.cfg.train.steps} ({path})", flush=True)
 
@@ -77,17 +88,31 @@ class Trainer:
         self.watchdog.begin(self.step, "writing a checkpoint", checkpoint=True)
         carried = None
         if self.cfg.train.stateful and self.plan.first_segment and self.state is not None:
-            carried = carried_piece(self.state, self.plan, self.model.depth, self.cfg.data.batch_size)
+            carried = carried_piece(self.state, self.plan, self.model.depth, self.cfg.data.batch_size,
+                                    self.model.hidden)
         state = gather_state(self.comms, self.plan, self.model, self.optimizer, self.step, carried)
         if self.rank0:
-            checkpoint.save(c.dir, self.step, state, self.cfg.to_dict())
-            self.owned = checkpoint.prune(c.dir, [*self.owned, self.step], c.keep)
+            extra = {"dataset": self.info.to_json()} if self.info is not None else {}
+            if self.val_loss is not None:
+                extra["val_loss"] = self.val_loss
+            checkpoint.save(c.dir, self.step, state, self.cfg.to_dict(), extra)
+            self.owned = self._prune([*self.owned, self.step])
             checkpoint.remove(c.dir, [s for s in self.replacing if s not in self.owned])
         self.replacing = []
         self.saved_step = self.step
         # Nobody exits before the checkpoint is on disk (srun --kill-on-bad-exit would cut it short).
         self.comms.world.Barrier()
         self.watchdog.end()
+
+    def _prune(self, owned: list[int]) -> list[int]:
+        """Keep the newest checkpoint.keep of this run's checkpoints, and the best by val loss.
+
+        The best step is never offered to prune, so no `keep` setting can delete it."""
+        keep = self.cfg.checkpoint.keep
+        best = self.validator.best_step if self.validator is not None else None
+        if best is None or best not in owned or best in sorted(set(owned))[-keep:]:
+            return checkpoint.prune(self.cfg.checkpoint.dir, owned, keep)
+        return sorted([*checkpoint.prune(self.cfg.checkpoint.dir, [s for s in owned if s != best], keep), best])
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -103,7 +128,9 @@ class Trainer:
             while self.step < cfg.train.steps:
                 record, stopped = self.train_step()
                 records.append(record)
-                if self.rank0 and (self.step % cfg.output.log_every == 0 or self.step == cfg.train.steps):
+                best = self._validate(record) if not stopped else False
+                if self.rank0 and (self.step % cfg.output.log_every == 0 or self.step == cfg.train.steps
+                                   or "val_loss" in record):
                     metrics.write(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -111,8 +138,8 @@ class Trainer:
                 if stopped:
                     self.save()
                     break
-                if cfg.checkpoint.dir and cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
-                    self.save()
+                if cfg.checkpoint.dir and (best or cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
+                    self.save()  # a new best val loss is saved at once, so it can be kept
             else:
                 if cfg.checkpoint.dir and self.saved_step != self.step:
                     self.save()
@@ -127,7 +154,7 @@ class Trainer:
             return 128 + stopped
         if self.rank0 and records:
             self._report(summary)
-        if records and self.cfg.output.sample_bytes and self.model.vocab_size:
+        if records and self.sample and self.cfg.output.sample_bytes and self.model.vocab_size:
             sample.print_sample(self.cfg, self.comms, self.plan, self.model, self.optimizer, self.step)
         return 0
 
@@ -140,6 +167,8 @@ class Trainer:
         inputs, targets = loader.batch(self.step)
         state = self._initial_state()
         self.optimizer.zero_grad(set_to_none=True)
+        lr = optim.lr_at(self.step + 1, cfg.train)
+        optim.set_lr(self.optimizer, lr)
         self.watchdog.phase("in forward/backward (state and activation exchanges, gradient sums)")
         loss, final = self.runner(inputs, targets, state, float(loader.elements))
         self.watchdog.phase("agreeing on the gradient norm and the loss")
@@ -161,9 +190,18 @@ class Trainer:
         # This rank's own MPI wait within this step: always part of step_time_s.
         record = {"step": self.step, "loss": total, "step_time_s": elapsed,
                   "tokens_per_s": cfg.data.batch_size * cfg.data.seq_len / elapsed,
-                  "comm_time_s": self.comms.timer.take(), "grad_norm": grad_norm,
+                  "comm_time_s": self.comms.timer.take(), "grad_norm": grad_norm, "lr": lr,
                   **({"skipped": True} if skipped else {})}
         return record, stop
+
+    def _validate(self, record: dict) -> bool:
+        """The val loss after this step when it is due (into `record`); True at a new best."""
+        self.val_loss = None
+        if self.validator is None or not self.validator.due(self.step):
+            return False
+        self.val_loss, better = self.validator.evaluate(self.step)
+        record["val_loss"] = self.val_loss
+        return better
 
     def _initial_state(self):
         rows = self.plan.local_rows
@@ -217,7 +255,22 @@ class Trainer:
                 "grid": dict(zip(("dp", "sp", "pp", "tp"), self.comms.grid.shape)),
                 "microbatches": self.plan.microbatches, "chunks": self.plan.chunks,
                 "world_size": self.comms.world.size, "run": cfg.output.run_name,
+                **self._loss_fields(losses[-1] if losses else None),
                 "placement": placement.gather(self.comms, placement.this_rank(self.comms, self.model.device))}
+
+    def _loss_fields(self, final_loss) -> dict:
+        """What the loss is, bits per byte where they apply, and the best val loss."""
+        fields = {}
+        if self.info is not None:
+            fields = {"loss_name": self.info.loss_name, "loss_unit": self.info.loss_unit}
+            if self.info.byte_tokens:
+                fields["final_bits_per_byte"] = self.info.bits_per_byte(final_loss)
+        if self.validator is not None:
+            best = self.validator.best_loss
+            fields.update(best_val_loss=best, best_val_step=self.validator.best_step)
+            if self.info is not None and self.info.byte_tokens:
+                fields["best_val_bits_per_byte"] = self.info.bits_per_byte(best)
+        return fields
 
     def _say_stopped(self, signum: int) -> None:
         if not self.rank0:
@@ -240,12 +293,19 @@ class Trainer:
 
     def _report(self, summary) -> None:
         out = self.cfg.output
-        print(f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over the {summary['steps_run']} "
+        unit = f" ({summary['loss_name']}, {summary['loss_unit']})" if "loss_unit" in summary else ""
+        print(f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{unit} over the {summary['steps_run']} "
               f"steps run (of {summary['steps']}); {summary['tokens_per_s']:.0f} tokens/s on "
               f"{summary['world_size']} rank(s), grid {self._grid_text()}; run {out.run_name}, metrics in "
               f"{out.metrics}", flush=True)
+        if summary.get("best_val_loss") is not None:
+            bpb = summary.get("best_val_bits_per_byte")
+            print(f"best val_loss {summary['best_val_loss']:.4f}{f' ({bpb:.3f} bits per byte)' if bpb else ''} at "
+                  f"step {summary['best_val_step']}", flush=True)
 
     def close(self) -> None:
         self.runner.reducer.remove()
+        if self.validator is not None:
+            self.validator.close()
         self.watchdog.stop()
         self.signals.restore()

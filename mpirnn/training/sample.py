@@ -7,8 +7,7 @@ whole serial model there.
 
 from __future__ import annotations
 
-import torch
-
+from mpirnn.inference.generation import decode, generate
 from mpirnn.models import build_model
 from mpirnn.training.state import gather_state
 
@@ -30,8 +29,7 @@ def print_sample(cfg, comms, plan, model, optimizer, step: int) -> None:
     if whole is None:
         return
     out = cfg.output
-    prompt = torch.tensor(list(out.sample_prompt.encode()), dtype=torch.long, device=whole.device)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    tokens = whole.generate(prompt, out.sample_bytes, generator=generator)
-    text = bytes(prompt.tolist() + tokens.tolist()).decode("utf-8", "replace")
-    print(f"sample:\n{text}", flush=True)
+    # The prompt was checked against the vocabulary before training (mpirnn/training/session.py).
+    ids = list(out.sample_prompt.encode())
+    tokens = generate(whole, ids, out.sample_bytes, seed=cfg.train.seed)
+    print(f"sample:\n{decode(ids + tokens, whole.vocab_size)}", flush=True)

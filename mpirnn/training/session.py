@@ -1,10 +1,11 @@
 """One training session on this rank, from an agreed config and grid to the end of the loop.
 
 Every check that could fail for a reason the user can fix (device, checkpoint settings,
-data, fit of the data to the config) runs on every rank inside `agree`, so it is reported
-once and no rank hangs. Order: devices → resume point and its settings → run folder →
-data → plan → model (the whole serial model from the seed, cut to this rank's stage) →
-loop.
+data, the val split when train.eval_every asks for it, the sample prompt against the
+vocabulary, fit of the data to the config) runs on every rank inside `agree`, so it is
+reported once and no rank hangs. Order: devices → resume point and its settings → run
+folder → data → plan → model (the whole serial model from the seed, cut to this rank's
+stage) → validation → loop.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ import torch
 from mpirnn import config as config_module
 from mpirnn.data.loader import BatchLoader, check_fit
 from mpirnn.data.manifest import load_manifest
+from mpirnn.data.notes import usage_notes
 from mpirnn.data.validate import validate_dataset
 from mpirnn.distributed.agreement import agree
 from mpirnn.distributed.device import bind
 from mpirnn.distributed.mesh import Comms
 from mpirnn.distributed.reductions import broadcast_parameters
+from mpirnn.errors import ConfigError
+from mpirnn.inference.generation import prompt_ids
+from mpirnn.inference.model_info import ModelInfo
 from mpirnn.models import build_model
 from mpirnn.parallel.plan import make_plan
 from mpirnn.parallel.shard import stage_model
+from mpirnn.parallel.tensor import TensorGroup
 from mpirnn.training import resume
 from mpirnn.training.loop import Trainer
+from mpirnn.training.validation import Validator, open_val_split
 
 DEFAULT_DATA = config_module.DataConfig().path
 NAME_BYTES = 256
@@ -58,6 +65,29 @@ def open_data(cfg, grid, world):
     validate_dataset(manifest, part=world.rank, parts=world.size, scan_values=cfg.data.validate)
     check_fit(manifest, cfg, grid)
     return manifest
+
+
+def sample_fits(cfg, manifest, world) -> bool:
+    """Whether the sample after training can start from output.sample_prompt (token data).
+
+    A prompt byte past the vocabulary would crash the sample at the very end of the run, so it
+    is checked now: a prompt the user set is an error; the default prompt is skipped with a
+    note (a dataset with a small vocabulary should not need an extra setting to train).
+    """
+    o = cfg.output
+    if manifest.kind != "tokens" or not o.sample_bytes:
+        return True
+    try:
+        prompt_ids(o.sample_prompt, manifest.vocab_size, "output.sample_prompt")
+    except ConfigError as exc:
+        if "output.sample_prompt" in cfg.explicit:
+            raise ConfigError(f"{exc}, or set output.sample_bytes = 0 (no sample)") from None
+        if world.rank == 0:
+            print(f"mpirnn: note: no sample will be printed after training: the default output.sample_prompt "
+                  f"{o.sample_prompt!r} does not fit this dataset's vocabulary (vocab_size={manifest.vocab_size}); "
+                  f"set output.sample_prompt to text whose bytes are below {manifest.vocab_size}", flush=True)
+        return False
+    return True
 
 
 def name_the_run(cfg, world) -> None:
@@ -108,16 +138,25 @@ def train(cfg, grid) -> int:
         name_the_run(cfg, world)
         agree(world, ensure_default_data, cfg, world)
         manifest = agree(world, open_data, cfg, grid, world)
+        if world.rank == 0:
+            for note in usage_notes(manifest, cfg):
+                print(note, file=sys.stderr, flush=True)
+        val_split = agree(world, open_val_split, cfg, world) if cfg.train.eval_every else None
+        sample = agree(world, sample_fits, cfg, manifest, world)
         plan = make_plan(grid, comms.coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                          layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
-                         chunks=cfg.parallel.chunks)
+                         chunks=cfg.parallel.chunks, hidden=cfg.model.hidden)
         tokens = manifest.kind == "tokens"
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device)
-        model = stage_model(model, plan)
+        tp_group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None
+        model = stage_model(model, plan, tp_group)
         broadcast_parameters(model, comms)
         loader = BatchLoader(manifest, cfg, plan, device, getattr(torch, cfg.model.dtype), world.rank)
-        trainer = Trainer(cfg, comms, plan, model, loader)
+        validator = (agree(world, Validator, cfg, comms, plan, model, val_split, device)
+                     if val_split is not None else None)
+        trainer = Trainer(cfg, comms, plan, model, loader, ModelInfo.from_manifest(manifest), validator)
+        trainer.sample = sample
         try:
             if start is not None:
                 agree(world, trainer.restore, start)

@@ -1,0 +1,199 @@
+"""Forecast a series with a trained checkpoint and compare it with the held-out values and two baselines.
+
+    python -m mpirnn.forecast --checkpoint runs/x/checkpoints --horizon 52 --season 52 \
+        --out forecast.csv [--plot forecast.png] [--context N] [--data DIR] [--best] [--no-actuals]
+
+The model warms up on the last N steps of the train split (--context; default the
+checkpoint's data.seq_len), then runs H steps ahead (--horizon) feeding its own predictions
+back. The forecast is compared, in data units, with the first H steps of the val split (which
+follow the train split in time), and so are two baselines on the same steps: the last
+observed value, and seasonal naive (the value one --season earlier). Writes F.csv
+(step,forecast,actual), F.json (rmse, mae, baselines.*) and the plot; prints the same.
+Under `mpirun -n N` rank 0 computes with the whole model and the other ranks wait, so the
+numbers are those of one process. Format and rules: docs/inference.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpi4py import MPI
+
+from mpirnn.distributed.agreement import agree
+from mpirnn.distributed.launch import run_guarded
+from mpirnn.errors import ConfigError, DataError
+from mpirnn.inference.command import add_checkpoint_arguments, check_model_fits, find_checkpoint, on_rank0, write_whole
+
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def parse_args(argv):
+    from mpirnn.train import RankZeroParser
+
+    parser = RankZeroParser(prog="python -m mpirnn.forecast", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--horizon", type=int, required=True, metavar="H", help="steps to forecast")
+    parser.add_argument("--context", type=int, metavar="N",
+                        help="observed steps to warm up on (default: the checkpoint's data.seq_len)")
+    parser.add_argument("--data", help="dataset directory (default: the one the checkpoint was trained on)")
+    parser.add_argument("--season", type=int, metavar="S", help="season length for the seasonal-naive baseline")
+    parser.add_argument("--out", required=True, metavar="F.csv", help="the forecast CSV; F.json is written beside it")
+    parser.add_argument("--plot", metavar="F.png", help="plot history, forecast and actual (needs matplotlib)")
+    parser.add_argument("--no-actuals", action="store_true",
+                        help="forecast past the val split: no comparison (actual filled where known)")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Job:
+    """A checked forecast request (every rank makes it, so every rank refuses a bad one)."""
+
+    info: object
+    train: object           # the train split's Manifest
+    val: object             # the val split's Manifest, or None
+    horizon: int
+    context: int
+    season: int | None
+    csv: Path
+    json: Path
+    plot: Path | None
+    scored: bool
+
+
+def check_request(args, located) -> Job:
+    from mpirnn.data.manifest import load_manifest
+    from mpirnn.inference.load import model_info, saved_config
+
+    cfg = saved_config(located)
+    info = model_info(located, cfg)
+    if info.tokens:
+        raise ConfigError(f"forecast needs a series model, and {located.path} holds {info.describe()}: "
+                          f"use python -m mpirnn.generate for token models")
+    data = args.data or cfg.data.path
+    train = load_manifest(data)
+    check_model_fits(info, train, located.path)
+    if train.kind != "series":
+        raise DataError(f"forecast needs one stream of a series, and {data} holds {train.kind} (independent rows "
+                        f"of {train.seq_len} steps): use python -m mpirnn.evaluate to score it")
+    context = cfg.data.seq_len if args.context is None else args.context
+    if args.horizon < 1:
+        raise ConfigError(f"--horizon {args.horizon}: forecast at least 1 step")
+    if not 1 <= context <= train.length:
+        raise ConfigError(f"--context {context}: warm up on 1 to {train.length} steps (the train split's length)")
+    if args.season is not None and not 1 <= args.season <= train.length:
+        raise ConfigError(f"--season {args.season}: use 1 to {train.length} steps (the train split's length)")
+    val = load_manifest(data, split="val") if "val" in train.splits else None
+    if not args.no_actuals:
+        if val is None:
+            raise DataError(f"{data} has no val split to compare the forecast with: prepare it with --val-fraction "
+                            f"F, or pass --no-actuals to forecast without a comparison")
+        if args.horizon > val.length:
+            raise ConfigError(f"--horizon {args.horizon} is longer than the val split of {data} ({val.length} "
+                              f"steps), so not every step has an actual value: use --horizon {val.length} or less, "
+                              f"or --no-actuals to forecast past the data without a comparison")
+    csv = Path(args.out)
+    if csv.suffix != ".csv":
+        raise ConfigError(f"--out {csv}: name a .csv file (its .json is written beside it)")
+    plot = Path(args.plot) if args.plot else None
+    for path in (csv, plot):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise ConfigError(f"cannot write {path}: the folder {path.resolve().parent} does not exist")
+    if plot is not None:
+        if plot.suffix.lstrip(".") not in PLOT_FORMATS:
+            raise ConfigError(f"--plot {plot}: name a {', '.join('.' + f for f in PLOT_FORMATS)} file")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ConfigError("--plot needs matplotlib: pip install 'mpirnn[plots]'") from None
+    return Job(info, train, val, args.horizon, context, args.season, csv, csv.with_suffix(".json"), plot,
+               not args.no_actuals)
+
+
+def run(job: Job, located) -> None:
+    """Rank 0: forecast, compare, write the files whole, print the comparison."""
+    import numpy as np
+
+    from mpirnn.data.reader import Reader
+    from mpirnn.inference import forecast_files, forecasting
+    from mpirnn.inference.load import build
+
+    model, _, _ = build(located, "cpu")
+    H, F, T = job.horizon, job.info.features, job.train.length
+    span = min(T, max(job.context, job.season or 0, 4 * (job.season or 0), 3 * H))
+    reader = Reader(job.train)
+    history = reader.read_span(T - span, T).astype(np.float64)
+    reader.close()
+    forecast = forecasting.roll_forward(model, history[-job.context:], H, job.info.normalization)
+    actual = np.full((H, F), np.nan)
+    if job.val is not None:
+        known = min(H, job.val.length)
+        reader = Reader(job.val)
+        actual[:known] = reader.read_span(0, known)
+        reader.close()
+    seasonal = forecasting.seasonal_naive(history, H, job.season) if job.season else None
+    result = summary(job, located, forecast, actual, forecasting.last_value(history, H), seasonal)
+    files = {job.csv: forecast_files.forecast_csv(forecast, actual), job.json: forecast_files.forecast_json(result)}
+    if job.plot is not None:
+        title = f"{H}-step forecast after {job.context} observed steps ({job.train.root.name})"
+        files[job.plot] = forecast_files.forecast_plot(history, forecast, actual, seasonal,
+                                                       job.plot.suffix.lstrip("."), title)
+    write_whole(files)
+    print(report(result, files), flush=True)
+
+
+def summary(job: Job, located, forecast, actual, last, seasonal) -> dict:
+    import numpy as np
+
+    from mpirnn.inference.forecasting import errors
+
+    result = {"checkpoint": str(located.path), "step": located.step, "data": str(job.train.root),
+              "horizon": job.horizon, "context": job.context, "season": job.season, "features": job.info.features,
+              "unit": "data units", "scored": job.scored, "actual_steps": int((~np.isnan(actual[:, 0])).sum())}
+    model = errors(forecast, actual) if job.scored else [{"rmse": None, "mae": None}] * job.info.features
+    naive = errors(last, actual) if job.scored else model
+    seasons = errors(seasonal, actual) if job.scored and seasonal is not None else None
+    # The first feature under the plain names (as in the CSV); every feature in per_feature.
+    result.update(rmse=model[0]["rmse"], mae=model[0]["mae"],
+                  baselines={"last_value": naive[0], "seasonal_naive": seasons[0] if seasons else None})
+    if job.info.features > 1:
+        result["per_feature"] = [{**model[j], "baselines": {"last_value": naive[j],
+                                                            "seasonal_naive": seasons[j] if seasons else None}}
+                                 for j in range(job.info.features)]
+    return result
+
+
+def report(result: dict, files: dict) -> str:
+    def row(name, scores):
+        if not scores or scores["rmse"] is None:
+            return f"  {name:<16} -"
+        return f"  {name:<16} RMSE {scores['rmse']:.6g}  MAE {scores['mae']:.6g}"
+
+    lines = [f"forecast of {result['horizon']} steps after the last {result['context']} observed (train split of "
+             f"{result['data']}), checkpoint step {result['step']}"
+             + (", first feature" if result["features"] > 1 else "") + ", data units:"]
+    if result["scored"]:
+        season = result["season"]
+        lines += [row("model", result), row("last value", result["baselines"]["last_value"]),
+                  row(f"seasonal naive{f' ({season})' if season else ''}",
+                      result["baselines"]["seasonal_naive"]) + ("" if season else " (no --season given)")]
+    else:
+        lines.append("  not compared (--no-actuals)")
+    lines.append("wrote " + ", ".join(str(path) for path in files))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    world = MPI.COMM_WORLD
+    located = find_checkpoint(world, args.checkpoint, args.best)
+    job = agree(world, check_request, args, located)
+    on_rank0(world, run, job, located)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(main))

@@ -1,0 +1,127 @@
+"""Scoring a checkpoint on a whole split, on any grid (the work of `python -m mpirnn.evaluate`).
+
+The model and its data settings come from the checkpoint; `--set` may change the grid
+(parallel.*), the data settings (data.seq_len, data.batch_size) and model.dtype, never the
+model's shape. The grid starts from one data-parallel rank per process (parallel.dp = -1,
+sp = pp = tp = 1), whatever grid trained the model. The data is normalized with the
+checkpoint's own statistics (those the model was trained with), also for another dataset.
+
+    mpirun -n 2 python -m pytest -q --with-mpi -m mpi tests/mpi/test_evaluation.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from mpirnn import config as config_module
+from mpirnn.data.loader import EvaluationLoader
+from mpirnn.data.manifest import load_manifest
+from mpirnn.data.validate import validate_dataset
+from mpirnn.distributed.agreement import agree
+from mpirnn.distributed.device import bind
+from mpirnn.distributed.mesh import Comms
+from mpirnn.errors import ConfigError
+from mpirnn.inference.command import check_model_fits, find_checkpoint, on_rank0, write_whole
+from mpirnn.inference.load import build, model_info, saved_config
+from mpirnn.inference.scoring import SplitScorer
+from mpirnn.parallel.plan import make_plan
+from mpirnn.parallel.shard import stage_model
+
+# What --set may change: where and how to run, and how the data is cut; never the model's shape.
+ALLOWED = ("parallel.", "data.seq_len", "data.batch_size", "data.validate", "model.dtype", "train.device",
+           "train.threads", "train.bucket_mb")
+
+
+def evaluation_config(located, overrides: list[str], data: str | None):
+    cfg = saved_config(located)
+    cfg.parallel = config_module.ParallelConfig()
+    for text in overrides:
+        name = text.partition("=")[0].strip()
+        if not name.startswith(ALLOWED):
+            raise ConfigError(f"--set {name}: evaluate takes the model and its settings from the checkpoint; it "
+                              f"may change parallel.*, data.seq_len, data.batch_size, model.dtype and train.device")
+    config_module.apply_overrides(cfg, overrides)
+    if data is not None:
+        cfg.data.path = data
+    return cfg
+
+
+def make_grid(cfg, world_size: int):
+    from mpirnn.train import make_grid as trainer_grid
+
+    grid = trainer_grid(cfg, world_size)
+    if grid.tp > 1:
+        raise ConfigError("parallel.tp > 1: evaluate does not run tensor parallelism yet; use dp, sp and pp")
+    return grid
+
+
+def open_split(cfg, split: str, info, checkpoint_path, world):
+    manifest = load_manifest(cfg.data.path, split=split)
+    check_model_fits(info, manifest, checkpoint_path)
+    validate_dataset(manifest, part=world.rank, parts=world.size, scan_values=cfg.data.validate)
+    if info.normalization is not None and manifest.kind != "tokens":
+        # The model reads values normalized as in its training, whatever dataset this is.
+        manifest = dataclasses.replace(manifest, normalization=info.normalization)
+    return manifest
+
+
+def summary(score, info, located, cfg, split: str, grid) -> dict:
+    result = {"split": split, "data": str(cfg.data.path), "checkpoint": str(located.path), "step": located.step,
+              "loss": score.loss, "loss_name": info.loss_name, "loss_unit": info.loss_unit,
+              "elements": score.elements, "sequences": score.sequences, "seq_len": cfg.data.seq_len,
+              "grid": dict(zip(("dp", "sp", "pp", "tp"), grid.shape))}
+    if info.byte_tokens:
+        result["bits_per_byte"] = info.bits_per_byte(score.loss)
+    if score.rmse is not None:
+        # The first feature under the plain names (as in forecast.csv); every feature in the lists.
+        result.update(rmse=score.rmse[0], mae=score.mae[0], rmse_per_feature=score.rmse,
+                      mae_per_feature=score.mae, error_unit="data units (de-normalized)")
+    return result
+
+
+def report(result: dict) -> str:
+    text = (f"{result['split']} split of {result['data']}: loss {result['loss']:.6f} ({result['loss_name']}, "
+            f"{result['loss_unit']})")
+    if "bits_per_byte" in result:
+        text += f" = {result['bits_per_byte']:.4f} bits per byte"
+    if "rmse" in result:
+        text += f"; RMSE {result['rmse']:.6g}, MAE {result['mae']:.6g} (data units"
+        text += ", first feature)" if len(result["rmse_per_feature"]) > 1 else ")"
+    grid = " ".join(f"{k}={v}" for k, v in result["grid"].items())
+    return (f"{text}\nover {result['elements']} values ({result['sequences']} sequence(s) of {result['seq_len']} "
+            f"steps), checkpoint step {result['step']} ({result['checkpoint']}), grid {grid}")
+
+
+def evaluate(args, world) -> int:
+    located = find_checkpoint(world, args.checkpoint, args.best)
+    cfg = agree(world, evaluation_config, located, args.overrides, args.data)
+    info = agree(world, model_info, located, cfg)
+    grid = agree(world, make_grid, cfg, world.size)
+    comms = Comms.create(grid, world)
+    try:
+        device = agree(world, bind, cfg.train.device, cfg.train.threads, comms.local_rank, comms.local_size)
+        manifest = agree(world, open_split, cfg, args.split, info, located.path, world)
+        loader = agree(world, EvaluationLoader, manifest, cfg.data.seq_len, cfg.data.batch_size, device,
+                       getattr(torch, cfg.model.dtype))
+        # One row per data-parallel group and one microbatch always fit; each batch's own plan follows.
+        plan = agree(world, make_plan, grid, comms.coords, batch_size=grid.dp, seq_len=cfg.data.seq_len,
+                     layers=cfg.model.layers, cell=cfg.model.cell, microbatches=1, chunks=cfg.parallel.chunks)
+        model, _, _ = agree(world, build, located, device, cfg.model.dtype)
+        model = stage_model(model, plan)
+        scorer = agree(world, SplitScorer, cfg, comms, plan, model, loader, manifest.normalization)
+        try:
+            score = scorer.score()
+        finally:
+            scorer.close()
+            loader.close()
+        result = summary(score, info, located, cfg, args.split, grid)
+        if world.rank == 0:
+            print(report(result), flush=True)
+        if args.out:
+            on_rank0(world, write_whole, {args.out: (json.dumps(result, indent=1) + "\n").encode()})
+        return 0
+    finally:
+        comms.free()

@@ -1,0 +1,64 @@
+"""Forecasting a series model: warm up on observed steps, then roll forward on its own predictions,
+and the two baselines it must beat (last value, seasonal naive), all in data units.
+
+The model reads and predicts normalized values (the train split's mean/std per feature,
+recorded in the checkpoint); everything here takes and returns data units, normalizing the
+context on the way in and de-normalizing the predictions on the way out. No MPI: the
+forecast command runs this on rank 0 with the whole model.
+
+    python -m pytest -q tests/test_inference_forecast.py
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def roll_forward(model, context: np.ndarray, horizon: int, normalization=None) -> np.ndarray:
+    """Forecast `horizon` steps [H, F] (data units) after `context` [N, F] (data units).
+
+    The model runs over the context from zero states; its prediction for the step after the
+    context is the first forecast, which is fed back as the next input, and so on (each
+    forecast step is one more step of the recurrence from the state reached so far).
+    """
+    x = context if normalization is None else normalization.normalize(context)
+    x = torch.as_tensor(np.asarray(x), dtype=model.dtype, device=model.device)[None]
+    state = model.zero_state(1, x)
+    outputs, state = model.run_stack(model.embed(x), state)
+    prediction = model.head(outputs[:, -1:])
+    predictions = [prediction]
+    for _ in range(horizon - 1):
+        outputs, state = model.run_stack(model.embed(prediction), state)
+        prediction = model.head(outputs[:, -1:])
+        predictions.append(prediction)
+    normalized = torch.cat(predictions, dim=1)[0].double().cpu().numpy()
+    return normalized if normalization is None else normalization.denormalize(normalized)
+
+
+def last_value(history: np.ndarray, horizon: int) -> np.ndarray:
+    """Every forecast step is the last observed value."""
+    return np.repeat(history[-1:], horizon, axis=0).astype(np.float64)
+
+
+def seasonal_naive(history: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """Step h (1-based) is the value one season before it, from the last observed season:
+    y[T + h] = y[T + h - season * ceil(h / season)]."""
+    last_season = history[-season:].astype(np.float64)
+    return np.stack([last_season[(h - 1) % season] for h in range(1, horizon + 1)])
+
+
+def errors(forecast: np.ndarray, actual: np.ndarray) -> list[dict]:
+    """RMSE and MAE per feature over the steps that have an actual value (NaN where none)."""
+    result = []
+    for j in range(forecast.shape[1]):
+        known = ~np.isnan(actual[:, j])
+        diff = forecast[known, j] - actual[known, j]
+        if diff.size == 0:
+            result.append({"rmse": None, "mae": None})
+        else:
+            result.append({"rmse": math.sqrt(float(np.mean(diff ** 2))), "mae": float(np.mean(np.abs(diff)))})
+    return result

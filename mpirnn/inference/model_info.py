@@ -1,0 +1,85 @@
+"""What a checkpoint's model reads and predicts, recorded beside it so it can be used alone.
+
+A model is rebuilt from its config (cell, sizes, dtype) plus what the data decided: the
+vocabulary size (tokens) or the feature count (series), and, for series, the train split's
+normalization that turns its outputs back into data units. The trainer writes this as
+`"dataset"` into every checkpoint's JSON (docs/checkpoints.md); checkpoints written before
+that are read by looking at the parameter shapes and the dataset the config names.
+
+    python -m pytest -q tests/test_inference_load.py
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mpirnn.data.normalization import Normalization, normalization_from_json
+
+BYTE_VOCAB = 256
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    kind: str                          # tokens, series or sequences (the dataset's kind)
+    vocab_size: int | None             # tokens
+    features: int | None               # series and sequences
+    normalization: Normalization | None
+
+    @property
+    def tokens(self) -> bool:
+        return self.kind == "tokens"
+
+    @property
+    def loss_name(self) -> str:
+        return "cross-entropy" if self.tokens else "mean squared error"
+
+    @property
+    def loss_unit(self) -> str:
+        """What one unit of `loss` is: the trainer's loss is a mean over every predicted value."""
+        if self.tokens:
+            return "nats per token"
+        return "per value of the normalized next step (train split mean 0, std 1 per feature)"
+
+    @property
+    def byte_tokens(self) -> bool:
+        """Bits per byte apply: one token is one byte."""
+        return self.tokens and self.vocab_size == BYTE_VOCAB
+
+    def bits_per_byte(self, loss: float | None) -> float | None:
+        return loss / LN2 if self.byte_tokens and loss is not None else None
+
+    def describe(self) -> str:
+        if self.tokens:
+            return f"a token model (vocab_size={self.vocab_size})"
+        return f"a {self.kind} model ({self.features} feature(s))"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "features": self.features,
+                "normalization": self.normalization and self.normalization.to_json(),
+                "loss": self.loss_name, "loss_unit": self.loss_unit}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str) -> "ModelInfo":
+        features = obj.get("features")
+        return cls(obj["kind"], obj.get("vocab_size"), features,
+                   normalization_from_json(obj.get("normalization"), features or 0, where))
+
+    @classmethod
+    def from_manifest(cls, manifest) -> "ModelInfo":
+        tokens = manifest.kind == "tokens"
+        return cls(manifest.kind, manifest.vocab_size if tokens else None,
+                   None if tokens else manifest.features, manifest.normalization)
+
+
+def info_from_parameters(model_state: dict) -> tuple[int | None, int | None]:
+    """(vocab_size, features) read off the saved parameters, for checkpoints that predate "dataset".
+
+    The input of a token model is an Embedding (weight [vocab, embed], no bias); of a series
+    model a Linear (weight [embed, features] and a bias). The head predicts vocab or features.
+    """
+    out = int(model_state["head.weight"].shape[0])
+    if "input.bias" in model_state:
+        return None, out
+    return out, None
