@@ -101,6 +101,8 @@ class OutputConfig:
     progress: bool = doc(True, "progress bar on rank 0 (stderr)")
     sample_bytes: int = doc(300, "after training, print a sample of this many generated tokens (token data only)")
     sample_prompt: str = doc("def ", "prompt for the generated sample")
+    trace: str = doc("", "a directory: write one Chrome/Perfetto trace JSON per rank (every unit's forward and "
+                         "backward, MPI waits, the optimizer); empty = off")
 
 
 @dataclass

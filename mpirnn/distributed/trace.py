@@ -22,7 +22,8 @@ class Tracer:
     def __init__(self, rank: int = 0, enabled: bool = False):
         self.rank, self.enabled = rank, enabled
         self.events: list[dict] = []
-        self._origin = time.perf_counter()
+        # Linux's perf_counter is the system-wide monotonic clock: ranks on one host line up.
+        self._origin = 0.0
 
     def _now_us(self) -> float:
         return (time.perf_counter() - self._origin) * 1e6

@@ -147,6 +147,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
         summary = self._summary(records, time.perf_counter() - started)
+        if cfg.output.trace:
+            self.comms.timer.tracer.write(cfg.output.trace)
+            summary["trace"] = cfg.output.trace
         metrics.write(summary)
         metrics.close()
         if stopped:
@@ -164,7 +167,8 @@ class Trainer:
         self.watchdog.begin(self.step + 1, "reading the batch")
         self.comms.timer.take()
         faults.at_step(self.comms.rank, self.step + 1)
-        inputs, targets = loader.batch(self.step)
+        with self.comms.timer.tracer.span("read batch"):
+            inputs, targets = loader.batch(self.step)
         state = self._initial_state()
         self.optimizer.zero_grad(set_to_none=True)
         lr = optim.lr_at(self.step + 1, cfg.train)
@@ -180,9 +184,10 @@ class Trainer:
             self._nonfinite(loss)  # raises unless train.skip_nonfinite
             self.state = None  # the skipped step's final states may be non-finite: restart lanes from zero
         else:
-            if cfg.train.grad_clip > 0:
-                reductions.clip_gradients(self.params, cfg.train.grad_clip, grad_norm)
-            self.optimizer.step()
+            with self.comms.timer.tracer.span("optimizer"):
+                if cfg.train.grad_clip > 0:
+                    reductions.clip_gradients(self.params, cfg.train.grad_clip, grad_norm)
+                self.optimizer.step()
             self._carry(final)
         self.step += 1
         elapsed = time.perf_counter() - started

@@ -25,6 +25,7 @@ from mpirnn.data.validate import validate_dataset
 from mpirnn.distributed.agreement import agree
 from mpirnn.distributed.device import bind
 from mpirnn.distributed.mesh import Comms
+from mpirnn.distributed.trace import Tracer
 from mpirnn.distributed.reductions import broadcast_parameters
 from mpirnn.errors import ConfigError
 from mpirnn.inference.generation import prompt_ids
@@ -126,6 +127,7 @@ def resume_point(cfg, comms) -> int | None:
 
 def train(cfg, grid) -> int:
     comms = Comms.create(grid)
+    comms.timer.tracer = Tracer(comms.rank, enabled=bool(cfg.output.trace))
     try:
         world = comms.world
         device = agree(world, bind, cfg.train.device, cfg.train.threads, comms.local_rank, comms.local_size)

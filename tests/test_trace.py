@@ -1,0 +1,61 @@
+"""A traced run (output.trace): one Chrome trace per rank, events ordered and never overlapping per lane.
+
+    cd /work/main && .venv/bin/python -m pytest -q tests/test_trace.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import make_token_dataset
+
+MPIRUN = Path(sys.executable).parent / "mpirun"
+if not MPIRUN.exists():
+    MPIRUN = Path(shutil.which("mpirun") or MPIRUN)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_a_pipeline_run_writes_ordered_non_overlapping_traces(tmp_path):
+    data = make_token_dataset(tmp_path / "tokens")
+    settings = {"model.hidden": 16, "model.layers": 2, "model.embed": 8, "data.seq_len": 32, "data.batch_size": 4,
+                "train.steps": 3, "parallel.pp": 2, "parallel.chunks": 4, "output.progress": "false",
+                "output.sample_bytes": 0, "data.path": data, "output.metrics": tmp_path / "m.jsonl",
+                "output.trace": tmp_path / "trace"}
+    args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    done = subprocess.run([str(MPIRUN), "-n", "2", sys.executable, "-m", "mpirnn.train", *args], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr
+    for rank in (0, 1):
+        events = json.loads((tmp_path / "trace" / f"rank-{rank:05d}.json").read_text())["traceEvents"]
+        spans = [e for e in events if e["ph"] == "X"]
+        names = [e["name"] for e in spans]
+        # 3 steps x 4 chunks: every unit's forward and backward, and the optimizer of each step.
+        assert sum(n.startswith("forward ") for n in names) == 12
+        assert sum(n.startswith("backward ") for n in names) == 12
+        assert names.count("optimizer") == 3
+        assert any(n.startswith("receive ") for n in names), "the stages wait for each other somewhere"
+        for lane in {e["tid"] for e in spans}:
+            on_lane = sorted((e for e in spans if e["tid"] == lane), key=lambda e: e["ts"])
+            assert all(e["dur"] >= 0 and e["pid"] == rank for e in on_lane)
+            for a, b in zip(on_lane, on_lane[1:]):
+                assert a["ts"] + a["dur"] <= b["ts"] + 1e-3, f"rank {rank} lane {lane}: {a['name']} overlaps {b['name']}"
+    # The wavefront's edges (ranks on one host share the clock): in the first step stage 1 runs
+    # chunk c only after stage 0 has finished it.
+    stages = []
+    for rank in (0, 1):
+        firsts = {}
+        for e in json.loads((tmp_path / "trace" / f"rank-{rank:05d}.json").read_text())["traceEvents"]:
+            if e["ph"] == "X":
+                firsts.setdefault(e["name"], e)
+        stages.append(firsts)
+    for c in range(4):
+        zero, one = stages[0][f"forward 0.{c}"], stages[1][f"forward 0.{c}"]
+        assert one["ts"] >= zero["ts"] + zero["dur"] - 1e-3
+
