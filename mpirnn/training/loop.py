@@ -128,7 +128,7 @@ class Trainer:
             while self.step < cfg.train.steps:
                 record, stopped = self.train_step()
                 records.append(record)
-                best = self._validate(record) if not stopped else False
+                best = self._validate(record, due=not stopped)  # a stop writes its checkpoint at once
                 if self.rank0 and (self.step % cfg.output.log_every == 0 or self.step == cfg.train.steps
                                    or "val_loss" in record):
                     metrics.write(record)
@@ -199,10 +199,10 @@ class Trainer:
                   **({"skipped": True} if skipped else {})}
         return record, stop
 
-    def _validate(self, record: dict) -> bool:
+    def _validate(self, record: dict, due: bool = True) -> bool:
         """The val loss after this step when it is due (into `record`); True at a new best."""
-        self.val_loss = None
-        if self.validator is None or not self.validator.due(self.step):
+        self.val_loss = None  # recorded in a checkpoint's JSON only for the step it was computed at
+        if not due or self.validator is None or not self.validator.due(self.step):
             return False
         self.val_loss, better = self.validator.evaluate(self.step)
         record["val_loss"] = self.val_loss

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Forecast weekly Mauna Loa CO2 one year (52 weeks) ahead and compare with the held-out weeks
+# and with the seasonal-naive and last-value baselines. Needs statsmodels for the data
+# (pip install -e '.[examples,plots]'); no download. 20 s on a 2-core machine; numbers in docs/inference.md.
+#   bash inputs/co2-forecast.sh            # PYTHON=.venv/bin/python by default; NP=1 ranks
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+MPIRUN=${MPIRUN:-$(dirname "$PYTHON")/mpirun}
+NP=${NP:-1}
+OUT=runs/co2-forecast
+
+# 1. The series as CSV: CO2 with its 59 missing weeks, plus the time of year as sin/cos.
+$PYTHON inputs/export_co2.py data/co2.csv
+# 2. Prepare: fill the gaps by straight lines, hold out the last 10% (228 weeks) as the val split.
+$PYTHON -m mpirnn.data prepare --out data/co2 --csv data/co2.csv --columns co2,season_sin,season_cos \
+    --fill interpolate --force
+# 3. Train (val_loss every 50 steps; a re-run replaces the previous run's checkpoints).
+$MPIRUN -n "$NP" $PYTHON -m mpirnn.train --config inputs/co2-forecast.toml \
+    --set checkpoint.overwrite=true --set output.progress=false
+# 4. Forecast the 52 weeks after the train split, compare with the val split and the baselines.
+$PYTHON -m mpirnn.forecast --checkpoint $OUT/checkpoints --horizon 52 --season 52 \
+    --out $OUT/forecast.csv --plot $OUT/forecast.png
