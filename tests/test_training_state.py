@@ -100,7 +100,7 @@ def test_a_format_one_checkpoint_loads_into_a_pipeline_stage():
     assert [n for n, _ in part.named_parameters()] == [n for n in names if n.startswith("layers.1.")]
     check_compatible(part, state, "c.pt")
     part_optimizer = torch.optim.Adam(part.parameters(), lr=0.1)
-    load_state(part, part_optimizer, state)
+    load_state(part, part_optimizer, state, stage(1))
     for name, tensor in part.state_dict().items():
         assert torch.equal(tensor, net.state_dict()[name])
     by_name = dict(net.named_parameters())

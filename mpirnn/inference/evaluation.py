@@ -29,6 +29,7 @@ from mpirnn.inference.load import build, model_info, saved_config
 from mpirnn.inference.scoring import SplitScorer
 from mpirnn.parallel.plan import make_plan
 from mpirnn.parallel.shard import stage_model
+from mpirnn.parallel.tensor import TensorGroup
 
 # What --set may change: where and how to run, and how the data is cut; never the model's shape.
 ALLOWED = ("parallel.", "data.seq_len", "data.batch_size", "data.validate", "model.dtype", "train.device",
@@ -52,10 +53,7 @@ def evaluation_config(located, overrides: list[str], data: str | None):
 def make_grid(cfg, world_size: int):
     from mpirnn.train import make_grid as trainer_grid
 
-    grid = trainer_grid(cfg, world_size)
-    if grid.tp > 1:
-        raise ConfigError("parallel.tp > 1: evaluate does not run tensor parallelism yet; use dp, sp and pp")
-    return grid
+    return trainer_grid(cfg, world_size)
 
 
 def open_split(cfg, split: str, info, checkpoint_path, world):
@@ -108,9 +106,11 @@ def evaluate(args, world) -> int:
                        getattr(torch, cfg.model.dtype))
         # One row per data-parallel group and one microbatch always fit; each batch's own plan follows.
         plan = agree(world, make_plan, grid, comms.coords, batch_size=grid.dp, seq_len=cfg.data.seq_len,
-                     layers=cfg.model.layers, cell=cfg.model.cell, microbatches=1, chunks=cfg.parallel.chunks)
+                     layers=cfg.model.layers, cell=cfg.model.cell, microbatches=1, chunks=cfg.parallel.chunks,
+                     hidden=cfg.model.hidden)
         model, _, _ = agree(world, build, located, device, cfg.model.dtype)
-        model = stage_model(model, plan)
+        group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None
+        model = stage_model(model, plan, group)
         scorer = agree(world, SplitScorer, cfg, comms, plan, model, loader, manifest.normalization)
         try:
             score = scorer.score()

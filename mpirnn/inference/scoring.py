@@ -97,7 +97,8 @@ class SplitScorer:
             inputs, targets = self.loader.read(windows, plan)
             state = self.model.zero_state(plan.local_rows, torch.empty(0, device=self.model.device),
                                           range(*plan.layers))
-            observe = self._observer(totals) if self.features else None
+            # The ranks of a tp group compute the same (replicated) head: its rank 0 counts the errors.
+            observe = self._observer(totals) if self.features and plan.coords["tp"] == 0 else None
             # norm = 1: raw sums here, divided once by the split's element count below.
             share, _ = runner.evaluate(inputs, targets, state, 1.0, observe)
             totals[0] += float(share)

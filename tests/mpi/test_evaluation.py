@@ -63,14 +63,13 @@ def records(path: Path, run: str) -> list[dict]:
     return [json.loads(line) for line in (path / run / "metrics.jsonl").read_text().splitlines()]
 
 
-def grids(tp: bool = True) -> list[dict]:
+def grids() -> list[dict]:
     """Every dp x sp x pp x tp = world size with pp <= 2 layers and tp dividing the 12 hidden units."""
     n = world.size
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     shapes = [(dp, sp, pp, n // (dp * sp * pp)) for dp in divisors for sp in divisors for pp in divisors
               if n % (dp * sp * pp) == 0 and pp <= 2 and 12 % (n // (dp * sp * pp)) == 0]
-    return [{"parallel.dp": dp, "parallel.sp": sp, "parallel.pp": pp, "parallel.tp": t} for dp, sp, pp, t in shapes
-            if tp or t == 1]
+    return [{"parallel.dp": dp, "parallel.sp": sp, "parallel.pp": pp, "parallel.tp": t} for dp, sp, pp, t in shapes]
 
 
 @torch.no_grad()
@@ -120,7 +119,7 @@ def test_evaluate_series_rmse_equals_serial_on_every_grid(shared_dir):
     assert train(settings(shared_dir, "series", run, **{"model.cell": "gru", "train.eval_every": 0})) == 0
     model, _ = load_checkpoint(shared_dir / run / "ckpt")
     loss, rmse, mae = serial_val(model.double(), shared_dir / "series", 19)
-    for index, grid in enumerate(grids(tp=False)):   # evaluate does not run tensor parallelism yet
+    for index, grid in enumerate(grids()):
         out = shared_dir / run / f"eval-{index}.json"
         args = ["--checkpoint", str(shared_dir / run / "ckpt"), "--out", str(out), "--set", "model.dtype=float64",
                 "--set", "data.batch_size=4", *[f"--set={k}={v}" for k, v in grid.items()]]
