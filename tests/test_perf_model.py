@@ -112,11 +112,12 @@ def test_interpolation_is_linear_in_rows_and_loglog_in_hidden():
     assert _log_interp([100, 400], [1.0, 16.0], 800, highest=2.0) == pytest.approx(64.0)
 
 
-def test_monotone_smooths_noise_out_of_a_cost_table():
+def test_affine_fit_of_a_cost_table():
     torch = pytest.importorskip("torch")  # noqa: F841 - compute_bench imports torch
-    from mpirnn.tools.perf.compute_bench import monotone
-    assert monotone([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]
-    assert monotone([1.0, 2.0]) == [1.0, 2.0]
+    from mpirnn.tools.perf.compute_bench import affine
+    assert affine([1, 2, 4, 8], [3.0, 5.0, 9.0, 17.0]) == pytest.approx([3.0, 5.0, 9.0, 17.0])   # 1 + 2·rows
+    smoothed = affine([1, 2, 4, 8, 16], [3.0, 5.0, 12.0, 17.0, 33.0])   # one point 33 % high
+    assert smoothed[2] < 11.0 and all(b > a for a, b in zip(smoothed, smoothed[1:]))
 
 
 # ------------------------------------------------------------------ parameters and buckets

@@ -78,9 +78,10 @@ def fused_layer(timer: Timer, cell: str, rows: int, steps: int, d_in: int, hidde
 
 
 def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[int, int]) -> dict:
-    """Per (hidden, rows) with d_in = hidden: seconds per time step and per call."""
+    """Per (hidden, rows) with d_in = hidden: seconds per time step and per call, each fitted over
+    the rows as a + b·rows (the measured points are kept beside the fit)."""
     short, most = steps
-    step_s, call_s = [], []
+    step_s, call_s, measured_step, measured_call = [], [], [], []
     for hidden in hidden_list:
         step_line, call_line = [], []
         for rows in rows_list:
@@ -96,22 +97,28 @@ def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[in
                 call = max(0.0, t_short - short * per_step)
             step_line.append(per_step)
             call_line.append(call)
-        step_s.append(monotone(step_line))
-        call_s.append(monotone(call_line))
-    return {"hidden": list(hidden_list), "rows": list(rows_list), "step_s": step_s, "call_s": call_s}
+        measured_step.append(step_line)
+        measured_call.append(call_line)
+        step_s.append(affine(rows_list, step_line))
+        call_s.append(affine(rows_list, call_line))
+    return {"hidden": list(hidden_list), "rows": list(rows_list), "step_s": step_s, "call_s": call_s,
+            "step_s_measured": measured_step, "call_s_measured": measured_call}
 
 
-def monotone(values: list[float]) -> list[float]:
-    """The closest non-decreasing sequence (pool adjacent violators): more rows never cost less,
-    so a dip is noise from other processes, spread over its neighbours instead of kept."""
-    blocks: list[list[float]] = []   # [sum, count]
-    for v in values:
-        blocks.append([v, 1])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    return [total / count for total, count in blocks for _ in range(count)]
+def affine(rows: list[int], values: list[float]) -> list[float]:
+    """a + b·rows fitted to the values with the least relative squares: a fixed cost (per time step:
+    latency, the thin-batch penalty a/rows per row) plus a cost per row. One point disturbed by another
+    process (±10 % on a shared machine) then moves the fit a little instead of the curve a lot."""
+    if len(rows) < 2:
+        return list(values)
+    floor = max(max(values) * 1e-3, 1e-9)   # weights 1/v²: keep them finite
+    sw = swr = swrr = swv = swrv = 0.0
+    for r, v in zip(rows, values):
+        w = 1.0 / max(v, floor) ** 2
+        sw, swr, swrr, swv, swrv = sw + w, swr + w * r, swrr + w * r * r, swv + w * v, swrv + w * r * v
+    b = max(0.0, (sw * swrv - swr * swv) / (sw * swrr - swr**2))
+    a = max(0.0, (swv - swr * b) / sw)
+    return [a + b * r for r in rows]
 
 
 def input_mac(timer: Timer, rows: int, hidden: int, steps: int) -> float:
