@@ -19,7 +19,7 @@ from mpirnn.parallel.plan import layers_of, make_plan, mode_of
 from mpirnn.parallel.shard import row_blocks, stage_model, take_rows
 from mpirnn.parallel.step import StepRunner
 from mpirnn.parallel.tensor import TensorGroup
-from support import TEST_DEVICE
+from support import TEST_DEVICE, factorizations
 
 CELLS = ["rnn", "lstm", "gru", "mingru", "minlstm"]
 
@@ -32,10 +32,7 @@ TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rt
 def grids(layers: int, n: int | None = None) -> list[tuple[int, int, int, int]]:
     """Every (dp, sp, pp, tp) with dp*sp*pp*tp = n, pp <= layers and tp dividing the hidden size:
     the whole matrix of valid factorizations, not a hand-picked list."""
-    n = world.size if n is None else n
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    return [(dp, sp, pp, n // (dp * sp * pp)) for dp in divisors for sp in divisors for pp in divisors
-            if n % (dp * sp * pp) == 0 and pp <= layers and HIDDEN % (n // (dp * sp * pp)) == 0]
+    return factorizations(world.size if n is None else n, layers, HIDDEN)
 
 
 def make_model(cell, dtype, layers, tokens=True):

@@ -74,3 +74,16 @@ def reseal_dataset(root: Path) -> Path:
             shard["bytes"], shard["sha256"], shard["fingerprint"] = file_digests(root / shard["file"])
     path.write_text(json.dumps(obj, indent=2))
     return root
+
+
+def factorizations(n: int, layers: int, hidden: int) -> list[tuple[int, int, int, int]]:
+    """Every grid (dp, sp, pp, tp) with dp*sp*pp*tp = n that a model of `layers` layers and
+    `hidden` units can run (pp <= layers, tp dividing hidden): the MPI tests' whole matrix."""
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return [(dp, sp, pp, n // (dp * sp * pp)) for dp in divisors for sp in divisors for pp in divisors
+            if n % (dp * sp * pp) == 0 and pp <= layers and hidden % (n // (dp * sp * pp)) == 0]
+
+
+def grid_settings(shape: tuple[int, int, int, int]) -> dict:
+    """A (dp, sp, pp, tp) grid as --set settings."""
+    return dict(zip(("parallel.dp", "parallel.sp", "parallel.pp", "parallel.tp"), shape))

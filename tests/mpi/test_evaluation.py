@@ -20,7 +20,7 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from support import TEST_DEVICE, make_series_dataset, make_token_dataset
+from support import TEST_DEVICE, factorizations, grid_settings, make_series_dataset, make_token_dataset
 from mpirnn import evaluate, load_checkpoint
 from mpirnn.config import load_config
 from mpirnn.data.manifest import load_manifest
@@ -65,11 +65,7 @@ def records(path: Path, run: str) -> list[dict]:
 
 def grids() -> list[dict]:
     """Every dp x sp x pp x tp = world size with pp <= 2 layers and tp dividing the 12 hidden units."""
-    n = world.size
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    shapes = [(dp, sp, pp, n // (dp * sp * pp)) for dp in divisors for sp in divisors for pp in divisors
-              if n % (dp * sp * pp) == 0 and pp <= 2 and 12 % (n // (dp * sp * pp)) == 0]
-    return [{"parallel.dp": dp, "parallel.sp": sp, "parallel.pp": pp, "parallel.tp": t} for dp, sp, pp, t in shapes]
+    return [grid_settings(shape) for shape in factorizations(world.size, layers=2, hidden=12)]
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mpi4py import MPI
 
-from support import TEST_DEVICE, make_series_dataset, make_token_dataset
+from support import TEST_DEVICE, factorizations, grid_settings, make_series_dataset, make_token_dataset
 from mpirnn.config import load_config
 from mpirnn.reference import serial_losses
 from mpirnn.train import main
@@ -68,11 +68,7 @@ HIDDEN = 12  # divisible by tp = 2, 3, 4
 def grids(layers: int = 2) -> list[dict]:
     """Every dp x sp x pp x tp = world size with pp <= layers and tp dividing the hidden size
     (the whole matrix of valid factorizations, not a hand-picked list)."""
-    n = world.size
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    shapes = [(dp, sp, pp, n // (dp * sp * pp)) for dp in divisors for sp in divisors for pp in divisors
-              if n % (dp * sp * pp) == 0 and pp <= layers and HIDDEN % (n // (dp * sp * pp)) == 0]
-    return [{"parallel.dp": dp, "parallel.sp": sp, "parallel.pp": pp, "parallel.tp": tp} for dp, sp, pp, tp in shapes]
+    return [grid_settings(shape) for shape in factorizations(world.size, layers, HIDDEN)]
 
 
 def most_composed(*prefer: str) -> dict:
