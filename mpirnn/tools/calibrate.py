@@ -99,6 +99,7 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
         "links": {"intra": intra.to_dict(), "inter": links.NDR_INFINIBAND.to_dict(),
                   "staging": links.HOST_STAGING.to_dict() if device == "cuda" else None},
         "async_progress": comm["async_progress"],
+        "lockstep_sync_s": comm["lockstep_sync_s"],
         "comm_measured": comm["ops"],
         "comm_model_over_measured": errors,
     }

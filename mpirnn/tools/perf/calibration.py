@@ -75,6 +75,8 @@ class Calibration:
         self.compute = data["compute"]
         self.links = {name: Link.from_dict(d) for name, d in data["links"].items() if d}
         self.async_progress = float(data.get("async_progress", 0.0))
+        # What a collective every time step costs beyond its α–β time: waiting for the slower rank.
+        self.lockstep_sync_s = float(data.get("lockstep_sync_s", 0.0))
         self.cores = int(data.get("host", {}).get("cores") or 1)
         self.gpu = data.get("host", {}).get("device", "cpu") != "cpu"
 
@@ -124,9 +126,19 @@ class Calibration:
             return self.linear_layer_s(cell, rows, steps, d_in, hidden, segment)
         return self.fused_layer_s(cell, rows, steps, d_in, hidden)
 
-    def cell_loop_s(self, steps: int) -> float:
-        """Python and autograd overhead of stepping a cell one time step at a time (tensor parallelism)."""
-        return steps * self.compute.get("cell_loop_step_s", 0.0)
+    def tp_step_s(self, cell: str, rows: int, d_in: int, hidden: int, k: int) -> float:
+        """One time step of a layer split over k tp ranks, forward+backward, on one rank (no waiting).
+
+        Measured on mpirnn's sharded LSTM with a stand-in communicator: a fixed cost per step
+        (a dozen small ops and host copies) plus a factor times the fused step's share
+        (thin per-step products run less efficiently than the fused kernel's), never below
+        the latency of one fused step. Without that measurement: the cost of a Python loop
+        over a cell, plus the fused share.
+        """
+        fit = self.compute.get("tp_step", {"overhead_s": self.compute.get("cell_loop_step_s", 0.0),
+                                           "matmul_factor": 1.0})
+        share = max(self.fused_floor_s(cell), self.fused_step_s(cell, rows, d_in, hidden) / k)
+        return fit["overhead_s"] + fit["matmul_factor"] * share
 
     def input_s(self, tokens: int, embed: int, vocab: int | None) -> float:
         key = "tokens_element_s" if vocab else "series_element_s"

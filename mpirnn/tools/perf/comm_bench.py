@@ -12,7 +12,6 @@ buckets.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
@@ -89,7 +88,8 @@ def async_progress(comm: MPI.Comm, nbytes: int = 4194304) -> float:
 
 
 def slowdown(comm: MPI.Comm, quick: bool) -> dict:
-    """A fused LSTM layer's forward+backward alone on rank 0 (rank 1 asleep), then on both ranks at once."""
+    """A fused LSTM layer's forward+backward alone on rank 0 (rank 1 asleep), and on both ranks at once,
+    in alternating rounds; the factor compares the fastest of each."""
     import torch
     torch.set_num_threads(1)
     rows, hidden, steps = (4, 32, 16) if quick else (32, 256, 32)
@@ -103,21 +103,49 @@ def slowdown(comm: MPI.Comm, quick: bool) -> dict:
         return time.thread_time() - started
 
     run()
-    reps = 3 if quick else 7
-    comm.Barrier()
-    if comm.rank == 0:   # alone: the peer sleeps (a rank blocked in MPI would spin on its core)
-        alone = statistics.median(run() for _ in range(reps))
-        comm.send(alone, dest=1, tag=77)
-    else:
-        while not comm.Iprobe(source=0, tag=77):
-            time.sleep(0.005)
-        alone = comm.recv(source=0, tag=77)
-    together = []
-    for _ in range(reps):
+    alone, together = [], []
+    for _ in range(3 if quick else 5):   # alternate, so that a disturbance spoils one round, not one side
         comm.Barrier()
-        together.append(comm.allreduce(run(), op=MPI.MAX))
-    return {"busy": comm.size, "factor": max(1.0, statistics.median(together) / alone),
-            "alone_s": alone, "together_s": statistics.median(together)}
+        if comm.rank == 0:   # alone: the peer sleeps (a rank blocked in MPI would spin on its core)
+            alone.append(min(run() for _ in range(2)))
+            comm.send(None, dest=1, tag=77)
+        else:
+            while not comm.Iprobe(source=0, tag=77):
+                time.sleep(0.005)
+            comm.recv(source=0, tag=77)
+        comm.Barrier()
+        together.append(comm.allreduce(min(run() for _ in range(2)), op=MPI.MAX))
+    alone_s = comm.bcast(min(alone) if comm.rank == 0 else None, root=0)
+    return {"busy": comm.size, "factor": max(1.0, min(together) / alone_s), "alone_s": alone_s,
+            "together_s": min(together)}
+
+
+def lockstep(comm: MPI.Comm, quick: bool, steps: int = 200) -> float:
+    """Extra seconds per synchronisation when ranks alternate ~0.4 ms of compute with an Allgather every
+    step (tensor parallelism's rhythm): each step waits for the slower rank, so jitter adds up."""
+    import torch
+    torch.set_num_threads(1)
+    a = torch.randn(64, 256)
+    b = torch.randn(256, 256)
+    piece, gathered = np.ones(4096, dtype=np.float32), np.empty(4096 * comm.size, dtype=np.float32)
+    steps = 20 if quick else steps
+
+    def work():
+        for _ in range(24):   # ~0.4 ms on the development machine
+            torch.mm(a, b)
+
+    def compute_only():
+        for _ in range(steps):
+            work()
+
+    def coupled():
+        for _ in range(steps):
+            work()
+            comm.Allgather(piece, gathered)
+
+    alone = _timed(comm, compute_only, 3)
+    gather = _timed(comm, lambda: comm.Allgather(piece, gathered), 20)
+    return max(0.0, (_timed(comm, coupled, 3) - alone) / steps - gather)
 
 
 def measure(quick: bool = False) -> dict | None:
@@ -127,5 +155,5 @@ def measure(quick: bool = False) -> dict | None:
         raise SystemExit(f"the communication calibration runs on 2 ranks, not {comm.size}")
     hosts = comm.allgather(MPI.Get_processor_name())
     result = {"ops": ops(comm, QUICK_SIZES if quick else SIZES), "async_progress": async_progress(comm),
-              "slowdown": slowdown(comm, quick), "same_node": hosts[0] == hosts[1], "library": MPI.Get_library_version().splitlines()[0]}
+              "slowdown": slowdown(comm, quick), "lockstep_sync_s": lockstep(comm, quick), "same_node": hosts[0] == hosts[1], "library": MPI.Get_library_version().splitlines()[0]}
     return result if comm.rank == 0 else None

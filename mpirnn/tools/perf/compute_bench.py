@@ -28,7 +28,7 @@ FUSED = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 SIZES = {  # (full, quick): the quick set only exercises the machinery
     "rows": ([1, 2, 4, 8, 16, 32, 64], [1, 4]),
     "hidden": ([64, 128, 256, 512], [16, 32]),
-    "steps": ((8, 72), (2, 10)),   # the short run's steps, and at most this many in the long one
+    "steps": ((8, 256), (2, 10)),   # the short run's steps, and at most this many in the long one
     "reps": (3, 2),
     "passes": (2, 1),
 }
@@ -86,9 +86,10 @@ def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[in
         step_line, call_line = [], []
         for rows in rows_list:
             t_short = fused_layer(timer, cell, rows, short, hidden, hidden)
-            # About 20 ms for the long run (at least 8 more steps): long enough, short enough for a quick calibration.
+            # About 40 ms for the long run (at least 8 more steps): thin batches cost a little less per step
+            # over long sequences than over short ones, and long sequences are what sp is for.
             long = timer.choices.setdefault(("long", cell, rows, hidden),
-                                            min(most, short + max(8, round(0.02 / (t_short / short)))))
+                                            min(most, short + max(8, round(0.04 / (t_short / short)))))
             t_long = fused_layer(timer, cell, rows, long, hidden, hidden)
             per_step = (t_long - t_short) / (long - short)
             if per_step <= 0:   # noise swamped the difference: charge everything to the steps
@@ -205,6 +206,51 @@ def unit_overhead(timer: Timer) -> float:
     return max(0.0, whole - layer)
 
 
+class LoneComm:
+    """A tp communicator of `size` ranks played by one process: buffers of the right shapes, no
+    transfers. Timing mpirnn's tensor-parallel layer with it gives one rank's compute and copies."""
+
+    def __init__(self, size: int):
+        self.size, self.rank = size, 0
+
+    def Allgather(self, send, recv):  # noqa: N802 - mpi4py's names
+        recv[0] = send
+
+    def Reduce_scatter_block(self, send, recv, op=None):  # noqa: N802
+        recv[...] = send[0]
+
+    def Allreduce(self, send, recv, op=None):  # noqa: N802
+        pass
+
+
+def tp_steps(timer: Timer, shapes, degrees=(2, 4), steps: int = 32) -> list[list[float]]:
+    """[rows, hidden, K, one fused step / K, one tp step] for mpirnn's sharded LSTM layer on one rank."""
+    from mpirnn.parallel.tensor import ShardedRecurrentLayer, TensorGroup
+    points = []
+    for rows, hidden in shapes:
+        full = nn.LSTM(hidden, hidden, batch_first=True).to(timer.device)
+        x = torch.randn(rows, steps, hidden, device=timer.device, requires_grad=True)
+        grad = torch.randn(rows, steps, hidden, device=timer.device)
+        fused = fused_layer(timer, "lstm", rows, steps, hidden, hidden) / steps
+        for k in degrees:
+            layer = ShardedRecurrentLayer(full, "lstm", TensorGroup(LoneComm(k), hidden))
+            state = torch.zeros(2, rows, hidden // k, device=timer.device)
+            tp = timer.best(("tp", rows, hidden, k, steps), lambda: layer.run(x, state)[0].backward(grad)) / steps
+            points.append([rows, hidden, k, fused / k, tp])
+    return points
+
+
+def tp_fit(points: list[list[float]]) -> dict:
+    """A tp step as overhead + factor · (fused step / K), least relative squares over the points."""
+    xs, ys = [p[3] for p in points], [p[4] for p in points]
+    sw = sx = sxx = sy = sxy = 0.0
+    for x, y in zip(xs, ys):
+        w = 1.0 / y**2
+        sw, sx, sxx, sy, sxy = sw + w, sx + w * x, sxx + w * x * x, sy + w * y, sxy + w * x * y
+    factor = max(0.5, (sw * sxy - sx * sy) / (sw * sxx - sx**2))
+    return {"overhead_s": max(0.0, (sy - sx * factor) / sw), "matmul_factor": factor, "measured": points}
+
+
 def cell_loop_step(timer: Timer, steps: int = 32) -> float:
     """Python and autograd overhead per time step of a cell stepped in a loop (what tp would run)."""
     cell = nn.LSTMCell(16, 16).to(timer.device)
@@ -244,7 +290,7 @@ def collect(timer: Timer, quick: bool, cells, hidden_list: list[int]) -> dict:
     h_mid, r_mid = hidden_list[-2] if len(hidden_list) > 1 else hidden_list[0], rows_list[-2]
     fused = [cell for cell in FUSED if cells is None or cell in cells]
     compute = {"fused": {cell: fused_table(timer, cell, rows_list, hidden_list, steps) for cell in fused}}
-    compute["input_mac_s"] = input_mac(timer, r_mid, h_mid, steps[1])
+    compute["input_mac_s"] = input_mac(timer, r_mid, h_mid, 8 if quick else 64)
     lin_rows, lin_steps, lin_hidden = (2, 64, 16) if quick else (4, 4096, 128)
     compute["linear"] = {cell: linear_layer(timer, cell, lin_rows, lin_steps, lin_hidden) for cell in PROJECTIONS
                          if cells is None or cell in cells}
@@ -264,4 +310,9 @@ def collect(timer: Timer, quick: bool, cells, hidden_list: list[int]) -> dict:
     compute["accumulate_element_s"] = timer.best(("add", big), lambda: a.add_(b)) / big
     compute["unit_overhead_s"] = unit_overhead(timer)
     compute["cell_loop_step_s"] = cell_loop_step(timer)
+    if cells is None or "lstm" in cells:
+        try:
+            compute["tp_step"] = tp_fit(tp_steps(timer, [(4, 32), (8, 64)] if quick else [(8, 128), (32, 256)]))
+        except ImportError:   # no tensor-parallel layer in this version: the model falls back on the cell loop
+            pass
     return compute

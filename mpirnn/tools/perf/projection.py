@@ -58,6 +58,7 @@ def h100_calibration() -> dict:
         "accumulate_element_s": 12 / HBM_BYTES_S,
         "unit_overhead_s": 2e-4,                 # Python and ~30 kernel launches per unit (assumed)
         "cell_loop_step_s": 1e-4,                # ~20 small kernels per time step, forward and backward (assumed)
+        "tp_step": {"overhead_s": 1e-4, "matmul_factor": 1.0},   # the same, for a tp step (assumed)
         "slowdown": {"busy": 1, "factor": 1.0},  # one rank per GPU
     }
     return {"format": FORMAT,
@@ -113,6 +114,10 @@ def project(shape: Shape, cal: Calibration, gpus: int, per_node: int, weak: bool
     return {**best.to_dict(), "gpus": gpus, "nodes": nodes, "efficiency": efficiency}
 
 
+def _percent(share: float) -> str:
+    return f"{100 * share:.0f}%" if share >= 0.095 else f"{100 * share:.2g}%"
+
+
 def markdown(name: str, rows: list[dict]) -> str:
     lines = [f"**{name}**", "", "| GPUs | nodes | best dp×sp×pp×tp | M | C | step ms | tokens/s | efficiency |",
              "|---|---|---|---|---|---|---|---|"]
@@ -120,7 +125,7 @@ def markdown(name: str, rows: list[dict]) -> str:
         g = r["grid"]
         lines.append(f"| {r['gpus']} | {r['nodes']} | {g['dp']}×{g['sp']}×{g['pp']}×{g['tp']} | {r['microbatches']} | "
                      f"{r['chunks']} | {1e3 * r['step_time_s']:.3g} | {r['tokens_per_s']:,.0f} | "
-                     f"{100 * r['efficiency']:.2g}% |")
+                     f"{_percent(r['efficiency'])} |")
     return "\n".join(lines)
 
 

@@ -194,12 +194,11 @@ def unit_s(shape: Shape, layout: Layout, cal: Calibration, stage: int, slowdown:
         elif shape.linear:   # elementwise in time: 1/K of the work, exchanges at the layer's boundaries only
             compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan) / K
             messages += links.allgather(tp_link, rows * steps * H * b / K, K)   # outputs gathered forward
-        else:   # a cell stepped in a loop: 1/K of the matmuls, but never below one step's latency
-            per_step = max(cal.fused_floor_s(shape.cell), cal.fused_step_s(shape.cell, rows, d_in, H) / K)
-            compute += cal.fused_call_s(shape.cell, rows, H) / K + steps * per_step + cal.cell_loop_s(steps)
+        else:   # a cell stepped in a loop on 1/K of the hidden units
+            compute += steps * cal.tp_step_s(shape.cell, rows, d_in, H, K)
             # every time step gathers the hidden shards forward and reduce-scatters their gradient backward
             messages += steps * (links.allgather(tp_link, rows * H * b / K, K)
-                                 + links.reduce_scatter(tp_link, rows * H * b, K))
+                                 + links.reduce_scatter(tp_link, rows * H * b, K) + 2 * cal.lockstep_sync_s)
         if K > 1:   # the input's gradient is summed over the group (each rank's products give part of it)
             messages += links.allreduce(tp_link, rows * steps * d_in * b, K)
         if layout.sp > 1 and shape.linear:   # the cross-rank scan: Allgather of summaries, Allreduce of their gradients
