@@ -173,13 +173,20 @@ def start(group: list[dict], workdir: Path, index: str, malloc: str = "keep"):
     return process, result, group
 
 
+def cause(output: str) -> str:
+    """The line of a failed launch's output that says why: the last one naming an error (torchrun ends
+    with a banner of '=' and a table), else the last line."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip().strip("=")]
+    named = [line for line in lines if "error" in line.lower() or "exception" in line.lower()]
+    return (named or lines or ["no output"])[-1]
+
+
 def finish(launched, timeout: float) -> tuple[list[dict], str | None]:
     """Wait for a launch; (its results, an error line or None)."""
     process, result, group = launched
     try:
         output, _ = process.communicate(timeout=timeout)
-        error = None if process.returncode == 0 else \
-            f"exit {process.returncode}: {(output.strip().splitlines() or ['no output'])[-1]}"
+        error = None if process.returncode == 0 else f"exit {process.returncode}: {cause(output)}"
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # our own launch's process group
         process.communicate()
