@@ -294,7 +294,7 @@ def collect(timer: Timer, quick: bool, cells, hidden_list: list[int]) -> dict:
     lin_rows, lin_steps, lin_hidden = (2, 64, 16) if quick else (4, 4096, 128)
     compute["linear"] = {cell: linear_layer(timer, cell, lin_rows, lin_steps, lin_hidden) for cell in PROJECTIONS
                          if cells is None or cell in cells}
-    head_hidden = hidden_list if quick else [64, 128, 256, 512]
+    head_hidden = hidden_list if quick or len(hidden_list) < 4 else [64, 128, 256, 512]
     compute["head"] = {
         "tokens": {"vocab": 256, "hidden": head_hidden,
                    "token_s": [head(timer, 128 if quick else 2048, h, 256) for h in head_hidden]},
