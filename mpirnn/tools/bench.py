@@ -82,7 +82,9 @@ def plan(args) -> list[dict]:
         add("W1", "sp=2, M=8", 2, sp=2, microbatches=8, target={"speedup": 1.7, "exact": True})
         add("W1", "sp=2, M=4", 2, sp=2, microbatches=4)  # same bubble-model bound here, half the messages
         add("W1", "dp=2 (-n 2)", 2, dp=2)
-        add("W1", "pp=2, C=8", 2, pp=2, chunks=8)   # the two layers on two ranks, overlapped through time chunks
+        # The two layers on two ranks, overlapped through time chunks; the stages are uneven, so the
+        # target is 90% of the bound their measured costs allow (pipeline_bound).
+        add("W1", "pp=2, C=8", 2, pp=2, chunks=8, target={"bound_share": 0.9, "exact": True})
         add("W1", "tp=2", 2, tp=2)                  # each layer's hidden units on two ranks, exchanged every step
         if base["device"] == "cpu":
             add("W1", DDP_NAME, 2, dp=2, ddp=True)
@@ -99,6 +101,14 @@ def plan(args) -> list[dict]:
         # The cross-rank scan uses log_scan's default ("auto" = chunked): its loss is compared with that one's.
         add("W3", "sp=2 (cross-rank scan, default method)", 2, sp=2, compare_to="1 rank, chunked",
             target={"speedup": 1.8})
+    if "W4" in only:
+        add("W4", "1 rank", 1)
+        add("W4", "tp=2", 2, tp=2, target={"speedup": 1.5, "state_memory": 0.55, "exact": True})
+    if "W5" in only:
+        add("W5", "1 rank", 1)
+        add("W5", "pp=2, C=8", 2, pp=2, chunks=8, target={"speedup": 1.6, "exact": True})
+        add("W5", "pp=2, C=16", 2, pp=2, chunks=16)
+        add("W5", "pp=4, C=16 (-n 4, oversubscribed)", 4, pp=4, chunks=16)
     if "dp" in only:
         add("dp", "1 rank", 1)
         add("dp", "dp=2 (-n 2)", 2, dp=2)
@@ -261,7 +271,14 @@ def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
                # Only a fresh process's first step has a clean RSS baseline (freed memory stays in the heap).
                "rss_mib": max(run["peak_bytes_per_rank"]) / 2**20 if run["fresh"] else None,
                "memory_vs_1_rank": max(run["saved_bytes_per_rank"]) / base_memory if base_memory else None,
-               "loss_rel_diff": None, "exact": None, "predicted_step_s": None, "prediction_error": None}
+               "loss_rel_diff": None, "exact": None, "predicted_step_s": None, "prediction_error": None,
+               "state_mib": max(run.get("state_bytes_per_rank", [0])) / 2**20,
+               "state_vs_1_rank": (max(run["state_bytes_per_rank"]) / max(baseline["state_bytes_per_rank"])
+                                   if baseline and run.get("state_bytes_per_rank") and baseline.get("state_bytes_per_rank")
+                                   else None),
+               "bound": pipeline_bound(run)}
+        if row["bound"] and row["speedup"]:
+            row["bound_share"] = row["speedup"] / row["bound"]
         if cal is not None and median:
             from mpirnn.tools.perf.bench_predictions import predicted_step_s
             row["predicted_step_s"] = predicted_step_s(run, shape_of(workload, run["tiny"]), cal)
@@ -278,6 +295,23 @@ def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
     return rows
 
 
+def pipeline_bound(run: dict) -> float | None:
+    """The speedup a pipeline run's own stage costs allow, for runs with pp > 1.
+
+    Each rank's compute is its step time less its MPI wait. With C chunks the stages overlap
+    except for filling and draining: a step takes about max_p(s_p)*(C-1)/C + sum_p(s_p)/C
+    against sum_p(s_p) for one rank doing all of it (docs/parallelism.md, the bubble).
+    """
+    if run.get("pp", 1) <= 1 or not run.get("median_step_s") or run.get("sp", 1) > 1 or run.get("dp", 1) > 1:
+        return None
+    chunks = run.get("chunks") or 1
+    stages = [max(run["median_step_s"] - wait, 0.0) for wait in run["mpi_wait_s_per_rank"]]
+    total, slowest = sum(stages), max(stages)
+    if total <= 0:
+        return None
+    return total / (slowest * (chunks - 1) / chunks + total / chunks)
+
+
 def judge(target: dict | None, row: dict) -> tuple[str, bool | None]:
     """(the target in words, whether this row meets it); ("", None) for rows without one."""
     if not target:
@@ -289,6 +323,12 @@ def judge(target: dict | None, row: dict) -> tuple[str, bool | None]:
     if "memory" in target:
         words.append(f"memory ≤ {100 * target['memory']:.0f}% of 1 rank")
         met = met and row["memory_vs_1_rank"] is not None and row["memory_vs_1_rank"] <= target["memory"]
+    if "state_memory" in target:
+        words.append(f"parameters + optimizer ≤ {100 * target['state_memory']:.0f}% of 1 rank")
+        met = met and row["state_vs_1_rank"] is not None and row["state_vs_1_rank"] <= target["state_memory"]
+    if "bound_share" in target:
+        words.append(f"≥ {100 * target['bound_share']:.0f}% of the stages' bound")
+        met = met and row.get("bound_share") is not None and row["bound_share"] >= target["bound_share"]
     if target.get("exact"):
         words.append("exact")
         met = met and bool(row["exact"])
@@ -328,6 +368,10 @@ def markdown(rows: list[dict]) -> str:
         step = "—" if r["median_step_s"] is None else f"{r['median_step_s']:.3f} ({r['min_step_s']:.3f}) {r['quiet']}"
         waits = " / ".join(f"{w:.3f}" for w in r["mpi_wait_s"]) if r["median_step_s"] and len(r["mpi_wait_s"]) > 1 else "—"
         speed = "baseline" if r["baseline"] else _fmt(r["speedup"], ".2f", "×")
+        if r.get("bound"):
+            speed += f" (bound {r['bound']:.2f}×: {100 * r['bound_share']:.0f}%)"
+        if r.get("state_vs_1_rank") is not None and not r["baseline"]:
+            speed += f"; params + Adam {_mib(r['state_mib'])} MiB/rank ({100 * r['state_vs_1_rank']:.0f}%)"
         target = r["target"] + ("" if r["target_met"] is None else (": met" if r["target_met"] else ": **missed**"))
         predicted = "—" if r["predicted_step_s"] is None else \
             f"{r['predicted_step_s']:.3f} ({100 * r['prediction_error']:+.0f}%)"

@@ -280,7 +280,11 @@ def run_spec(spec: dict, world) -> dict | None:
         if runner is not None:
             runner.reducer.remove()
     wait = statistics.median(waits) if waits else 0.0
-    mine = torch.tensor([*losses, *times, *own_cpu, *busy, wait, peak.bytes, saved.bytes], dtype=torch.float64)
+    # Parameters and the optimizer's state on this rank (what tensor parallelism divides).
+    state_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    mine = torch.tensor([*losses, *times, *own_cpu, *busy, state_bytes, wait, peak.bytes, saved.bytes],
+                        dtype=torch.float64)
     every = torch.empty((world.size, mine.numel()), dtype=torch.float64)
     world.Allgather(mine.numpy(), every.numpy())
     comms.free()
@@ -294,5 +298,6 @@ def run_spec(spec: dict, world) -> dict | None:
     return {**spec, "losses": every[:, :n].sum(dim=0).tolist(), "step_times_s": step_times.tolist(),
             "contended_cpu_s": (foreign - spare).clamp(min=0).tolist(),
             "mpi_wait_s_per_rank": every[:, -3].tolist(),  # median over the timed steps
+            "state_bytes_per_rank": every[:, -4].tolist(),
             "peak_bytes_per_rank": every[:, -2].tolist(), "saved_bytes_per_rank": every[:, -1].tolist(),
             "memory_method": peak.method, "device_name": str(device)}
