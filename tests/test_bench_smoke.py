@@ -41,8 +41,10 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert timed and all(r["predicted_step_s"] and r["predicted_step_s"] > 0 for r in timed), timed
     assert report["meta"]["calibration"] and "performance model:" in done.stdout
     assert any(r["workload"] == "W1" and r["config"].startswith("sp=2") and r["exact"] for r in rows)
-    # W2 reports memory at 1, 2 and 4 segments; W3 one row per serial scan method; plain PyTorch on W1, W3.
-    assert sum(r["workload"] == "W2" for r in rows) == 3
+    # W2 reports memory at 1, 2 and 4 segments, and the model's microbatch choice; W3 one row per serial
+    # scan method; plain PyTorch on W1, W3.
+    assert sum(r["workload"] == "W2" for r in rows) == 4
+    assert sum("M by the model (M=" in r["config"] for r in rows) == 2
     assert all(r["saved_mib"] > 0 for r in rows if r["workload"] == "W2")
     assert sum(r["workload"] == "W3" and r["config"].startswith("1 rank,") for r in rows) >= 2
     assert {r["workload"] for r in rows if r["config"].startswith("plain")} == {"W1", "W3"}

@@ -81,6 +81,7 @@ def plan(args) -> list[dict]:
         add("W1", "1 rank", 1)
         add("W1", "sp=2, M=8", 2, sp=2, microbatches=8, target={"speedup": 1.7, "exact": True})
         add("W1", "sp=2, M=4", 2, sp=2, microbatches=4)  # same bubble-model bound here, half the messages
+        add("W1", "sp=2, M by the model", 2, sp=2, microbatches="model")  # parallel.calibration's choice
         add("W1", "dp=2 (-n 2)", 2, dp=2)
         # The two layers on two ranks, overlapped through time chunks; the stages are uneven, so the
         # target is 90% of the bound their measured costs allow (pipeline_bound).
@@ -94,6 +95,7 @@ def plan(args) -> list[dict]:
         m = min(W2_MICROBATCHES, shape_of("W2", args.tiny)["batch"])
         add("W2", "1 rank", 1, fresh=True)
         add("W2", f"sp=2, M={m}", 2, sp=2, microbatches=m, fresh=True)
+        add("W2", "sp=2, M by the model", 2, sp=2, microbatches="model")
         add("W2", f"sp=4, M={m} (oversubscribed: memory only)", 4, sp=4, microbatches=m, fresh=True, steps=0,
             warmup=1, target={"memory": 0.35})
     if "W3" in only:
@@ -123,6 +125,23 @@ def plan(args) -> list[dict]:
             if workload in only:
                 add(workload, f"plain PyTorch nn.{module}, 1 rank", 1, plain=True)
     return runs
+
+
+def choose_modelled_counts(runs: list[dict], cal) -> list[dict]:
+    """Rows whose microbatch count is "model": the performance model's choice for the shape and grid,
+    as a run with parallel.calibration would make (mpirnn/training/layout.py); dropped without a calibration."""
+    from mpirnn.tools.perf.bench_predictions import shape_for
+    from mpirnn.tools.planner import best_microbatches
+    chosen = []
+    for run in runs:
+        if run["microbatches"] == "model":
+            if cal is None:
+                continue
+            grid = {axis: run.get(axis, 1) for axis in ("dp", "sp", "pp", "tp")}
+            layout = best_microbatches(shape_for(shape_of(run["workload"], run["tiny"])), grid, cal).layout
+            run = {**run, "microbatches": layout.microbatches, "name": f"{run['name']} (M={layout.microbatches})"}
+        chosen.append(run)
+    return chosen
 
 
 def launches(runs: list[dict]) -> list[list[dict]]:
@@ -411,6 +430,7 @@ def main(argv=None) -> int:
     from mpirnn.tools.perf.bench_predictions import calibration_for
     cal = calibration_for(args, [shape_of(w, args.tiny) for w in {r["workload"] for r in runs}])
     meta["calibration"] = cal.path if cal else None
+    runs = choose_modelled_counts(runs, cal)
     results, errors, meta["load_per_pass"] = [], [], []
     with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:
         groups = launches(runs)

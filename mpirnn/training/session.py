@@ -35,6 +35,7 @@ from mpirnn.parallel.plan import make_plan
 from mpirnn.parallel.shard import stage_model
 from mpirnn.parallel.tensor import TensorGroup
 from mpirnn.training import resume
+from mpirnn.training.layout import modelled_counts
 from mpirnn.training.loop import Trainer
 from mpirnn.training.validation import Validator, open_val_split
 
@@ -106,6 +107,15 @@ def name_the_run(cfg, world) -> None:
         out.metrics = str(Path("runs") / out.run_name / "metrics.jsonl")
 
 
+def plan_the_run(cfg, grid, coords, vocab, features):
+    """This rank's plan; with parallel.calibration the automatic counts come from the performance
+    model, and are written into the config, so the metrics and checkpoints record them."""
+    cfg.parallel.microbatches, cfg.parallel.chunks = modelled_counts(cfg, grid, vocab, features)
+    return make_plan(grid, coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
+                     layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
+                     chunks=cfg.parallel.chunks, hidden=cfg.model.hidden)
+
+
 def resume_point(cfg, comms) -> int | None:
     """The checkpoint step to continue from (None: a fresh start), with its settings adopted."""
     c = cfg.checkpoint
@@ -145,10 +155,9 @@ def train(cfg, grid) -> int:
                 print(note, file=sys.stderr, flush=True)
         val_split = agree(world, open_val_split, cfg, world) if cfg.train.eval_every else None
         sample = agree(world, sample_fits, cfg, manifest, world)
-        plan = make_plan(grid, comms.coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
-                         layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
-                         chunks=cfg.parallel.chunks, hidden=cfg.model.hidden)
         tokens = manifest.kind == "tokens"
+        plan = agree(world, plan_the_run, cfg, grid, comms.coords, manifest.vocab_size if tokens else None,
+                     None if tokens else manifest.features)
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device)
         tp_group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None

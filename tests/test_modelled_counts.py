@@ -1,0 +1,51 @@
+"""parallel.calibration: the performance model chooses the automatic microbatches and chunks.
+
+Plain pytest, no MPI: cd /work/main && .venv/bin/python -m pytest -q tests/test_modelled_counts.py
+"""
+
+import json
+
+import pytest
+from test_perf_model import toy_calibration
+
+from mpirnn.config import load_config
+from mpirnn.errors import ConfigError
+from mpirnn.parallel.grid import Grid
+from mpirnn.tools.perf.calibration import Calibration
+from mpirnn.tools.perf.step_model import Shape
+from mpirnn.tools.planner import best_microbatches
+from mpirnn.training.layout import modelled_counts
+
+
+def toy(tmp_path, **costs):
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(toy_calibration(**costs)))
+    return path
+
+
+def test_without_a_calibration_the_counts_stay_as_configured():
+    cfg = load_config(None, ["parallel.microbatches=3"])
+    assert modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None) == (3, 0)
+
+
+def test_the_model_chooses_what_it_predicts_fastest(tmp_path):
+    # A fixed cost per call makes many microbatches expensive; cheap calls favour a smaller bubble.
+    for call_s, expected_more in ((1.0, False), (0.0, True)):
+        path = toy(tmp_path, step_per_row_s=1e-4, call_s=call_s)
+        cfg = load_config(None, [f"parallel.calibration={path}", "parallel.sp=2", "data.batch_size=32"])
+        grid = Grid(2, dp=1, sp=2)
+        m, c = modelled_counts(cfg, grid, 256, None)
+        best = best_microbatches(Shape.from_config(cfg, 256), dict(dp=1, sp=2, pp=1, tp=1),
+                                 Calibration(toy_calibration(step_per_row_s=1e-4, call_s=call_s)))
+        assert (m, c) == (best.layout.microbatches, best.layout.chunks)
+        assert (m > 2) == expected_more
+
+
+def test_hand_set_counts_are_kept_and_a_missing_file_is_a_config_error(tmp_path):
+    path = toy(tmp_path, step_per_row_s=1e-4)
+    cfg = load_config(None, [f"parallel.calibration={path}", "parallel.microbatches=5", "parallel.chunks=2",
+                             "parallel.pp=2"])
+    assert modelled_counts(cfg, Grid(2, dp=1, pp=2), 256, None) == (5, 2)
+    cfg = load_config(None, [f"parallel.calibration={tmp_path / 'none.json'}"])
+    with pytest.raises(ConfigError, match="parallel.calibration"):
+        modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
