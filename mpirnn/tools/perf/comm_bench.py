@@ -26,6 +26,22 @@ def _reps(nbytes: int, quick: bool) -> int:
     return 3 if quick else (100 if nbytes <= 131072 else 20)
 
 
+def _slowest(comm: MPI.Comm, seconds: float) -> float:
+    """The largest of every rank's value (buffer Allreduce: no pickling in the library)."""
+    value = np.array([seconds])
+    comm.Allreduce(MPI.IN_PLACE, value, MPI.MAX)
+    return float(value[0])
+
+
+def _same_node(comm: MPI.Comm) -> bool:
+    name = np.zeros(MPI.MAX_PROCESSOR_NAME, dtype=np.uint8)
+    encoded = MPI.Get_processor_name().encode()[:MPI.MAX_PROCESSOR_NAME]
+    name[:len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
+    names = np.empty((comm.size, name.size), dtype=np.uint8)
+    comm.Allgather(name, names)
+    return bool((names == names[0]).all())
+
+
 def _timed(comm: MPI.Comm, fn, reps: int) -> float:
     """Fastest over reps of the slower rank's time for fn()."""
     times = []
@@ -34,7 +50,7 @@ def _timed(comm: MPI.Comm, fn, reps: int) -> float:
         comm.Barrier()
         started = time.perf_counter()
         fn()
-        times.append(comm.allreduce(time.perf_counter() - started, op=MPI.MAX))
+        times.append(_slowest(comm, time.perf_counter() - started))
     return min(times)
 
 
@@ -83,7 +99,7 @@ def async_progress(comm: MPI.Comm, nbytes: int = 4194304) -> float:
         _busy(3 * blocking)
         started = time.perf_counter()
         request.Wait()
-        waits.append(comm.allreduce(time.perf_counter() - started, op=MPI.MAX))
+        waits.append(_slowest(comm, time.perf_counter() - started))
     return min(1.0, max(0.0, 1.0 - min(waits) / blocking))
 
 
@@ -104,18 +120,21 @@ def slowdown(comm: MPI.Comm, quick: bool) -> dict:
 
     run()
     alone, together = [], []
+    token = np.zeros(1, dtype=np.uint8)
     for _ in range(3 if quick else 5):   # alternate, so that a disturbance spoils one round, not one side
         comm.Barrier()
         if comm.rank == 0:   # alone: the peer sleeps (a rank blocked in MPI would spin on its core)
             alone.append(min(run() for _ in range(2)))
-            comm.send(None, dest=1, tag=77)
+            comm.Send(token, dest=1, tag=77)
         else:
             while not comm.Iprobe(source=0, tag=77):
                 time.sleep(0.005)
-            comm.recv(source=0, tag=77)
+            comm.Recv(token, source=0, tag=77)
         comm.Barrier()
-        together.append(comm.allreduce(min(run() for _ in range(2)), op=MPI.MAX))
-    alone_s = comm.bcast(min(alone) if comm.rank == 0 else None, root=0)
+        together.append(_slowest(comm, min(run() for _ in range(2))))
+    alone_s = np.array([min(alone) if comm.rank == 0 else 0.0])
+    comm.Bcast(alone_s, root=0)
+    alone_s = float(alone_s[0])
     return {"busy": comm.size, "factor": max(1.0, min(together) / alone_s), "alone_s": alone_s,
             "together_s": min(together)}
 
@@ -153,7 +172,7 @@ def measure(quick: bool = False) -> dict | None:
     comm = MPI.COMM_WORLD
     if comm.size != 2:
         raise SystemExit(f"the communication calibration runs on 2 ranks, not {comm.size}")
-    hosts = comm.allgather(MPI.Get_processor_name())
     result = {"ops": ops(comm, QUICK_SIZES if quick else SIZES), "async_progress": async_progress(comm),
-              "slowdown": slowdown(comm, quick), "lockstep_sync_s": lockstep(comm, quick), "same_node": hosts[0] == hosts[1], "library": MPI.Get_library_version().splitlines()[0]}
+              "slowdown": slowdown(comm, quick), "lockstep_sync_s": lockstep(comm, quick), "same_node": _same_node(comm),
+              "library": MPI.Get_library_version().splitlines()[0]}
     return result if comm.rank == 0 else None
