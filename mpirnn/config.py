@@ -55,9 +55,10 @@ class ParallelConfig:
                                "0 = automatic (2 to 8 with >= 8 rows each where they overlap, else 1)")
     chunks: int = doc(0, "time chunks per segment (overlap pp stages even at batch size 1); "
                          "0 = automatic (about 8 units per extra stage, chunks >= 16 steps; 1 without pp)")
-    calibration: str = doc("", "a calibration (python -m mpirnn.plan --calibrate) from which the performance model "
-                               "chooses automatic microbatches and chunks; auto = this CPU's newest in "
-                               "benchmarks/calibration; empty = the fixed rules")
+    calibration: str = doc("auto", "where automatic microbatches and chunks come from: auto = the performance "
+                                   "model with this CPU's newest calibration in benchmarks/calibration (the fixed "
+                                   "rules when there is none, or on a GPU); a calibration file (python -m "
+                                   "mpirnn.plan --calibrate); rules = the fixed rules")
 
 
 @dataclass

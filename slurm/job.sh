@@ -18,7 +18,9 @@
 # Preemption and time limits: Slurm sends USR1 to this shell 60 s before the limit
 # (--signal=B:USR1@60, "B:" = batch shell only). The shell forwards it to srun, which passes it
 # to every rank; the ranks agree on it at the next step boundary, write a checkpoint (set
-# checkpoint.dir) and exit with 128+USR1 = 138. The script then requeues the job (--requeue);
+# checkpoint.dir), note the stop in $MPIRNN_STOP_FILE and exit 0 (not 128+USR1 = 138 as under
+# mpirun: srun's --kill-on-bad-exit would kill the ranks still finishing as soon as the first
+# exited non-zero). The script then requeues the job (--requeue);
 # the next run resumes (checkpoint.resume=true is added when SLURM_RESTART_COUNT > 0). A run
 # that finishes before it sees the signal exits 0 and is not requeued. Output is appended
 # across requeues (--open-mode=append). A fresh (not requeued) run refuses a checkpoint.dir that
@@ -133,6 +135,9 @@ trap 'forward TERM' TERM
 # nor signals the tasks, so preemption needs care):
 #   "$MPIRNN_HOME/.venv/bin/mpirun" -n "$SLURM_NTASKS" -ppn "$SLURM_NTASKS_PER_NODE" \
 #       "$python" -m mpirnn.train "${args[@]}"
+# The trainer writes this file when it stopped on a signal after saving a checkpoint.
+export MPIRNN_STOP_FILE="${SLURM_SUBMIT_DIR:-$PWD}/.mpirnn-stopped-${SLURM_JOB_ID:-$$}"
+rm -f "$MPIRNN_STOP_FILE"
 srun --mpi="$srun_mpi" --kill-on-bad-exit=1 "$python" -m mpirnn.train "${args[@]}" &
 srun_pid=$!
 
@@ -142,8 +147,9 @@ while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid" || true; done
 wait "$srun_pid" && rc=0 || rc=$?
 echo "job.sh: srun exited with status $rc"
 
-if [[ $signalled == USR1 && $rc -eq $((128 + 10)) ]]; then
-    # The trainer stopped at our request after a checkpoint (exit 128+SIGUSR1): queue the rest.
+if [[ $signalled == USR1 && ( -f $MPIRNN_STOP_FILE || $rc -eq $((128 + 10)) ) ]]; then
+    # The trainer stopped at our request after a checkpoint: queue the rest.
+    rm -f "$MPIRNN_STOP_FILE"
     echo "job.sh: requeueing job $SLURM_JOB_ID to resume from its checkpoint"
     scontrol requeue "$SLURM_JOB_ID"
 fi

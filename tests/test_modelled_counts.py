@@ -1,4 +1,5 @@
-"""parallel.calibration: the performance model chooses the automatic microbatches and chunks.
+"""parallel.calibration: the performance model chooses the automatic microbatches and chunks
+(by default with this CPU's calibration; the fixed rules where there is none).
 
 Plain pytest, no MPI: cd /work/main && .venv/bin/python -m pytest -q tests/test_modelled_counts.py
 """
@@ -11,6 +12,7 @@ from test_perf_model import toy_calibration
 from mpirnn.config import load_config
 from mpirnn.errors import ConfigError
 from mpirnn.parallel.grid import Grid
+from mpirnn.tools.perf import calibration as calibration_file
 from mpirnn.tools.perf.calibration import Calibration
 from mpirnn.tools.perf.step_model import Shape
 from mpirnn.tools.planner import best_microbatches
@@ -23,9 +25,36 @@ def toy(tmp_path, **costs):
     return path
 
 
-def test_without_a_calibration_the_counts_stay_as_configured():
-    cfg = load_config(None, ["parallel.microbatches=3"])
-    assert modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None) == (3, 0)
+def test_the_rules_keep_the_counts_as_configured_and_say_so():
+    cfg = load_config(None, ["parallel.microbatches=3", "parallel.calibration=rules"])
+    assert modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None) == (3, 0, "the fixed rules (parallel.calibration = rules)")
+
+
+def test_without_sp_or_pp_nothing_is_chosen_and_nothing_said():
+    cfg = load_config(None, [])
+    assert modelled_counts(cfg, Grid(2, dp=2), 256, None) == (0, 0, "")
+
+
+def test_auto_uses_this_cpus_calibration_and_falls_back_to_the_rules(tmp_path, monkeypatch):
+    path = toy(tmp_path, step_per_row_s=1e-4, call_s=0.0)
+    cfg = load_config(None, ["parallel.sp=2", "data.batch_size=32", "train.device=cpu"])
+    assert cfg.parallel.calibration == "auto"
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: path)
+    m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
+    assert m > 2 and chooser.startswith("the performance model, calibration") and "toy.json" in chooser
+
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: None)
+    m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
+    assert (m, c) == (0, 0)
+    assert "no calibration of this CPU" in chooser and "python -m mpirnn.plan --calibrate" in chooser
+
+
+def test_auto_on_a_gpu_takes_the_rules_not_a_cpu_calibration(tmp_path, monkeypatch):
+    path = toy(tmp_path, step_per_row_s=1e-4, call_s=0.0)
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: path)
+    cfg = load_config(None, ["parallel.sp=2", "train.device=cuda"])
+    m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
+    assert (m, c) == (0, 0) and "no calibration of this GPU" in chooser
 
 
 def test_the_model_chooses_what_it_predicts_fastest(tmp_path):
@@ -34,7 +63,7 @@ def test_the_model_chooses_what_it_predicts_fastest(tmp_path):
         path = toy(tmp_path, step_per_row_s=1e-4, call_s=call_s)
         cfg = load_config(None, [f"parallel.calibration={path}", "parallel.sp=2", "data.batch_size=32"])
         grid = Grid(2, dp=1, sp=2)
-        m, c = modelled_counts(cfg, grid, 256, None)
+        m, c, _ = modelled_counts(cfg, grid, 256, None)
         best = best_microbatches(Shape.from_config(cfg, 256), dict(dp=1, sp=2, pp=1, tp=1),
                                  Calibration(toy_calibration(step_per_row_s=1e-4, call_s=call_s)))
         assert (m, c) == (best.layout.microbatches, best.layout.chunks)
@@ -45,7 +74,7 @@ def test_hand_set_counts_are_kept_and_a_missing_file_is_a_config_error(tmp_path)
     path = toy(tmp_path, step_per_row_s=1e-4)
     cfg = load_config(None, [f"parallel.calibration={path}", "parallel.microbatches=5", "parallel.chunks=2",
                              "parallel.pp=2"])
-    assert modelled_counts(cfg, Grid(2, dp=1, pp=2), 256, None) == (5, 2)
-    cfg = load_config(None, [f"parallel.calibration={tmp_path / 'none.json'}"])
+    assert modelled_counts(cfg, Grid(2, dp=1, pp=2), 256, None) == (5, 2, "")
+    cfg = load_config(None, [f"parallel.calibration={tmp_path / 'none.json'}", "parallel.sp=2"])
     with pytest.raises(ConfigError, match="parallel.calibration"):
         modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)

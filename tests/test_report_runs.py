@@ -14,13 +14,17 @@ import sys
 
 import pytest
 from support import make_token_dataset
+from test_perf_model import toy_calibration
 
 from mpirnn.tools import report
+from mpirnn.tools.perf.calibration import Calibration
+from mpirnn.tools.perf.step_model import Layout, Shape, predict
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_metrics(folder, hidden=16, dp=1, step_time=0.5, val=False, lr=False, name="metrics", finished=True):
+def write_metrics(folder, hidden=16, dp=1, step_time=0.5, val=False, lr=False, name="metrics", finished=True,
+                  threads=None, cpu=None):
     """A run as the trainer leaves it: metrics lines, a summary, and the resolved config beside them."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [{"step": s, "loss": 5.0 - 0.2 * s, "step_time_s": step_time, "tokens_per_s": 512 / step_time,
@@ -29,7 +33,8 @@ def write_metrics(folder, hidden=16, dp=1, step_time=0.5, val=False, lr=False, n
     if finished:
         lines.append({"summary": True, "steps": 6, "first_loss": 4.8, "final_loss": 3.8, "tokens_per_s": 1000.0,
                       "grid": {"dp": dp, "sp": 1, "pp": 1, "tp": 1}, "world_size": dp,
-                      "placement": [{"rank": r, "host": "h1"} for r in range(dp)]})
+                      "placement": [{"rank": r, "host": "h1", "threads": threads, "cpu": cpu, "device": "cpu"}
+                                    for r in range(dp)]})
     path = folder / f"{name}.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     config = {"model": {"cell": "lstm", "hidden": hidden, "layers": 1, "embed": 8, "dtype": "float32"},
@@ -111,6 +116,41 @@ def test_same_problem_on_two_grids_is_a_study_and_others_stay_apart(tmp_path):
     assert (tmp_path / "speedup.png").stat().st_size > 1000
 
 
+def toy_file(tmp_path):
+    path = tmp_path / "toy-calibration.json"
+    path.write_text(json.dumps(toy_calibration(step_per_row_s=1e-3, adam_param_s=1e-6)))
+    return path
+
+
+def test_every_run_gets_the_models_step_time_beside_its_measured_one(tmp_path):
+    runs = tmp_path / "runs"
+    write_metrics(runs / "dp1", dp=1, step_time=1.0, threads=1, cpu="toy")
+    write_metrics(runs / "dp2", dp=2, step_time=0.6, threads=1, cpu="toy")
+    assert report.main([str(runs), "--calibration", str(toy_file(tmp_path))]) == 0
+    rows = {r["run"]: r for r in csv.DictReader((runs / "report.csv").open())}
+    cal = Calibration(toy_calibration(step_per_row_s=1e-3, adam_param_s=1e-6))
+    shape = Shape("lstm", layers=1, hidden=16, embed=8, batch=32, seq_len=16, vocab=256)
+    for name, dp, measured in (("dp1", 1, 1.0), ("dp2", 2, 0.6)):
+        expected = predict(shape, Layout(dp=dp), cal).step_s
+        assert float(rows[name]["predicted_step_s"]) == pytest.approx(expected)
+        assert float(rows[name]["prediction_error"]) == pytest.approx(measured / expected - 1)
+    assert float(rows["dp1"]["predicted_step_s"]) > float(rows["dp2"]["predicted_step_s"]) > 0
+    text = (runs / "report.md").read_text()
+    assert "predicted_step_s | vs_predicted" in text and "toy-calibration.json" in text
+
+
+def test_runs_the_model_does_not_describe_say_why(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    write_metrics(runs / "threads", dp=1, threads=2, cpu="toy")
+    write_metrics(runs / "one", dp=2, threads=1, cpu="toy")
+    assert report.main([str(runs), "--calibration", str(toy_file(tmp_path))]) == 0
+    assert "No predicted step time for: threads (calibrated for 1 thread per rank)" in (runs / "report.md").read_text()
+    # No --calibration and none of the runs' CPU model: the report says so and still has its tables.
+    assert report.main([str(runs)]) == 0
+    text = (runs / "report.md").read_text()
+    assert "No predicted step times: no calibration of toy" in text and "## Scaling study" in text
+
+
 def test_missing_path_fails_clearly(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -122,12 +162,13 @@ def test_report_command_on_a_real_training_run(tmp_path):
     run = tmp_path / "run"
     settings = {"train.steps": 3, "model.hidden": 16, "model.layers": 1, "model.embed": 8, "data.seq_len": 16,
                 "data.batch_size": 4, "output.progress": "false", "output.sample_bytes": 0, "data.path": data,
-                "output.metrics": run / "metrics.jsonl"}
+                "output.metrics": run / "metrics.jsonl", "train.threads": 1}
     train = subprocess.run([sys.executable, "-m", "mpirnn.train",
                             *[a for k, v in settings.items() for a in ("--set", f"{k}={v}")]],
                            cwd=tmp_path, capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert train.returncode == 0, train.stderr
-    shown = subprocess.run([sys.executable, "-m", "mpirnn.report", str(run)], cwd=tmp_path,
+    shown = subprocess.run([sys.executable, "-m", "mpirnn.report", str(run), "--calibration", str(toy_file(tmp_path))],
+                           cwd=tmp_path,
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "# Run run" in shown.stdout and "no finished runs" not in shown.stderr
@@ -136,3 +177,4 @@ def test_report_command_on_a_real_training_run(tmp_path):
     summary = (run / "report.md").read_text()
     assert "steps: 3 of 3" in summary and "grid (dp x sp x pp x tp): 1x1x1x1 on 1 rank(s)" in summary
     assert "model: lstm 1x16" in summary
+    assert "predicted step time: " in summary and "s by the performance model (measured " in summary

@@ -1,7 +1,8 @@
 """Where each rank runs: host, Slurm node, node-local rank, device — gathered for the metrics.
 
 Written into the metrics summary so that a run on a cluster can be checked afterwards
-(rank → node mapping, GPU binding). Records travel as fixed-size JSON bytes through a
+(rank → node mapping, GPU binding, threads and CPU model, which `mpirnn.report` uses to
+predict the run's step time). Records travel as fixed-size JSON bytes through a
 buffer Allgather (no pickle of received data).
 """
 
@@ -12,8 +13,11 @@ import os
 import socket
 
 import numpy as np
+import torch
 
-RECORD_BYTES = 512
+from mpirnn.tools.perf.calibration import cpu_model
+
+RECORD_BYTES = 1024
 
 
 def this_rank(comms, device) -> dict:
@@ -21,7 +25,8 @@ def this_rank(comms, device) -> dict:
             "slurm_node": os.environ.get("SLURMD_NODENAME"),
             "slurm_localid": _int(os.environ.get("SLURM_LOCALID")),
             "local_rank": comms.local_rank, "local_size": comms.local_size,
-            "device": str(device), "coords": comms.coords}
+            "device": str(device), "threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "coords": comms.coords}
 
 
 def gather(comms, record: dict) -> list[dict]:

@@ -12,7 +12,9 @@ strategy and mode of an mpirnn.scaling sweep (run.json) form one too. Writes rep
 table per study with speedup and efficiency against its fewest-rank run, then every other run
 on its own), report.csv, speedup.png and efficiency.png when there is a study, and loss.png
 with every run's loss. Runs are named by their folder. `--warmup` steps are left out of the
-medians. Exercised by: .venv/bin/python -m pytest -q tests/test_scaling_report.py tests/test_report_runs.py
+medians. Every run's measured step time stands beside the one the performance model predicts
+for its grid (mpirnn/tools/report_predictions.py; `--calibration FILE`, else the runs' CPU
+model's newest calibration in benchmarks/calibration/). Exercised by: .venv/bin/python -m pytest -q tests/test_scaling_report.py tests/test_report_runs.py
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import sys
 from pathlib import Path
 
 AXES = ("dp", "sp", "pp", "tp")
-COLUMNS = ["run", "study", "strategy", "mode", "nodes", "ranks", "grid", "step_time_s", "speedup", "efficiency",
-           "comm_share", "tokens_per_s", "final_loss"]
-STUDY_COLUMNS = ["run", "grid", "nodes", "ranks", "step_time_s", "speedup", "efficiency", "comm_share",
-                 "tokens_per_s", "final_loss"]
-SINGLE_COLUMNS = ["run", "grid", "nodes", "ranks", "steps", "first_loss", "final_loss", "step_time_s", "tokens_per_s"]
+COLUMNS = ["run", "study", "strategy", "mode", "nodes", "ranks", "grid", "step_time_s", "predicted_step_s",
+           "prediction_error", "speedup", "efficiency", "comm_share", "tokens_per_s", "final_loss"]
+STUDY_COLUMNS = ["run", "grid", "nodes", "ranks", "step_time_s", "predicted_step_s", "vs_predicted", "speedup",
+                 "efficiency", "comm_share", "tokens_per_s", "final_loss"]
+SINGLE_COLUMNS = ["run", "grid", "nodes", "ranks", "steps", "first_loss", "final_loss", "step_time_s",
+                  "predicted_step_s", "vs_predicted", "tokens_per_s"]
 # One PNG per entry: its file name and the metrics drawn on it (those the lines have).
 CURVES = [("loss", ("loss", "val_loss")), ("grad_norm", ("grad_norm",)), ("tokens_per_s", ("tokens_per_s",)),
           ("lr", ("lr",))]
@@ -276,7 +279,7 @@ def plot_losses(rows: list[dict], out: Path) -> list[Path]:
     return [_save(plt, figure, axes, out / "loss.png")]
 
 
-def single_summary(run: dict, plots: list[Path], warmup: int) -> str:
+def single_summary(run: dict, plots: list[Path], warmup: int, prediction_note: str = "") -> str:
     summary, config = run["summary"] or {}, run["config"] or {}
     first, last = run["records"][0], run["records"][-1]
     lines = [f"# Run {run['run']}", "", f"- metrics: {run['metrics']}"]
@@ -290,6 +293,11 @@ def single_summary(run: dict, plots: list[Path], warmup: int) -> str:
     skipped = f"the first {warmup} left out" if run["timed_from"] > first["step"] else "all steps"
     if run["step_time_s"] is not None:
         lines.append(f"- median step time: {run['step_time_s']:.4g} s ({skipped})")
+    if run.get("predicted_step_s") is not None:
+        lines.append(f"- predicted step time: {run['predicted_step_s']:.4g} s by the performance model "
+                     f"(measured {run['vs_predicted']} against it; {prediction_note})")
+    elif run["step_time_s"] is not None and (prediction_note or run.get("prediction_note")):
+        lines.append(f"- predicted step time: none ({run.get('prediction_note') or prediction_note})")
     if run["tokens_per_s"] is not None:
         overall = f"; {summary['tokens_per_s']:.0f} over the whole run" if "tokens_per_s" in summary else ""
         lines.append(f"- tokens/s: {run['tokens_per_s']:.0f} median per step{overall}")
@@ -305,14 +313,26 @@ def single_summary(run: dict, plots: list[Path], warmup: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_single(path: Path, warmup: int) -> int:
+def predict_rows(rows: list[dict], calibration: str | None) -> str:
+    """Adds the model's step time to every row it describes; returns the line saying which calibration."""
+    from mpirnn.tools import report_predictions
+    cal, note = report_predictions.load_for(rows, calibration)
+    report_predictions.add_predictions(rows, cal)
+    for row in rows:
+        error = row.get("prediction_error")
+        row["vs_predicted"] = f"{100 * error:+.0f}%" if error is not None else None
+    return note
+
+
+def report_single(path: Path, warmup: int, calibration: str | None = None) -> int:
     run = read_run(path, warmup)
     if run is None:
         print(f"mpirnn.report: no step lines in {path}: is it a metrics file (output.metrics)?", file=sys.stderr)
         return 1
     prefix = "" if run["metrics"].stem == "metrics" else run["metrics"].stem + "-"
     plots = plot_curves(run, prefix)
-    text = single_summary(run, plots, warmup)
+    note = predict_rows([run], calibration)
+    text = single_summary(run, plots, warmup, note)
     out = run["metrics"].with_name(f"{prefix}report.md")
     out.write_text(text)
     print(text, end="")
@@ -320,7 +340,7 @@ def report_single(path: Path, warmup: int) -> int:
     return 0
 
 
-def report_folder(root: Path, metrics_files: list[Path], warmup: int) -> int:
+def report_folder(root: Path, metrics_files: list[Path], warmup: int, calibration: str | None = None) -> int:
     rows, unfinished = [], []
     for path in metrics_files:
         name = str(path.parent.relative_to(root)) if path.stem == "metrics" else str(path.relative_to(root))[:-6]
@@ -332,7 +352,9 @@ def report_folder(root: Path, metrics_files: list[Path], warmup: int) -> int:
         print(f"mpirnn.report: no finished runs (metrics .jsonl with a summary line) under {root}", file=sys.stderr)
         return 1
     studies, alone = group_studies(rows)
-    parts = [f"# Runs under {root}\n"]
+    note = predict_rows(rows, calibration)
+    parts = [f"# Runs under {root}\n", f"Predicted step times: the performance model (docs/performance.md), {note}.\n"
+             if note.startswith("calibration") else note[0].upper() + note[1:] + ".\n"]
     for label, study in studies:
         add_scaling(study)
         parts.append(f"## Scaling study: {label}\n\nSame model, data and batch; speedup and efficiency against "
@@ -340,6 +362,10 @@ def report_folder(root: Path, metrics_files: list[Path], warmup: int) -> int:
     if alone:
         parts.append("## Runs not in a study\n\nNo other run has the same model, data and batch on another grid"
                      " (or there is no metrics.config.json to tell).\n\n" + markdown(alone, SINGLE_COLUMNS))
+    unpredicted = [r for r in rows if r.get("predicted_step_s") is None and r.get("prediction_note")]
+    if unpredicted:
+        parts.append("No predicted step time for: " + ", ".join(f"{r['run']} ({r['prediction_note']})"
+                                                               for r in unpredicted) + "\n")
     if unfinished:
         parts.append("Left out (no summary line: still running, or failed): "
                      + ", ".join(r["run"] for r in unfinished) + "\n")
@@ -361,14 +387,16 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="a run folder, a metrics .jsonl file, or a folder of runs")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the medians")
+    parser.add_argument("--calibration", help="performance-model calibration for the predicted step times "
+                                              "(default: the newest of the runs' CPU model in benchmarks/calibration)")
     args = parser.parse_args(argv)
     path = args.path
     if not path.exists():
         print(f"mpirnn.report: {path} does not exist", file=sys.stderr)
         return 1
     if path.is_file() or (path / "metrics.jsonl").is_file():
-        return report_single(path, args.warmup)
+        return report_single(path, args.warmup, args.calibration)
     found = find_metrics(path)
     if len(found) == 1:  # a folder holding one run somewhere below: that run's report
-        return report_single(found[0], args.warmup)
-    return report_folder(path, found, args.warmup)
+        return report_single(found[0], args.warmup, args.calibration)
+    return report_folder(path, found, args.warmup, args.calibration)

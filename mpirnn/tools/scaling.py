@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mpirnn.config import load_config
 
-JOB_SCRIPT = Path(__file__).resolve().parents[1] / "slurm" / "job.sh"
+JOB_SCRIPT = Path(__file__).resolve().parents[2] / "slurm" / "job.sh"
 STRATEGIES = ("dp", "sp")
 
 

@@ -1,12 +1,13 @@
 """Microbatches and chunks for a run: the plan's fixed rules, or the performance model's choice.
 
-With `parallel.calibration` set (a calibration file from `python -m mpirnn.plan --calibrate`,
-or `auto` for the newest one measured on this CPU model in benchmarks/calibration/), the
-automatic microbatch and chunk counts (`parallel.microbatches = 0`, `parallel.chunks = 0`) come
-from the performance model (docs/performance.md): the count it predicts fastest for this model,
-batch and grid on this machine, trading the schedule's bubble against thinner, less efficient
-kernels. Counts set by hand are kept. Without a calibration the plan's rules apply
-(mpirnn/parallel/plan.py). Every rank reads the same file, so every rank chooses the same.
+By default (`parallel.calibration = auto`) the automatic microbatch and chunk counts
+(`parallel.microbatches = 0`, `parallel.chunks = 0`) of a run with sp or pp come from the
+performance model (docs/performance.md) with the newest calibration of this CPU model in
+benchmarks/calibration/: the counts it predicts fastest for this model, batch and grid on this
+machine, trading the schedule's bubble against thinner, less efficient kernels. A file path
+names a calibration; `rules`, or a machine with no calibration (a GPU, an uncalibrated CPU),
+gets the plan's fixed rules (mpirnn/parallel/plan.py), and the start of the run says which
+chose. Counts set by hand are kept. Every rank reads the same file, so every rank chooses the same.
 """
 
 from __future__ import annotations
@@ -14,25 +15,20 @@ from __future__ import annotations
 from mpirnn.errors import ConfigError
 
 
-def modelled_counts(cfg, grid, vocab: int | None, features: int | None) -> tuple[int, int]:
-    """(microbatches, chunks) to run with: cfg's own unless a calibration chooses the automatic ones."""
+def modelled_counts(cfg, grid, vocab: int | None, features: int | None) -> tuple[int, int, str]:
+    """(microbatches, chunks, who chose them): cfg's own counts, or the model's choice for automatic ones."""
     p = cfg.parallel
-    if not p.calibration or (p.microbatches and p.chunks):
-        return p.microbatches, p.chunks
+    automatic = not (p.microbatches and p.chunks) and (grid.sp > 1 or grid.pp > 1)
+    path = _calibration_path(cfg) if automatic else None
+    if path is None:
+        reason = _why_the_rules(cfg) if automatic else ""
+        return p.microbatches, p.chunks, reason
     from mpirnn.tools.perf import calibration as calibration_file
     from mpirnn.tools.perf.calibration import CalibrationError
     from mpirnn.tools.perf.step_model import Shape
     from mpirnn.tools.planner import best_microbatches
 
     try:
-        if p.calibration == "auto":
-            path = calibration_file.find_for_host(calibration_file.cpu_model())
-            if path is None:
-                raise ConfigError(f"parallel.calibration = auto: no calibration of this CPU "
-                                  f"({calibration_file.cpu_model()}) in {calibration_file.CALIBRATION_DIR}; run "
-                                  f"python -m mpirnn.plan --calibrate, or set parallel.calibration to a file or \"\"")
-        else:
-            path = p.calibration
         cal = calibration_file.load(path)
     except (CalibrationError, OSError) as exc:
         raise ConfigError(f"parallel.calibration = {p.calibration}: {exc}") from None
@@ -46,4 +42,43 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None) -> tuple
         raise ConfigError(f"parallel.calibration: {exc}") from None
     # The model plans for the largest data-parallel group; the plan refuses more microbatches than
     # the smallest one has rows.
-    return min(chosen.microbatches, max(1, cfg.data.batch_size // grid.dp)), chosen.chunks
+    return (min(chosen.microbatches, max(1, cfg.data.batch_size // grid.dp)), chosen.chunks,
+            f"the performance model, calibration {_shown(path)}")
+
+
+def _calibration_path(cfg):
+    """The calibration file to plan with, or None for the fixed rules."""
+    setting = cfg.parallel.calibration
+    if setting in ("", "rules"):
+        return None
+    if setting != "auto":
+        return setting
+    if _on_gpu(cfg):   # a CPU calibration says nothing about a GPU's kernels
+        return None
+    from mpirnn.tools.perf import calibration as calibration_file
+    return calibration_file.find_for_host(calibration_file.cpu_model())
+
+
+def _why_the_rules(cfg) -> str:
+    setting = cfg.parallel.calibration
+    if setting in ("", "rules"):
+        return "the fixed rules (parallel.calibration = rules)"
+    from mpirnn.tools.perf import calibration as calibration_file
+    if _on_gpu(cfg):
+        return "the fixed rules: no calibration of this GPU (python -m mpirnn.plan --calibrate measures one)"
+    return (f"the fixed rules: no calibration of this CPU ({calibration_file.cpu_model()}) in "
+            f"{_shown(calibration_file.CALIBRATION_DIR)} (python -m mpirnn.plan --calibrate measures one)")
+
+
+def _on_gpu(cfg) -> bool:
+    import torch
+    return cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+
+
+def _shown(path) -> str:
+    """A path relative to the working directory when it lies below it."""
+    from pathlib import Path
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -10,9 +10,11 @@ steps (mpirnn/training/validation.py) and the best checkpoint by val loss is kep
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -154,7 +156,7 @@ class Trainer:
         metrics.close()
         if stopped:
             self._say_stopped(stopped)
-            return 128 + stopped
+            return self._stop_status(stopped)
         if self.rank0 and records:
             self._report(summary)
         if records and self.sample and self.cfg.output.sample_bytes and self.model.vocab_size:
@@ -283,6 +285,17 @@ class Trainer:
         where = (f"checkpoint saved in {self.cfg.checkpoint.dir}; resume with: {self._resume_command()}"
                  if self.cfg.checkpoint.dir else "no checkpoint.dir was set, so nothing was saved")
         print(f"mpirnn: stopped by signal {name(signum)} after step {self.step}; {where}", file=sys.stderr, flush=True)
+
+    def _stop_status(self, signum: int) -> int:
+        """128 + signal; but 0 under slurm/job.sh once a checkpoint is saved, with the stop written to
+        $MPIRNN_STOP_FILE instead: srun's --kill-on-bad-exit kills every rank still finishing as soon as
+        the first exits non-zero, which would turn a clean stop into a killed step."""
+        marker = os.environ.get("MPIRNN_STOP_FILE")
+        if not marker or not self.cfg.checkpoint.dir:
+            return 128 + signum
+        if self.rank0:
+            Path(marker).write_text(f"{name(signum)} {self.step}\n")
+        return 0
 
     def _resume_command(self) -> str:
         args = [a for a in sys.argv[1:] if "checkpoint.resume" not in a]

@@ -108,12 +108,14 @@ def name_the_run(cfg, world) -> None:
 
 
 def plan_the_run(cfg, grid, coords, vocab, features):
-    """This rank's plan; with parallel.calibration the automatic counts come from the performance
-    model, and are written into the config, so the metrics and checkpoints record them."""
-    cfg.parallel.microbatches, cfg.parallel.chunks = modelled_counts(cfg, grid, vocab, features)
-    return make_plan(grid, coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
+    """This rank's plan. Automatic counts come from the performance model where this machine is
+    calibrated (mpirnn/training/layout.py) and are written into the config, so the metrics and
+    checkpoints record them; rank 0 says who chose them."""
+    cfg.parallel.microbatches, cfg.parallel.chunks, chooser = modelled_counts(cfg, grid, vocab, features)
+    plan = make_plan(grid, coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
                      chunks=cfg.parallel.chunks, hidden=cfg.model.hidden)
+    return plan, chooser
 
 
 def resume_point(cfg, comms) -> int | None:
@@ -156,8 +158,12 @@ def train(cfg, grid) -> int:
         val_split = agree(world, open_val_split, cfg, world) if cfg.train.eval_every else None
         sample = agree(world, sample_fits, cfg, manifest, world)
         tokens = manifest.kind == "tokens"
-        plan = agree(world, plan_the_run, cfg, grid, comms.coords, manifest.vocab_size if tokens else None,
-                     None if tokens else manifest.features)
+        plan, chooser = agree(world, plan_the_run, cfg, grid, comms.coords,
+                              manifest.vocab_size if tokens else None, None if tokens else manifest.features)
+        if world.rank == 0 and chooser:
+            counts = f"{plan.microbatches} microbatch{'es' if plan.microbatches > 1 else ''}, {plan.chunks} " \
+                     f"chunk{'s' if plan.chunks > 1 else ''} per segment"
+            print(f"mpirnn: {counts}, chosen by {chooser}", flush=True)
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device)
         tp_group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None

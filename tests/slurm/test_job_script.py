@@ -151,7 +151,7 @@ def test_job_script_finds_project_from_another_directory(tmp_path, sbatch, slurm
 @pytest.mark.timeout(180)
 def test_job_script_forwards_usr1_and_requeues(tmp_path, sbatch, slurm, fake_home):
     """USR1 to the batch shell (what --signal=B:USR1@60 does before the time limit) reaches
-    every rank; the trainer checkpoints and exits 138; job.sh requeues; the second run resumes
+    every rank; the trainer (a stand-in here) checkpoints and exits 138; job.sh requeues; the second run resumes
     with checkpoint.resume=true and finishes: every step logged exactly once."""
     env = slurm.clean_env(MPIRNN_HOME=str(fake_home), MPIRNN_PYTHON=str(slurm.python))
     steps = 30
