@@ -1,7 +1,7 @@
 """Benchmark workloads side by side: sequence- and data-parallel steps against one rank and PyTorch DDP.
 
     python -m mpirnn.bench [--only W1,W3] [--steps 5] [--repeat 3] [--out runs/bench/bench.json] [--device cuda]
-                           [--calibration FILE]
+                           [--calibration FILE] [--sweep-counts]
 
 Run it on one process: it starts the MPI runs it needs itself (`mpirun -n K python -m
 mpirnn.bench --worker ...`, one torch thread per rank unless a row says otherwise),
@@ -55,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="toy shapes (smoke test; the numbers mean nothing)")
     parser.add_argument("--calibration", help="performance-model calibration for the predicted column "
                                               "(default: calibrate this machine first, written beside --out)")
+    parser.add_argument("--sweep-counts", action="store_true",
+                        help="also time every fixed microbatch/chunk count on W1, W2 and W5 beside the performance "
+                             "model's choice (mpirnn/tools/count_sweep.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)   # spec file: this process is an MPI rank
     parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -118,6 +121,9 @@ def plan(args) -> list[dict]:
             add("dp", DDP_NAME, 2, dp=2, ddp=True)
         if not args.tiny:
             add("dp", "dp=4 (-n 4, oversubscribed)", 4, dp=4)
+    if getattr(args, "sweep_counts", False):
+        from mpirnn.tools.count_sweep import add_sweeps
+        add_sweeps(add, runs, only, args.tiny)
         if not args.tiny and base["device"] == "cpu":
             add("dp", "1 rank × 2 threads", 1, threads=2)
     if args.device:
@@ -134,12 +140,14 @@ def choose_modelled_counts(runs: list[dict], cal) -> list[dict]:
     from mpirnn.tools.planner import best_microbatches
     chosen = []
     for run in runs:
-        if run["microbatches"] == "model":
+        if "model" in (run["microbatches"], run["chunks"]):
             if cal is None:
                 continue
             grid = {axis: run.get(axis, 1) for axis in ("dp", "sp", "pp", "tp")}
             layout = best_microbatches(shape_for(shape_of(run["workload"], run["tiny"])), grid, cal).layout
-            run = {**run, "microbatches": layout.microbatches, "name": f"{run['name']} (M={layout.microbatches})"}
+            counts = f"M={layout.microbatches}" + (f", C={layout.chunks}" if run["chunks"] == "model" else "")
+            run = {**run, "microbatches": layout.microbatches, "name": f"{run['name']} ({counts})",
+                   "chunks": layout.chunks if run["chunks"] == "model" else run["chunks"]}
         chosen.append(run)
     return chosen
 
@@ -408,14 +416,16 @@ def machine() -> dict:
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
-    """The DDP ratio and how the model's predictions compare, one line each."""
+    """The DDP ratio, the model's microbatch choice against fixed counts, and how the model's predictions
+    compare, one line each."""
     from mpirnn.tools.perf.bench_predictions import prediction_summary
     lines = []
     for workload, ratio in ddp_ratios(rows).items():
         verdict = "met" if ratio <= DDP_TARGET else "missed"
         lines.append(f"{workload}: mpirnn dp=2 / PyTorch DDP dp=2 step time = {ratio:.3f} "
                      f"(target ≤ {DDP_TARGET}: {verdict})")
-    return lines + prediction_summary(rows, PREDICTION_TOLERANCE)
+    from mpirnn.tools.count_sweep import sweep_lines
+    return lines + sweep_lines(rows) + prediction_summary(rows, PREDICTION_TOLERANCE)
 
 
 def main(argv=None) -> int:
