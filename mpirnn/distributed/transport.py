@@ -25,19 +25,26 @@ def cuda_aware() -> bool:
 
 
 class CommTimer:
-    """Seconds spent waiting in MPI, summed over the step (the metrics' comm_time_s).
+    """Seconds spent blocked in MPI within the step (the metrics' comm_time_s), split by kind.
 
-    `with timer.waiting("what"):` also records the wait as a span of the run's trace
-    (mpirnn/distributed/trace.py) when tracing is on; plain `with timer:` only counts.
+    "neighbour": waiting for a point-to-point message of a sequence or pipeline neighbour (an
+    incoming state or activations, their gradients, or a send's completion): the schedule's
+    dependencies, bubble included. "collective": inside a collective (gradient sums over
+    replicas, tensor parallelism's per-step exchanges, the linear scan, agreement on the loss).
+    `with timer.waiting("what", kind):` also records the wait as a span of the run's trace
+    (mpirnn/distributed/trace.py) when tracing is on.
     """
+
+    KINDS = ("neighbour", "collective")
 
     def __init__(self, tracer=None):
         self.seconds = 0.0
+        self.by_kind = dict.fromkeys(self.KINDS, 0.0)
         self.tracer = tracer if tracer is not None else Tracer()
-        self._label = "MPI wait"
+        self._label, self._kind = "MPI wait", "collective"
 
-    def waiting(self, label: str) -> "CommTimer":
-        self._label = label
+    def waiting(self, label: str, kind: str = "collective") -> "CommTimer":
+        self._label, self._kind = label, kind
         return self
 
     def __enter__(self):
@@ -46,14 +53,21 @@ class CommTimer:
     def __exit__(self, *exc):
         end = time.perf_counter()
         self.seconds += end - self._start
+        self.by_kind[self._kind] += end - self._start
         if self.tracer.enabled:
             origin = self.tracer._origin
             self.tracer.record(self._label, (self._start - origin) * 1e6, (end - origin) * 1e6)
-        self._label = "MPI wait"
+        self._label, self._kind = "MPI wait", "collective"
 
     def take(self) -> float:
+        """The step's total, and starts the next step's count (read split() first)."""
         seconds, self.seconds = self.seconds, 0.0
+        self.by_kind = dict.fromkeys(self.KINDS, 0.0)
         return seconds
+
+    def split(self) -> dict:
+        """{"comm_wait_s": waits on neighbours, "comm_collective_s": collectives} so far this step."""
+        return {"comm_wait_s": self.by_kind["neighbour"], "comm_collective_s": self.by_kind["collective"]}
 
 
 def host_view(tensor: torch.Tensor) -> np.ndarray:
@@ -69,7 +83,7 @@ class Transfer:
 
     def wait(self) -> torch.Tensor | None:
         if self.timer is not None:
-            with self.timer.waiting(self.label):
+            with self.timer.waiting(self.label, "neighbour"):
                 self.request.Wait()
         else:
             self.request.Wait()
@@ -126,21 +140,21 @@ def _on_host(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu().contiguous()
 
 
-def _timed(timer, call, *args):
+def _timed(timer, call, *args, kind="collective"):
     if timer is None:
         return call(*args)
-    with timer.waiting(call.__name__):
+    with timer.waiting(call.__name__, kind):
         return call(*args)
 
 
 def send(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None) -> None:
-    _timed(timer, comm.Send, host_view(_on_host(tensor)), dest, tag)
+    _timed(timer, comm.Send, host_view(_on_host(tensor)), dest, tag, kind="neighbour")
 
 
 def recv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None) -> torch.Tensor:
     """Receive a tensor shaped like `like`, returned on like's device."""
     host = torch.empty(like.shape, dtype=like.dtype)
-    _timed(timer, comm.Recv, host_view(host), source, tag)
+    _timed(timer, comm.Recv, host_view(host), source, tag, kind="neighbour")
     return host.to(like.device)
 
 

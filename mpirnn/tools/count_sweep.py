@@ -9,6 +9,8 @@ then says how far the model's choice is from the fastest fixed count, measured i
 
 from __future__ import annotations
 
+import re
+
 TARGET = 0.05
 
 # (workload, grid, the count swept, its fixed values); the bench's own rows already hold some.
@@ -58,7 +60,17 @@ def sweep_lines(rows: list[dict]) -> list[str]:
         best = min(fixed, key=lambda r: r["median_step_s"])
         excess = chosen["median_step_s"] / best["median_step_s"] - 1
         verdict = "met" if excess <= TARGET else "missed"
-        lines.append(f"{workload} {_grid_name(grid)}: the model's choice ({chosen['config']}) "
-                     f"{chosen['median_step_s']:.3f} s is {100 * excess:+.1f}% of the fastest fixed count "
-                     f"({best['config']}, {best['median_step_s']:.3f} s) (target ≤ +{100 * TARGET:.0f}%: {verdict})")
+        line = (f"{workload} {_grid_name(grid)}: the model's choice ({chosen['config']}) "
+                f"{chosen['median_step_s']:.3f} s is {100 * excess:+.1f}% of the fastest fixed count "
+                f"({best['config']}, {best['median_step_s']:.3f} s) (target ≤ +{100 * TARGET:.0f}%: {verdict})")
+        letter = LETTER[key]
+        if _count(chosen["config"], letter) == _count(best["config"], letter):
+            line += f"; the model chose that count: the two rows are one configuration timed twice"
+        lines.append(line)
     return lines
+
+
+def _count(config: str, letter: str) -> int | None:
+    """The M or C a row ran: "pp=2, C=8" → 8, "pp=2, C by the model (M=1, C=8)" → 8."""
+    found = re.findall(rf"\b{letter}=(\d+)", config)
+    return int(found[-1]) if found else None

@@ -194,10 +194,11 @@ class Trainer:
         self.step += 1
         elapsed = time.perf_counter() - started
         self.watchdog.end(elapsed)
-        # This rank's own MPI wait within this step: always part of step_time_s.
+        # This rank's own MPI wait within this step (always part of step_time_s), and its two kinds.
+        split = self.comms.timer.split()
         record = {"step": self.step, "loss": total, "step_time_s": elapsed,
                   "tokens_per_s": cfg.data.batch_size * cfg.data.seq_len / elapsed,
-                  "comm_time_s": self.comms.timer.take(), "grad_norm": grad_norm, "lr": lr,
+                  "comm_time_s": self.comms.timer.take(), **split, "grad_norm": grad_norm, "lr": lr,
                   **({"skipped": True} if skipped else {})}
         return record, stop
 
