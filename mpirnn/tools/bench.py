@@ -226,11 +226,12 @@ def finish(launched, timeout: float) -> tuple[list[dict], str | None]:
         error = None if process.returncode == 0 else f"exit {process.returncode}: {cause(output)}"
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # our own launch's process group
-        process.communicate()
+        output, _ = process.communicate()
         error = f"timed out after {timeout:.0f} s"
     if error:
         error = f"-n {group[0]['ranks']} ({', '.join(r['name'] for r in group)}): {error}"
-        print(f"mpirnn.bench: failed: {error}", file=sys.stderr, flush=True)
+        tail = "\n".join((output or "").strip().splitlines()[-25:])
+        print(f"mpirnn.bench: failed: {error}\n--- the end of its output:\n{tail}\n---", file=sys.stderr, flush=True)
     return (json.loads(result.read_text()) if result.exists() else []), error
 
 

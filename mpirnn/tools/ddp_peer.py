@@ -103,6 +103,9 @@ def main(argv=None) -> int:
             if dist.get_rank() == 0:
                 done.append(summary)
                 Path(args.result).write_text(json.dumps(done))
+        # Both ranks leave together: a rank tearing gloo down while its peer still finishes the last
+        # collective makes the peer fail ("connection closed"), and torchrun then reports the launch failed.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0
