@@ -103,6 +103,11 @@ class Wavefront:
         graphs, sends, previous, finals = {}, [], {}, []
         total = torch.zeros((), dtype=torch.float64)
         leaf = (lambda t: t.requires_grad_()) if train else (lambda t: t)
+        embedded = {}
+        if not pos.inputs_from_peer():   # needs no incoming state: done while the first state is on its way
+            for unit in self.units:
+                with timer.tracer.span(f"embed {unit.microbatch}.{unit.chunk}"):
+                    embedded[unit] = self.model.embed(inputs[self.rows[unit.microbatch], self.steps[unit.chunk]])
         for unit in self.units:
             rows, steps = self.rows[unit.microbatch], self.steps[unit.chunk]
             if pos.state_from_peer(unit):
@@ -115,9 +120,7 @@ class Wavefront:
                 received = leaf(inputs_in.pop(unit).wait())
                 features = received
             else:
-                received = None
-                with timer.tracer.span(f"embed {unit.microbatch}.{unit.chunk}"):
-                    features = self.model.embed(inputs[rows, steps])
+                received, features = None, embedded.pop(unit)
             with timer.tracer.span(f"forward {unit.microbatch}.{unit.chunk}"):
                 outputs, final = self._run(features, start)
                 loss = None
