@@ -1,0 +1,90 @@
+"""Where W3's sp=2 time goes: one rank's half of the sequence against the whole, alone.
+
+    .venv/bin/python benchmarks/w3_breakdown.py     # one process, 1 thread, about 1 minute
+
+W3 is minGRU 1 × 128, embedding 64, a series, batch 4, T = 16384. At sp=2 each rank runs
+T/2 = 8192 steps plus what the cross-rank scan adds (mpirnn/parallel/linear_scan.py): the
+segment's summary, and the correction of the prefix of its outputs that the incoming state
+still reaches. This times, forward+backward of the whole model (no MPI, no optimizer):
+
+- the serial step over T and over T/2: how close half the work comes to half the time;
+- a segment's step over T/2 with the incoming state entered as under sp;
+- the in-segment chunked scan alone at several chunk lengths, over T and T/2.
+"""
+
+import statistics
+import time
+
+import torch
+
+from mpirnn.distributed.device import keep_freed_memory
+from mpirnn.models.model import RecurrentModel
+from mpirnn.models.scan import enter_state, log_scan
+
+B, T, H, E = 4, 16384, 128, 64
+
+
+def median_s(fn, repeats: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def serial_step(model, steps):
+    x, y = torch.randn(B, steps, 1), torch.randn(B, steps, 1)
+
+    def step():
+        model.zero_grad()
+        features = model.embed(x)
+        out, _ = model.run_layers(features, model.zero_state(B, features))
+        model.loss_sum(out, y).backward()
+    return step
+
+
+def segment_step(model, steps):
+    """As one sp rank: scan from h = 0, summarise, enter a (fixed, random) incoming state."""
+    x, y = torch.randn(B, steps, 1), torch.randn(B, steps, 1)
+    incoming = torch.randn(B, H) - 1.0
+
+    def step():
+        model.zero_grad()
+        log_a, log_b = model.log_gates(0, model.embed(x))
+        log_h_zero = log_scan(log_a, log_b, None)
+        summary = log_a.sum(dim=1) + log_h_zero[:, -1]
+        h = torch.exp(enter_state(log_a, log_h_zero, incoming + 0 * summary))
+        model.loss_sum(h, y).backward()
+    return step
+
+
+def scan_only(steps, chunk):
+    log_a, log_b = (-torch.rand(B, steps, H)).requires_grad_(), torch.randn(B, steps, H).requires_grad_()
+    grad = torch.randn(B, steps, H)
+    return lambda: log_scan(log_a, log_b, None, chunk=chunk).backward(grad)
+
+
+def main() -> None:
+    keep_freed_memory()   # as the trainer does: no page faults for memory freed last step
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = RecurrentModel("mingru", H, 1, E, features=1)
+    parts = {"serial step, T": serial_step(model, T), "serial step, T/2": serial_step(model, T // 2),
+             "sp segment step, T/2": segment_step(model, T // 2)}
+    for steps in (T, T // 2):
+        for chunk in (64, 91, 128):
+            parts[f"scan alone, T={steps}, chunk {chunk}"] = scan_only(steps, chunk)
+    rounds = {name: [] for name in parts}
+    for _ in range(3):   # interleaved: a burst of load elsewhere spoils one round of each
+        for name, fn in parts.items():
+            rounds[name].append(median_s(fn))
+    times = {name: statistics.median(values) for name, values in rounds.items()}
+    whole = times["serial step, T"]
+    for name, seconds in times.items():
+        print(f"{name:32s} {1e3 * seconds:8.1f} ms   whole serial step / this = {whole / seconds:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
