@@ -15,25 +15,13 @@ at the end of backward. Work that does not need the incoming state could run the
 This prints each one's forward+backward time beside one fused first-layer unit's.
 """
 
-import statistics
-import time
-
 import torch
 from mpi4py import MPI
 
+from interleaved import interleaved_medians   # benchmarks/interleaved.py, beside this script
 from mpirnn.parallel.tensor import ShardedRecurrentLayer, TensorGroup
 
 ROWS, STEPS, EMBED, HIDDEN, VOCAB = 8, 128, 64, 256, 256
-
-
-def median_s(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -64,11 +52,7 @@ def main() -> None:
 
     parts = {"fused first layer": fused_layer, "per-step loop first layer": loop_layer,
              "its input products": input_products, "embedding": embed}
-    rounds = {name: [] for name in parts}
-    for _ in range(3):   # interleaved, so a burst of load elsewhere spoils one round of each
-        for name, fn in parts.items():
-            rounds[name].append(median_s(fn))
-    times = {name: statistics.median(values) for name, values in rounds.items()}
+    times = interleaved_medians(parts, repeats=15)
     base = times["fused first layer"]
     for name, seconds in times.items():
         print(f"{name:28s} {1e3 * seconds:8.2f} ms  {seconds / base:6.3f} of the fused layer")

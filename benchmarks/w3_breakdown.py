@@ -12,26 +12,14 @@ still reaches. This times, forward+backward of the whole model (no MPI, no optim
 - the in-segment chunked scan alone at several chunk lengths, over T and T/2.
 """
 
-import statistics
-import time
-
 import torch
 
+from interleaved import interleaved_medians   # benchmarks/interleaved.py, beside this script
 from mpirnn.distributed.device import keep_freed_memory
 from mpirnn.models.model import RecurrentModel
 from mpirnn.models.scan import enter_state, log_scan
 
 B, T, H, E = 4, 16384, 128, 64
-
-
-def median_s(fn, repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def serial_step(model, steps):
@@ -76,11 +64,7 @@ def main() -> None:
     for steps in (T, T // 2):
         for chunk in (64, 91, 128):
             parts[f"scan alone, T={steps}, chunk {chunk}"] = scan_only(steps, chunk)
-    rounds = {name: [] for name in parts}
-    for _ in range(3):   # interleaved: a burst of load elsewhere spoils one round of each
-        for name, fn in parts.items():
-            rounds[name].append(median_s(fn))
-    times = {name: statistics.median(values) for name, values in rounds.items()}
+    times = interleaved_medians(parts, repeats=7)
     whole = times["serial step, T"]
     for name, seconds in times.items():
         print(f"{name:32s} {1e3 * seconds:8.1f} ms   whole serial step / this = {whole / seconds:5.2f}")
