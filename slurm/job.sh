@@ -147,9 +147,11 @@ while kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid" || true; done
 wait "$srun_pid" && rc=0 || rc=$?
 echo "job.sh: srun exited with status $rc"
 
-if [[ $signalled == USR1 && ( -f $MPIRNN_STOP_FILE || $rc -eq $((128 + 10)) ) ]]; then
+stopped_cleanly=""
+if [[ -f $MPIRNN_STOP_FILE || $rc -eq $((128 + 10)) ]]; then stopped_cleanly=yes; fi
+rm -f "$MPIRNN_STOP_FILE"
+if [[ $signalled == USR1 && -n $stopped_cleanly ]]; then
     # The trainer stopped at our request after a checkpoint: queue the rest.
-    rm -f "$MPIRNN_STOP_FILE"
     echo "job.sh: requeueing job $SLURM_JOB_ID to resume from its checkpoint"
     scontrol requeue "$SLURM_JOB_ID"
 fi

@@ -27,7 +27,8 @@ def toy(tmp_path, **costs):
 
 def test_the_rules_keep_the_counts_as_configured_and_say_so():
     cfg = load_config(None, ["parallel.microbatches=3", "parallel.calibration=rules"])
-    assert modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None) == (3, 0, "the fixed rules (parallel.calibration = rules)")
+    assert modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None) == (3, 0,
+                                                                   "the fixed rules (parallel.calibration = rules)")
 
 
 def test_without_sp_or_pp_nothing_is_chosen_and_nothing_said():
@@ -55,6 +56,23 @@ def test_auto_on_a_gpu_takes_the_rules_not_a_cpu_calibration(tmp_path, monkeypat
     cfg = load_config(None, ["parallel.sp=2", "train.device=cuda"])
     m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
     assert (m, c) == (0, 0) and "no calibration of this GPU" in chooser
+
+
+def test_several_threads_per_rank_take_the_rules_the_calibration_times_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: toy(tmp_path, step_per_row_s=1e-4))
+    cfg = load_config(None, ["parallel.sp=2", "train.device=cpu"])
+    m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None, threads=4)
+    assert (m, c) == (0, 0) and "this run has 4" in chooser and "train.threads = 1" in chooser
+
+
+def test_a_count_set_by_hand_is_kept_and_the_other_chosen_around_it(tmp_path):
+    path = toy(tmp_path, step_per_row_s=1e-4, call_s=1e-3)
+    cfg = load_config(None, [f"parallel.calibration={path}", "parallel.microbatches=2", "parallel.pp=2",
+                             "data.seq_len=256", "data.batch_size=8"])
+    m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, pp=2), 256, None)
+    best = best_microbatches(Shape.from_config(cfg, 256), dict(dp=1, sp=1, pp=2, tp=1),
+                             Calibration(toy_calibration(step_per_row_s=1e-4, call_s=1e-3)), microbatches=2)
+    assert m == 2 and c == best.layout.chunks > 1 and chooser.startswith("the performance model")
 
 
 def test_the_model_chooses_what_it_predicts_fastest(tmp_path):

@@ -30,7 +30,8 @@ class CommTimer:
     "neighbour": waiting for a point-to-point message of a sequence or pipeline neighbour (an
     incoming state or activations, their gradients, or a send's completion): the schedule's
     dependencies, bubble included. "collective": inside a collective (gradient sums over
-    replicas, tensor parallelism's per-step exchanges, the linear scan, agreement on the loss).
+    replicas, tensor parallelism's per-step exchanges, the linear scan). The step's small
+    agreement on the loss and the gradient norm is not timed.
     `with timer.waiting("what", kind):` also records the wait as a span of the run's trace
     (mpirnn/distributed/trace.py) when tracing is on.
     """

@@ -103,11 +103,13 @@ class Wavefront:
         graphs, sends, previous, finals = {}, [], {}, []
         total = torch.zeros((), dtype=torch.float64)
         leaf = (lambda t: t.requires_grad_()) if train else (lambda t: t)
-        embedded = {}
-        if not pos.inputs_from_peer():   # needs no incoming state: done while the first state is on its way
-            for unit in self.units:
-                with timer.tracer.span(f"embed {unit.microbatch}.{unit.chunk}"):
-                    embedded[unit] = self.model.embed(inputs[self.rows[unit.microbatch], self.steps[unit.chunk]])
+        def embed(unit):
+            with timer.tracer.span(f"embed {unit.microbatch}.{unit.chunk}"):
+                return self.model.embed(inputs[self.rows[unit.microbatch], self.steps[unit.chunk]])
+        # The embedding needs no incoming state: where the first unit waits for one, embed every unit
+        # while it is on its way (docs/performance.md, "Filling the bubble"); elsewhere as each unit runs.
+        ahead = not pos.inputs_from_peer() and bool(self.units) and pos.state_from_peer(self.units[0])
+        embedded = {unit: embed(unit) for unit in self.units} if ahead else {}
         for unit in self.units:
             rows, steps = self.rows[unit.microbatch], self.steps[unit.chunk]
             if pos.state_from_peer(unit):
@@ -120,7 +122,8 @@ class Wavefront:
                 received = leaf(inputs_in.pop(unit).wait())
                 features = received
             else:
-                received, features = None, embedded.pop(unit)
+                received = None
+                features = embedded.pop(unit) if ahead else embed(unit)
             with timer.tracer.span(f"forward {unit.microbatch}.{unit.chunk}"):
                 outputs, final = self._run(features, start)
                 loss = None

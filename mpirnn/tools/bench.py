@@ -121,11 +121,11 @@ def plan(args) -> list[dict]:
             add("dp", DDP_NAME, 2, dp=2, ddp=True)
         if not args.tiny:
             add("dp", "dp=4 (-n 4, oversubscribed)", 4, dp=4)
+        if not args.tiny and base["device"] == "cpu":
+            add("dp", "1 rank × 2 threads", 1, threads=2)
     if getattr(args, "sweep_counts", False):
         from mpirnn.tools.count_sweep import add_sweeps
         add_sweeps(add, runs, only, args.tiny)
-        if not args.tiny and base["device"] == "cpu":
-            add("dp", "1 rank × 2 threads", 1, threads=2)
     if args.device:
         for workload, module in (("W1", "LSTM"), ("W3", "GRU")):
             if workload in only:

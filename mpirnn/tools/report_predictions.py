@@ -24,14 +24,20 @@ def load_for(runs: list[dict], path: str | None) -> tuple[Calibration | None, st
         except (CalibrationError, OSError, ValueError) as exc:
             raise SystemExit(f"mpirnn.report: --calibration {path}: {exc}") from None
     cpus = {p.get("cpu") for run in runs for p in (run["summary"] or {}).get("placement", []) if p.get("cpu")}
-    cpu = cpus.pop() if len(cpus) == 1 else (calibration_file.cpu_model() if not cpus else None)
-    if cpu is None:
+    if len(cpus) > 1:
         return None, "no predicted step times: the runs ran on different CPU models (pass --calibration FILE)"
+    if not cpus:
+        return None, ("no predicted step times: the runs do not record their CPU model (older runs); "
+                      "pass --calibration FILE")
+    cpu = cpus.pop()
     found = calibration_file.find_for_host(cpu)
     if found is None:
         return None, (f"no predicted step times: no calibration of {cpu} in benchmarks/calibration/ "
                       f"(python -m mpirnn.plan --calibrate on that machine, or --calibration FILE)")
-    return calibration_file.load(found), f"calibration {_shown(found)}"
+    try:
+        return calibration_file.load(found), f"calibration {_shown(found)}"
+    except (CalibrationError, OSError, ValueError) as exc:
+        return None, f"no predicted step times: {_shown(found)}: {exc}"
 
 
 def predicted_step_s(run: dict, cal: Calibration) -> tuple[float | None, str]:
@@ -57,7 +63,10 @@ def predicted_step_s(run: dict, cal: Calibration) -> tuple[float | None, str]:
     shape = Shape.from_config(cfg, _vocab(cfg) if tokens else None)
     if not tokens:
         shape = Shape(**{**shape.__dict__, "vocab": None, "features": _features(cfg)})
-    grid = summary.get("grid") or {}
+    degrees = run["grid"].split("x")   # read_run's dp x sp x pp x tp, from the summary or the config
+    if len(degrees) != 4 or not all(d.isdigit() for d in degrees):
+        return None, "the grid is not recorded"
+    grid = dict(zip(("dp", "sp", "pp", "tp"), map(int, degrees)))
     nodes = len({p.get("slurm_node") or p.get("host") for p in placement}) or 1
     layout = Layout(**{a: grid.get(a, 1) for a in ("dp", "sp", "pp", "tp")},
                     microbatches=summary.get("microbatches") or 1, chunks=summary.get("chunks") or 1, nodes=nodes)

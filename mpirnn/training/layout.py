@@ -6,8 +6,10 @@ performance model (docs/performance.md) with the newest calibration of this CPU 
 benchmarks/calibration/: the counts it predicts fastest for this model, batch and grid on this
 machine, trading the schedule's bubble against thinner, less efficient kernels. A file path
 names a calibration; `rules`, or a machine with no calibration (a GPU, an uncalibrated CPU),
-gets the plan's fixed rules (mpirnn/parallel/plan.py), and the start of the run says which
-chose. Counts set by hand are kept. Every rank reads the same file, so every rank chooses the same.
+gets the plan's fixed rules (mpirnn/parallel/plan.py), and so does a run with more than one
+thread per rank (the calibration times one). The start of the run says which chose. Counts set
+by hand are kept. The trainer runs rank 0's choice on every rank (mpirnn/training/session.py):
+nodes with different CPUs could choose differently.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from __future__ import annotations
 from mpirnn.errors import ConfigError
 
 
-def modelled_counts(cfg, grid, vocab: int | None, features: int | None) -> tuple[int, int, str]:
-    """(microbatches, chunks, who chose them): cfg's own counts, or the model's choice for automatic ones."""
+def modelled_counts(cfg, grid, vocab: int | None, features: int | None, threads: int = 1,
+                    nodes: int = 1) -> tuple[int, int, str]:
+    """(microbatches, chunks, who chose the automatic ones; "" when none is automatic or matters)."""
     p = cfg.parallel
-    automatic = not (p.microbatches and p.chunks) and (grid.sp > 1 or grid.pp > 1)
-    path = _calibration_path(cfg) if automatic else None
+    if (p.microbatches and p.chunks) or (grid.sp == 1 and grid.pp == 1):
+        return p.microbatches, p.chunks, ""
+    path, why_not = _calibration_path(cfg, threads)
     if path is None:
-        reason = _why_the_rules(cfg) if automatic else ""
-        return p.microbatches, p.chunks, reason
+        return p.microbatches, p.chunks, f"the fixed rules ({why_not})"
     from mpirnn.tools.perf import calibration as calibration_file
     from mpirnn.tools.perf.calibration import CalibrationError
     from mpirnn.tools.perf.step_model import Shape
@@ -37,7 +40,8 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None) -> tuple
         shape = Shape(**{**shape.__dict__, "vocab": None, "features": features})
     layout = dict(dp=grid.dp, sp=grid.sp, pp=grid.pp, tp=grid.tp)
     try:
-        chosen = best_microbatches(shape, layout, cal, microbatches=p.microbatches, chunks=p.chunks).layout
+        chosen = best_microbatches(shape, layout, cal, nodes=nodes, bucket_mb=cfg.train.bucket_mb,
+                                   microbatches=p.microbatches, chunks=p.chunks).layout
     except ValueError as exc:
         raise ConfigError(f"parallel.calibration: {exc}") from None
     # The model plans for the largest data-parallel group; the plan refuses more microbatches than
@@ -46,28 +50,24 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None) -> tuple
             f"the performance model, calibration {_shown(path)}")
 
 
-def _calibration_path(cfg):
-    """The calibration file to plan with, or None for the fixed rules."""
+def _calibration_path(cfg, threads: int) -> tuple[str | None, str]:
+    """(the calibration file to plan with, or None and why the fixed rules apply)."""
+    from mpirnn.tools.perf import calibration as calibration_file
     setting = cfg.parallel.calibration
     if setting in ("", "rules"):
-        return None
+        return None, "parallel.calibration = rules"
+    if threads > 1:
+        return None, (f"a calibration times 1 thread per rank and this run has {threads}; "
+                      f"train.threads = 1 lets the performance model choose")
     if setting != "auto":
-        return setting
+        return setting, ""
     if _on_gpu(cfg):   # a CPU calibration says nothing about a GPU's kernels
-        return None
-    from mpirnn.tools.perf import calibration as calibration_file
-    return calibration_file.find_for_host(calibration_file.cpu_model())
-
-
-def _why_the_rules(cfg) -> str:
-    setting = cfg.parallel.calibration
-    if setting in ("", "rules"):
-        return "the fixed rules (parallel.calibration = rules)"
-    from mpirnn.tools.perf import calibration as calibration_file
-    if _on_gpu(cfg):
-        return "the fixed rules: no calibration of this GPU (python -m mpirnn.plan --calibrate measures one)"
-    return (f"the fixed rules: no calibration of this CPU ({calibration_file.cpu_model()}) in "
-            f"{_shown(calibration_file.CALIBRATION_DIR)} (python -m mpirnn.plan --calibrate measures one)")
+        return None, "no calibration of this GPU: python -m mpirnn.plan --calibrate measures one"
+    found = calibration_file.find_for_host(calibration_file.cpu_model())
+    if found is None:
+        return None, (f"no calibration of this CPU ({calibration_file.cpu_model()}) in "
+                      f"{_shown(calibration_file.CALIBRATION_DIR)}: python -m mpirnn.plan --calibrate measures one")
+    return str(found), ""
 
 
 def _on_gpu(cfg) -> bool:

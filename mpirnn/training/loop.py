@@ -290,13 +290,21 @@ class Trainer:
     def _stop_status(self, signum: int) -> int:
         """128 + signal; but 0 under slurm/job.sh once a checkpoint is saved, with the stop written to
         $MPIRNN_STOP_FILE instead: srun's --kill-on-bad-exit kills every rank still finishing as soon as
-        the first exits non-zero, which would turn a clean stop into a killed step."""
+        the first exits non-zero, which would turn a clean stop into a killed step. Each node's first
+        rank writes it, so the batch host (which runs ranks too) sees it at once even on a network
+        file system; if it cannot be written, 128 + signal still tells job.sh."""
         marker = os.environ.get("MPIRNN_STOP_FILE")
         if not marker or not self.cfg.checkpoint.dir:
             return 128 + signum
-        if self.rank0:
-            Path(marker).write_text(f"{name(signum)} {self.step}\n")
-        return 0
+        wrote = True
+        if self.comms.local_rank == 0:
+            try:
+                Path(marker).write_text(f"{name(signum)} {self.step}\n")
+            except OSError as exc:
+                print(f"mpirnn: warning: could not write MPIRNN_STOP_FILE {marker}: {exc}", file=sys.stderr,
+                      flush=True)
+                wrote = False
+        return 0 if wrote else 128 + signum
 
     def _resume_command(self) -> str:
         args = [a for a in sys.argv[1:] if "checkpoint.resume" not in a]

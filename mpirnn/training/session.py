@@ -107,15 +107,30 @@ def name_the_run(cfg, world) -> None:
         out.metrics = str(Path("runs") / out.run_name / "metrics.jsonl")
 
 
-def plan_the_run(cfg, grid, coords, vocab, features):
+def plan_the_run(cfg, grid, comms, vocab, features):
     """This rank's plan. Automatic counts come from the performance model where this machine is
     calibrated (mpirnn/training/layout.py) and are written into the config, so the metrics and
     checkpoints record them; rank 0 says who chose them."""
-    cfg.parallel.microbatches, cfg.parallel.chunks, chooser = modelled_counts(cfg, grid, vocab, features)
-    plan = make_plan(grid, coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
-                     layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
-                     chunks=cfg.parallel.chunks, hidden=cfg.model.hidden)
-    return plan, chooser
+    world = comms.world
+    by_hand = {"microbatches": cfg.parallel.microbatches, "chunks": cfg.parallel.chunks}
+    nodes = -(-world.size // comms.local_size)
+    m, c, chooser = agree(world, modelled_counts, cfg, grid, vocab, features, threads=torch.get_num_threads(),
+                          nodes=nodes)
+    # Every rank runs rank 0's counts: on nodes with different CPU models (one calibrated, one not)
+    # ranks could choose differently, and then their messages would never match.
+    counts = np.array([m, c], dtype=np.int64)
+    world.Bcast(counts, root=0)
+    cfg.parallel.microbatches, cfg.parallel.chunks = int(counts[0]), int(counts[1])
+    plan = agree(world, make_plan, grid, comms.coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
+                 layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
+                 chunks=cfg.parallel.chunks, hidden=cfg.model.hidden)
+    if world.rank == 0 and chooser:
+        said = [f"{plan.microbatches} microbatch{'es' if plan.microbatches > 1 else ''}"
+                + (" (parallel.microbatches)" if by_hand["microbatches"] else ""),
+                f"{plan.chunks} chunk{'s' if plan.chunks > 1 else ''} per segment"
+                + (" (parallel.chunks)" if by_hand["chunks"] else "")]
+        print(f"mpirnn: {', '.join(said)}; automatic counts chosen by {chooser}", flush=True)
+    return plan
 
 
 def resume_point(cfg, comms) -> int | None:
@@ -158,12 +173,8 @@ def train(cfg, grid) -> int:
         val_split = agree(world, open_val_split, cfg, world) if cfg.train.eval_every else None
         sample = agree(world, sample_fits, cfg, manifest, world)
         tokens = manifest.kind == "tokens"
-        plan, chooser = agree(world, plan_the_run, cfg, grid, comms.coords,
-                              manifest.vocab_size if tokens else None, None if tokens else manifest.features)
-        if world.rank == 0 and chooser:
-            counts = f"{plan.microbatches} microbatch{'es' if plan.microbatches > 1 else ''}, {plan.chunks} " \
-                     f"chunk{'s' if plan.chunks > 1 else ''} per segment"
-            print(f"mpirnn: {counts}, chosen by {chooser}", flush=True)
+        plan = plan_the_run(cfg, grid, comms, manifest.vocab_size if tokens else None,
+                            None if tokens else manifest.features)
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device)
         tp_group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None

@@ -1,7 +1,8 @@
 """Stop signals: SIGUSR1, SIGTERM and a first Ctrl-C (SIGINT) stop the run cleanly.
 
 A handler only notes the signal; the ranks agree on it at the next step boundary, write one
-checkpoint (with checkpoint.dir set) and exit 128 + signal (130 for Ctrl-C). A second Ctrl-C
+checkpoint (with checkpoint.dir set) and exit 128 + signal (130 for Ctrl-C; 0 with a note in
+$MPIRNN_STOP_FILE under slurm/job.sh, mpirnn/training/loop.py). A second Ctrl-C
 means "now": it raises KeyboardInterrupt, which aborts the job at once (mpirun's hydra also
 aborts on a second Ctrl-C by itself). Slurm's preemption notice is USR1 (slurm/job.sh).
 """

@@ -104,6 +104,10 @@ def test_twenty_steps_match_serial(shared_dir, cell):
         chained = grid["parallel.pp"] > 1 or (grid["parallel.sp"] > 1 and cell == "lstm")
         neighbours = [r["comm_wait_s"] for r in lines]
         assert (max(neighbours) > 0) == chained, (grid, neighbours)
+        # Collectives: gradient sums over replicas (dp x sp ranks share parameters), tp's exchanges.
+        shared = grid["parallel.dp"] * grid["parallel.sp"] * grid["parallel.tp"] > 1
+        collectives = [r["comm_collective_s"] for r in lines]
+        assert (max(collectives) > 0) == shared, (grid, collectives)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mingru", "minlstm"])

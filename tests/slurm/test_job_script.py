@@ -25,7 +25,9 @@ cluster = pytest.mark.slurm
 
 # Same CLI and exit protocol as mpirnn.train (--config, --set k=v); loss 1/step. On USR1 each
 # rank sets a flag, the ranks agree at the step boundary (allreduce MAX), rank 0 writes the
-# checkpoint and all exit 128+USR1; a one-rank failure prints one line and calls MPI_Abort.
+# checkpoint and all exit 128+USR1, or, as under job.sh (MPIRNN_STOP_FILE set), each node's
+# first rank notes the stop in that file and all exit 0; a one-rank failure prints one line and
+# calls MPI_Abort.
 FAKE_TRAIN = '''
 import json, os, signal, sys, time
 from pathlib import Path
@@ -77,6 +79,11 @@ for step in range(start + 1, int(cfg["train.steps"]) + 1):
             ckpt.write_text(json.dumps({"step": step}))
             print(f"fake train: checkpoint at step {step}, stopping", flush=True)
         world.Barrier()
+        marker = os.environ.get("MPIRNN_STOP_FILE")
+        if marker:
+            if local.Get_rank() == 0:
+                Path(marker).write_text(f"SIGUSR1 {step}\\n")
+            sys.exit(0)
         sys.exit(128 + signal.SIGUSR1)
 '''
 
@@ -151,7 +158,8 @@ def test_job_script_finds_project_from_another_directory(tmp_path, sbatch, slurm
 @pytest.mark.timeout(180)
 def test_job_script_forwards_usr1_and_requeues(tmp_path, sbatch, slurm, fake_home):
     """USR1 to the batch shell (what --signal=B:USR1@60 does before the time limit) reaches
-    every rank; the trainer (a stand-in here) checkpoints and exits 138; job.sh requeues; the second run resumes
+    every rank; the trainer (a stand-in here) checkpoints and notes the stop in $MPIRNN_STOP_FILE;
+    job.sh requeues; the second run resumes
     with checkpoint.resume=true and finishes: every step logged exactly once."""
     env = slurm.clean_env(MPIRNN_HOME=str(fake_home), MPIRNN_PYTHON=str(slurm.python))
     steps = 30
