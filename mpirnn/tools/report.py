@@ -2,6 +2,7 @@
 
     python -m mpirnn.report runs/default                 # one run: its folder, or its metrics .jsonl file
     python -m mpirnn.report results/scan1 [--warmup 2]   # a folder of runs, e.g. from python -m mpirnn.scaling
+    python -m mpirnn.report runs/bench/bench.json        # a python -m mpirnn.bench results file
 
 One run: writes its curves beside the metrics file (loss.png with val_loss when logged,
 grad_norm.png, tokens_per_s.png, lr.png when logged) and report.md (first/final loss, median
@@ -385,7 +386,8 @@ def report_folder(root: Path, metrics_files: list[Path], warmup: int, calibratio
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpirnn.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", type=Path, help="a run folder, a metrics .jsonl file, or a folder of runs")
+    parser.add_argument("path", type=Path, help="a run folder, a metrics .jsonl file, a folder of runs, or a "
+                                                "python -m mpirnn.bench results .json (mpirnn/tools/report_bench.py)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the medians")
     parser.add_argument("--calibration", help="performance-model calibration for the predicted step times "
                                               "(default: the newest of the runs' CPU model in benchmarks/calibration)")
@@ -394,6 +396,9 @@ def main(argv=None) -> int:
     if not path.exists():
         print(f"mpirnn.report: {path} does not exist", file=sys.stderr)
         return 1
+    from mpirnn.tools.report_bench import is_bench, report_bench
+    if is_bench(path):
+        return report_bench(path)
     if path.is_file() or (path / "metrics.jsonl").is_file():
         return report_single(path, args.warmup, args.calibration)
     found = find_metrics(path)
