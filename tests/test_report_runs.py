@@ -24,11 +24,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def write_metrics(folder, hidden=16, dp=1, step_time=0.5, val=False, lr=False, name="metrics", finished=True,
-                  threads=None, cpu=None):
+                  threads=None, cpu=None, comm=None):
     """A run as the trainer leaves it: metrics lines, a summary, and the resolved config beside them."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [{"step": s, "loss": 5.0 - 0.2 * s, "step_time_s": step_time, "tokens_per_s": 512 / step_time,
-              "comm_time_s": 0.0, "grad_norm": 1.0 / s, **({"val_loss": 5.1 - 0.2 * s} if val and s % 2 == 0 else {}),
+              "comm_time_s": sum(comm) if comm else 0.0, "grad_norm": 1.0 / s,
+              **({"comm_wait_s": comm[0], "comm_collective_s": comm[1]} if comm else {}), **({"val_loss": 5.1 - 0.2 * s} if val and s % 2 == 0 else {}),
               **({"lr": 0.003} if lr else {})} for s in range(1, 7)]
     if finished:
         lines.append({"summary": True, "steps": 6, "first_loss": 4.8, "final_loss": 3.8, "tokens_per_s": 1000.0,
@@ -151,6 +152,19 @@ def test_runs_the_model_does_not_describe_say_why(tmp_path, monkeypatch):
     assert "No predicted step times: no calibration of toy" in text and "## Scaling study" in text
 
 
+def test_the_time_in_mpi_is_shown_with_its_two_parts(tmp_path):
+    run = tmp_path / "run"
+    write_metrics(run, step_time=0.5, comm=(0.1, 0.05))
+    assert report.main([str(run)]) == 0
+    summary = (run / "report.md").read_text()
+    assert "- time in MPI: 30% of the median step (waiting for neighbours' messages 20%, in collectives 10%)" \
+        in summary
+    older = tmp_path / "older"   # metrics from before the split: the total only
+    write_metrics(older, step_time=0.5)
+    assert report.main([str(older)]) == 0
+    assert "- time in MPI: 0% of the median step\n" in (older / "report.md").read_text()
+
+
 def test_missing_path_fails_clearly(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -178,3 +192,4 @@ def test_report_command_on_a_real_training_run(tmp_path):
     assert "steps: 3 of 3" in summary and "grid (dp x sp x pp x tp): 1x1x1x1 on 1 rank(s)" in summary
     assert "model: lstm 1x16" in summary
     assert "predicted step time: " in summary and "s by the performance model (measured " in summary
+    assert "- time in MPI: 0% of the median step (waiting for neighbours' messages 0%, in collectives 0%)" in summary

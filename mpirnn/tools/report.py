@@ -6,8 +6,8 @@
 
 One run: writes its curves beside the metrics file (loss.png with val_loss when logged,
 grad_norm.png, tokens_per_s.png, lr.png when logged) and report.md (first/final loss, median
-step time, tokens/s, grid). A folder of runs (metrics files anywhere below it, e.g.
-runs/<name>/metrics.jsonl): runs that share model, data and batch (metrics.config.json beside
+step time, tokens/s, grid, the share of the step in MPI and its two parts). A folder of runs
+(metrics files anywhere below it, e.g. runs/<name>/metrics.jsonl): runs that share model, data and batch (metrics.config.json beside
 each metrics file) but differ in grid or node count form one scaling study; runs of one
 strategy and mode of an mpirnn.scaling sweep (run.json) form one too. Writes report.md (a
 table per study with speedup and efficiency against its fewest-rank run, then every other run
@@ -29,7 +29,8 @@ from pathlib import Path
 
 AXES = ("dp", "sp", "pp", "tp")
 COLUMNS = ["run", "study", "strategy", "mode", "nodes", "ranks", "grid", "step_time_s", "predicted_step_s",
-           "prediction_error", "speedup", "efficiency", "comm_share", "tokens_per_s", "final_loss"]
+           "prediction_error", "speedup", "efficiency", "comm_share", "wait_share", "collective_share", "tokens_per_s",
+           "final_loss"]
 STUDY_COLUMNS = ["run", "grid", "nodes", "ranks", "step_time_s", "predicted_step_s", "vs_predicted", "speedup",
                  "efficiency", "comm_share", "tokens_per_s", "final_loss"]
 SINGLE_COLUMNS = ["run", "grid", "nodes", "ranks", "steps", "first_loss", "final_loss", "step_time_s",
@@ -81,6 +82,9 @@ def read_run(path: Path, warmup: int, name: str | None = None) -> dict | None:
             "final_loss": done.get("final_loss", steps[-1]["loss"]),
             "step_time_s": _median(timed, lambda r: r["step_time_s"]),
             "comm_share": _median(timed, lambda r: r.get("comm_time_s", 0.0) / r["step_time_s"]),
+            # Its two parts (metrics since comm_wait_s was added): neighbours' messages, collectives.
+            "wait_share": _median(timed, lambda r: r["comm_wait_s"] / r["step_time_s"]),
+            "collective_share": _median(timed, lambda r: r["comm_collective_s"] / r["step_time_s"]),
             "tokens_per_s": _median(timed, lambda r: r["tokens_per_s"]),
             "timed_from": timed[0]["step"]}
 
@@ -294,6 +298,10 @@ def single_summary(run: dict, plots: list[Path], warmup: int, prediction_note: s
     skipped = f"the first {warmup} left out" if run["timed_from"] > first["step"] else "all steps"
     if run["step_time_s"] is not None:
         lines.append(f"- median step time: {run['step_time_s']:.4g} s ({skipped})")
+    if run.get("comm_share") is not None:
+        parts = (f" (waiting for neighbours' messages {100 * run['wait_share']:.0f}%, in collectives "
+                 f"{100 * run['collective_share']:.0f}%)" if run.get("wait_share") is not None else "")
+        lines.append(f"- time in MPI: {100 * run['comm_share']:.0f}% of the median step{parts}")
     if run.get("predicted_step_s") is not None:
         lines.append(f"- predicted step time: {run['predicted_step_s']:.4g} s by the performance model "
                      f"(measured {run['vs_predicted']} against it; {prediction_note})")
