@@ -7,15 +7,17 @@
 One run: writes its curves beside the metrics file (loss.png with val_loss when logged,
 grad_norm.png, tokens_per_s.png, lr.png when logged) and report.md (first/final loss, median
 step time, tokens/s, grid, the share of the step in MPI and its two parts). A folder of runs
-(metrics files anywhere below it, e.g. runs/<name>/metrics.jsonl): runs that share model, data and batch (metrics.config.json beside
-each metrics file) but differ in grid or node count form one scaling study; runs of one
-strategy and mode of an mpirnn.scaling sweep (run.json) form one too. Writes report.md (a
-table per study with speedup and efficiency against its fewest-rank run, then every other run
-on its own), report.csv, speedup.png and efficiency.png when there is a study, and loss.png
-with every run's loss. Runs are named by their folder. `--warmup` steps are left out of the
-medians. Every run's measured step time stands beside the one the performance model predicts
-for its grid (mpirnn/tools/report_predictions.py; `--calibration FILE`, else the runs' CPU
-model's newest calibration in benchmarks/calibration/). Exercised by: .venv/bin/python -m pytest -q tests/test_scaling_report.py tests/test_report_runs.py
+(metrics files anywhere below it, e.g. runs/<name>/metrics.jsonl): runs that share model, data
+and batch (metrics.config.json beside each metrics file) but differ in grid or node count form
+one scaling study; runs of one strategy and mode of an mpirnn.scaling sweep (run.json) form one
+too. Writes report.md (a table per study with speedup and efficiency against its fewest-rank
+run, then every other run on its own), report.csv, speedup.png and efficiency.png when there is
+a study, and loss.png with every run's loss. Runs are named by their folder. `--warmup` steps
+are left out of the medians. Every run's measured step time stands beside the one the
+performance model predicts for its grid (mpirnn/tools/report_predictions.py; `--calibration
+FILE`, else the runs' CPU model's newest calibration in benchmarks/calibration/). A bench results
+file goes to mpirnn/tools/report_bench.py. Exercised by: .venv/bin/python -m pytest -q
+tests/test_scaling_report.py tests/test_report_runs.py tests/test_report_bench.py
 """
 
 from __future__ import annotations
