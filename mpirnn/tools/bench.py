@@ -409,10 +409,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     from importlib.metadata import version
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch": version("torch"),
+
+    from mpirnn.tools.perf.calibration import cpu_model
+    return {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(), "torch": version("torch"),
             "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -10,8 +10,6 @@ unfinished run) gets no prediction, and the report says why.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mpirnn.tools.perf import calibration as calibration_file
 from mpirnn.tools.perf.calibration import Calibration, CalibrationError
 
@@ -35,9 +33,9 @@ def load_for(runs: list[dict], path: str | None) -> tuple[Calibration | None, st
         return None, (f"no predicted step times: no calibration of {cpu} in benchmarks/calibration/ "
                       f"(python -m mpirnn.plan --calibrate on that machine, or --calibration FILE)")
     try:
-        return calibration_file.load(found), f"calibration {_shown(found)}"
+        return calibration_file.load(found), f"calibration {calibration_file.shown_path(found)}"
     except (CalibrationError, OSError, ValueError) as exc:
-        return None, f"no predicted step times: {_shown(found)}: {exc}"
+        return None, f"no predicted step times: {calibration_file.shown_path(found)}: {exc}"
 
 
 def predicted_step_s(run: dict, cal: Calibration) -> tuple[float | None, str]:
@@ -101,9 +99,3 @@ def _features(cfg) -> int:
     manifest = _manifest(cfg)
     return getattr(manifest, "features", None) or 1
 
-
-def _shown(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

@@ -47,7 +47,7 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None, threads:
     # The model plans for the largest data-parallel group; the plan refuses more microbatches than
     # the smallest one has rows.
     return (min(chosen.microbatches, max(1, cfg.data.batch_size // grid.dp)), chosen.chunks,
-            f"the performance model, calibration {_shown(path)}")
+            f"the performance model, calibration {calibration_file.shown_path(path)}")
 
 
 def _calibration_path(cfg, threads: int) -> tuple[str | None, str]:
@@ -63,10 +63,11 @@ def _calibration_path(cfg, threads: int) -> tuple[str | None, str]:
         return setting, ""
     if _on_gpu(cfg):   # a CPU calibration says nothing about a GPU's kernels
         return None, "no calibration of this GPU: python -m mpirnn.plan --calibrate measures one"
-    found = calibration_file.find_for_host(calibration_file.cpu_model())
+    cpu = calibration_file.cpu_model()
+    found = calibration_file.find_for_host(cpu)
     if found is None:
-        return None, (f"no calibration of this CPU ({calibration_file.cpu_model()}) in "
-                      f"{_shown(calibration_file.CALIBRATION_DIR)}: python -m mpirnn.plan --calibrate measures one")
+        return None, (f"no calibration of this CPU ({cpu}) in {calibration_file.shown_path(calibration_file.CALIBRATION_DIR)}: "
+                      f"python -m mpirnn.plan --calibrate measures one")
     return str(found), ""
 
 
@@ -74,11 +75,3 @@ def _on_gpu(cfg) -> bool:
     import torch
     return cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
 
-
-def _shown(path) -> str:
-    """A path relative to the working directory when it lies below it."""
-    from pathlib import Path
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

@@ -231,6 +231,14 @@ def find_for_host(cpu: str, folder: Path = CALIBRATION_DIR) -> Path | None:
     return max(found)[1] if found else None
 
 
+def shown_path(path) -> str:
+    """A path as a message shows it: relative to the working directory when it lies below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as info:
