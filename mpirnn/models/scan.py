@@ -102,6 +102,17 @@ def enter_state(log_a: torch.Tensor, log_h_zero: torch.Tensor, log_h0: torch.Ten
     This lets a rank on the sequence axis scan its segment once (for its summary and its
     outputs) instead of twice.
     """
+    k, a_star = reached_prefix(log_a, log_h_zero, log_h0)
+    head = _logaddexp(a_star + log_h0.unsqueeze(1), log_h_zero[:, :k])
+    return head if k == log_a.shape[1] else torch.cat([head, log_h_zero[:, k:]], dim=1)
+
+
+def reached_prefix(log_a: torch.Tensor, log_h_zero: torch.Tensor, log_h0: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(k, cumsum(log_a) over the first k steps): the steps an incoming state log_h0 still changes.
+
+    Tries k = 64, 256, 1024, ... until the incoming state's share of h is below rounding at
+    step k for every entry (it never grows along time, see `enter_state`), or k = T.
+    """
     T = log_a.shape[1]
     negligible = NEGLIGIBLE_LOG_SHARE.get(log_a.dtype, -80.0)
     k = min(T, 64)
@@ -109,10 +120,8 @@ def enter_state(log_a: torch.Tensor, log_h_zero: torch.Tensor, log_h0: torch.Ten
         a_star = torch.cumsum(log_a[:, :k], dim=1)
         share = (a_star[:, -1] + log_h0 - log_h_zero[:, k - 1]).detach()
         if k == T or bool((share < negligible).all()):
-            break
+            return k, a_star
         k = min(T, 4 * k)
-    head = _logaddexp(a_star + log_h0.unsqueeze(1), log_h_zero[:, :k])
-    return head if k == T else torch.cat([head, log_h_zero[:, k:]], dim=1)
 
 
 def segment_summary(log_a: torch.Tensor, log_b: torch.Tensor, **kwargs) -> Summary:
@@ -163,13 +172,19 @@ def incoming_states(
 
 
 def default_chunk(length: int) -> int:
-    """Chunk length for the chunked scan: about sqrt(T), between 16 and 128.
+    """Chunk length for the chunked scan: about sqrt(T), between 16 and 128, a divisor of T if one is near.
 
     A pass over a chunk costs one vectorised step per time step of the chunk, so
     long chunks mean few, large steps (good on CPU) and short chunks mean few steps
-    overall (good where each step is a kernel launch). See benchmarks/scan_methods.py.
+    overall (good where each step is a kernel launch). A chunk that divides T saves
+    padding: a full copy of each input per pass (8192 steps: 64 instead of 91 made the
+    scan ~7% faster on CPU). See benchmarks/scan_methods.py.
     """
-    return int(min(128, max(16, round(math.sqrt(length)))))
+    ideal = min(128.0, max(16.0, math.sqrt(length)))
+    divisors = [c for c in range(16, 129) if length % c == 0 and abs(math.log2(c / ideal)) <= 0.5]
+    if divisors:
+        return min(divisors, key=lambda c: (abs(math.log2(c / ideal)), -c))
+    return int(round(ideal))
 
 
 # ---------------------------------------------------------------- helpers
@@ -301,7 +316,7 @@ class _ChunkedLogScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, log_a, log_b, log_h0, chunk):
-        log_h = _scan_chunked(_LOG, log_a, log_b, log_h0, chunk)
+        log_h = chunked_log_scan(log_a, log_b, log_h0, chunk)
         ctx.save_for_backward(log_a, log_b, log_h0, log_h)
         ctx.chunk = chunk
         return log_h
@@ -310,22 +325,48 @@ class _ChunkedLogScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         log_a, log_b, log_h0, log_h = ctx.saved_tensors
-        # next_w[:, t] = w_{t+1} (0 after the last step); w_1 from the incoming state.
-        next_w = torch.empty_like(log_h, memory_format=torch.contiguous_format)
-        next_w[:, -1] = 0
+        return (*chunked_scan_grads(log_a, log_b, log_h0, log_h, grad, ctx.chunk, ctx.needs_input_grad[:3]), None)
+
+
+def chunked_log_scan(log_a: torch.Tensor, log_b: torch.Tensor, log_h0: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The chunked scan's forward without autograd: log h [B, T, H] from log_h0 [B, H] (-inf: h_0 = 0)."""
+    return _scan_chunked(_LOG, log_a, log_b, log_h0, chunk)
+
+
+def chunked_scan_grads(log_a, log_b, log_h0, log_h, grad, chunk: int, needs=(True, True, True), head=None):
+    """(dL/dlog a, dL/dlog b, dL/dlog h_0) of the scan that gave log_h, from grad = dL/dlog h.
+
+    See `_ChunkedLogScan` for the formulas; `needs` says which of the three to compute
+    (None for the others). head [B, k, H], if given, holds the scan's own states for the
+    first k steps where log_h holds others (the cross-rank scan corrects that prefix in
+    place), so that no full-size copy of the states is needed.
+    """
+    # next_w[:, t] = w_{t+1} (0 after the last step); w_1 from the incoming state.
+    next_w = torch.empty_like(log_h, memory_format=torch.contiguous_format)
+    next_w[:, -1] = 0
+    if log_h.shape[1] > 1:
+        torch.sub(log_h[:, :-1], log_h[:, 1:], out=next_w[:, :-1])
+        next_w[:, :-1].add_(log_a[:, 1:]).exp_()
+    first = log_h[:, 0]
+    if head is not None:
+        k = head.shape[1]
+        states = torch.cat([head, log_h[:, k:k + 1]], dim=1)   # the prefix and the step after it
+        m = states.shape[1] - 1
+        torch.sub(states[:, :-1], states[:, 1:], out=next_w[:, :m])
+        next_w[:, :m].add_(log_a[:, 1:m + 1]).exp_()
+        first = head[:, 0]
+    first_w = torch.exp(log_a[:, 0] + log_h0 - first)  # 0 where h_0 = 0
+    gamma = _scan_chunked(_LINEAR, next_w, grad, torch.zeros_like(log_h0), chunk, reverse=True)
+    grad_a = grad_b = grad_h0 = None
+    if needs[0]:
+        grad_a = torch.empty_like(gamma)
         if log_h.shape[1] > 1:
-            torch.sub(log_h[:, :-1], log_h[:, 1:], out=next_w[:, :-1])
-            next_w[:, :-1].add_(log_a[:, 1:]).exp_()
-        first_w = torch.exp(log_a[:, 0] + log_h0 - log_h[:, 0])  # 0 where h_0 = 0
-        gamma = _scan_chunked(_LINEAR, next_w, grad, torch.zeros_like(log_h0), ctx.chunk, reverse=True)
-        grad_a = grad_b = grad_h0 = None
-        if ctx.needs_input_grad[0]:
-            grad_a = torch.empty_like(gamma)
-            if log_h.shape[1] > 1:
-                torch.mul(gamma[:, 1:], next_w[:, :-1], out=grad_a[:, 1:])
-            torch.mul(gamma[:, 0], first_w, out=grad_a[:, 0])
-        if ctx.needs_input_grad[1]:
-            grad_b = torch.sub(log_b, log_h).exp_().mul_(gamma)
-        if ctx.needs_input_grad[2]:
-            grad_h0 = gamma[:, 0] * first_w
-        return grad_a, grad_b, grad_h0, None
+            torch.mul(gamma[:, 1:], next_w[:, :-1], out=grad_a[:, 1:])
+        torch.mul(gamma[:, 0], first_w, out=grad_a[:, 0])
+    if needs[1]:
+        grad_b = torch.sub(log_b, log_h).exp_().mul_(gamma)
+        if head is not None:
+            torch.sub(log_b[:, :k], head, out=grad_b[:, :k]).exp_().mul_(gamma[:, :k])
+    if needs[2]:
+        grad_h0 = gamma[:, 0] * first_w
+    return grad_a, grad_b, grad_h0

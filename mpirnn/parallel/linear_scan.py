@@ -6,17 +6,23 @@ gives both B and the outputs a zero start would give) and sums log a for A, in p
 the sp ranks Allgather the S summaries (S is small, so this beats a log-depth Exscan
 with a user op and needs no pickle), each rank folds the summaries before its own to get
 its incoming state, and then corrects the prefix of its outputs that the incoming state
-still affects (`enter_state`: the effect decays geometrically). In backward the
-gradient with respect to every summary is summed over the sp ranks and each rank takes
-its own. Everything is in log space (a, b > 0), like the in-segment scan.
+still affects (the effect decays geometrically; models.scan.enter_state is the same
+correction on its own). In backward the gradient with respect to every summary is summed
+over the sp ranks and each rank takes its own. Everything is in log space (a, b > 0), like
+the in-segment scan. One autograd Function (`SegmentScan`) does all of it per layer, so
+that no slice or summary of the segment's states costs a full-size gradient buffer.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.autograd.function import once_differentiable
 
 from mpirnn.distributed.transport import allgather, allreduce_sum
-from mpirnn.models.scan import apply_summary, enter_state, log_scan
+from mpirnn.models.scan import (_logaddexp, apply_summary, chunked_log_scan, chunked_scan_grads,
+                                default_chunk, reached_prefix)
 
 
 def _fold(stacked: torch.Tensor, upto: int) -> torch.Tensor:
@@ -27,26 +33,62 @@ def _fold(stacked: torch.Tensor, upto: int) -> torch.Tensor:
     return log_h
 
 
-class ExchangeStates(torch.autograd.Function):
-    """(this segment's log_A, log_B, the true initial log-state) -> this segment's incoming log-state."""
+def _summary_grads(gathered: torch.Tensor, rank: int, grad_incoming: torch.Tensor, comm, timer) -> torch.Tensor:
+    """dL/d(log_A, log_B, log_h0) [3, B, H] of this rank's summary, summed over every rank's incoming state."""
+    leaf = gathered.clone().requires_grad_()
+    with torch.enable_grad():
+        incoming = _fold(leaf, rank)
+        (grads,) = torch.autograd.grad(incoming, leaf, grad_incoming.cpu(), allow_unused=True)
+    grads = allreduce_sum(comm, torch.zeros_like(leaf) if grads is None else grads, timer)
+    return grads[rank]
+
+
+class SegmentScan(torch.autograd.Function):
+    """One layer's log h over this rank's segment, entered with the state the earlier segments leave.
+
+    Forward: scan the segment from h = 0 (log_hz, chunked), Allgather the summaries
+    (log_A = sum log a, log_B = log_hz at the end, and the true initial state), fold the
+    earlier ones into the incoming state, and correct the prefix of log_hz that it still
+    reaches (`reached_prefix`): log h_t = logaddexp(a*_t + incoming, log_hz_t) there.
+
+    Backward, one pass and no full-size temporaries beyond the scan's own: with w_t the
+    incoming state's share of h_t on the prefix, the gradient splits into g w (to the
+    incoming state and, through a*, to log a) and g (1 - w) (to log_hz); the gradient of
+    the incoming state goes back through the fold, is summed over the ranks (Allreduce),
+    and each rank adds its own summary's part (log_B's to the last step of log_hz, log_A's
+    to every log a) before the scan's backward.
+    """
 
     @staticmethod
-    def forward(ctx, log_A, log_B, log_h0, comm, timer):
-        gathered = allgather(comm, torch.stack([log_A, log_B, log_h0]), timer)
-        ctx.comm, ctx.timer, ctx.device = comm, timer, log_A.device
-        ctx.save_for_backward(gathered)
-        return _fold(gathered, comm.rank).to(log_A.device)
+    def forward(ctx, log_a, log_b, log_h0, comm, timer, chunk):
+        log_h = chunked_log_scan(log_a, log_b, torch.full_like(log_h0, -math.inf), chunk)
+        summary = torch.stack([log_a.sum(dim=1), log_h[:, -1], log_h0])
+        gathered = allgather(comm, summary, timer)
+        incoming = _fold(gathered, comm.rank).to(log_a.device)
+        k, a_star = reached_prefix(log_a, log_h, incoming)
+        head_zero = log_h[:, :k].clone()
+        log_h[:, :k] = _logaddexp(a_star + incoming.unsqueeze(1), head_zero)
+        ctx.save_for_backward(log_a, log_b, log_h, head_zero, a_star, incoming, gathered)
+        ctx.comm, ctx.timer, ctx.chunk = comm, timer, chunk
+        return log_h
 
     @staticmethod
-    def backward(ctx, grad_incoming):
-        (gathered,) = ctx.saved_tensors
-        leaf = gathered.clone().requires_grad_()
-        with torch.enable_grad():
-            incoming = _fold(leaf, ctx.comm.rank)
-            (grads,) = torch.autograd.grad(incoming, leaf, grad_incoming.cpu(), allow_unused=True)
-        grads = allreduce_sum(ctx.comm, torch.zeros_like(leaf) if grads is None else grads, ctx.timer)
-        mine = grads[ctx.comm.rank].to(ctx.device)
-        return mine[0], mine[1], mine[2], None, None
+    @once_differentiable
+    def backward(ctx, grad):
+        log_a, log_b, log_h, head_zero, a_star, incoming, gathered = ctx.saved_tensors
+        k = head_zero.shape[1]
+        through_incoming = grad[:, :k] * torch.exp(a_star + incoming.unsqueeze(1) - log_h[:, :k])
+        mine = _summary_grads(gathered, ctx.comm.rank, through_incoming.sum(dim=1), ctx.comm, ctx.timer)
+        mine = mine.to(log_a.device)
+        grad_zero = grad.clone()
+        grad_zero[:, :k] -= through_incoming
+        grad_zero[:, -1] += mine[1]
+        grad_a, grad_b, _ = chunked_scan_grads(log_a, log_b, torch.full_like(incoming, -math.inf), log_h,
+                                               grad_zero, ctx.chunk, (True, True, False), head=head_zero)
+        grad_a += mine[0].unsqueeze(1)
+        # a*_t = sum of log a up to t: each log a_s gets every later step's gradient.
+        grad_a[:, :k] += through_incoming.flip(1).cumsum(1).flip(1)
+        return grad_a, grad_b, mine[2], None, None, None
 
 
 def scan_layers(model, layers: range, features, state, comm, timer=None):
@@ -59,11 +101,8 @@ def scan_layers(model, layers: range, features, state, comm, timer=None):
     finals = []
     for offset, index in enumerate(layers):
         log_a, log_b = model.log_gates(index, features)
-        log_h_zero = log_scan(log_a, log_b, None)  # the segment entered with h = 0
-        log_A, log_B = log_a.sum(dim=1), log_h_zero[:, -1]
         log_h0 = model.log_state(state[offset, 0])
-        incoming = ExchangeStates.apply(log_A, log_B, log_h0, comm, timer)
-        log_h = enter_state(log_a, log_h_zero, incoming)
+        log_h = SegmentScan.apply(log_a, log_b, log_h0, comm, timer, default_chunk(log_a.shape[1]))
         mine = torch.exp(log_h)
         finals.append(mine[:, -1:].transpose(0, 1))
         features = model.join_hidden(index, mine)
