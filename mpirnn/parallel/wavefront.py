@@ -34,7 +34,8 @@ class UnitGraph:
     inputs: torch.Tensor | None   # received activations (a leaf), None on stage 0
     outputs: torch.Tensor         # top outputs of this stage over the chunk
     final: torch.Tensor           # final states of this stage's layers
-    loss: torch.Tensor | None     # last stage: this unit's share of the loss
+    loss: torch.Tensor | None     # last stage: this unit's share of the loss, of `head_in`
+    head_in: torch.Tensor | None  # last stage: what the loss was taken of (`outputs`, or them detached)
 
 
 class Wavefront:
@@ -49,6 +50,11 @@ class Wavefront:
         self.rows = plan.microbatch_rows()
         self.steps = plan.chunk_steps()
         self.units = forward_order(plan.microbatches, plan.chunks)
+        # Where backward starts by waiting for the next segment's state gradient, the loss's
+        # backward (through the head) runs for every unit in that wait: the loss is then taken
+        # of the outputs detached, so that its backward can run on its own.
+        first_back = backward_order(plan.microbatches, plan.chunks)[:1]
+        self.loss_ahead = plan.last_stage and any(self.position.state_to_peer(u, plan.chunks) for u in first_back)
 
     # -- shapes of what arrives ----------------------------------------------------------
 
@@ -126,22 +132,25 @@ class Wavefront:
                 features = embedded.pop(unit) if ahead else embed(unit)
             with timer.tracer.span(f"forward {unit.microbatch}.{unit.chunk}"):
                 outputs, final = self._run(features, start)
-                loss = None
-                if self.plan.last_stage:
-                    loss = self.model.loss_sum(outputs, targets[rows, steps]) / norm
-                    if observe is not None:
-                        observe(outputs, targets[rows, steps])
-                    if not train:
-                        total += loss.double().cpu()
+            # Send before the loss: the next segment waits for this state, not for the head.
             if not self.plan.last_stage:
                 sends.append(isend(self.pp, outputs, pos.stage + 1, activation_tag(unit, C), timer, "send outputs"))
             if pos.state_to_peer(unit, C):
                 sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit), timer, "send state"))
+            loss = head_in = None
+            if self.plan.last_stage:
+                with timer.tracer.span(f"loss {unit.microbatch}.{unit.chunk}"):
+                    head_in = outputs.detach().requires_grad_() if train and self.loss_ahead else outputs
+                    loss = self.model.loss_sum(head_in, targets[rows, steps]) / norm
+                    if observe is not None:
+                        observe(outputs, targets[rows, steps])
+                    if not train:
+                        total += loss.double().cpu()
             previous[unit.microbatch] = final
             if unit.chunk == C - 1:
                 finals.append(final.detach())
             if train:
-                graphs[unit] = UnitGraph(start, received, outputs, final, loss)
+                graphs[unit] = UnitGraph(start, received, outputs, final, loss, head_in)
         return graphs, sends, finals, total
 
     def _run(self, features, start):
@@ -160,14 +169,22 @@ class Wavefront:
                                     f"receive output gradient {u.microbatch}.{u.chunk} from stage {pos.stage + 1}")
                            for u in order} if pos.outputs_to_peer() else {}
         total = torch.zeros((), dtype=torch.float64)
+        if self.loss_ahead:
+            with timer.tracer.span("loss backward, ahead of the state gradients"):
+                for unit in order:
+                    self._loss_backward(graphs[unit])
         next_start_grad = {}
         for unit in order:
             graph = graphs.pop(unit)
             roots, grads = [], []
             if graph.loss is not None:
+                total += graph.loss.detach().double().cpu()
+            if graph.loss is not None and not self.loss_ahead:
                 roots.append(graph.loss)
                 grads.append(torch.ones_like(graph.loss))
-                total += graph.loss.detach().double().cpu()
+            elif graph.loss is not None:
+                roots.append(graph.outputs)
+                grads.append(self._loss_backward(graph))
             else:
                 roots.append(graph.outputs)
                 grads.append(output_grads_in.pop(unit).wait())
@@ -189,6 +206,19 @@ class Wavefront:
             elif unit.chunk > 0:
                 next_start_grad[unit.microbatch] = _grad_of(graph.start)
         return total
+
+    @staticmethod
+    def _loss_backward(graph: UnitGraph) -> torch.Tensor | None:
+        """Backward of a unit's loss down to its top outputs (once); returns their gradient.
+
+        The recurrent backward then starts from it. Backward is linear in what flows in, so
+        splitting it there gives the same gradients as one pass.
+        """
+        if graph.loss is None:
+            return None
+        if graph.head_in.grad is None:
+            graph.loss.backward()
+        return _grad_of(graph.head_in)
 
 
 def _grad_of(leaf: torch.Tensor) -> torch.Tensor:
