@@ -358,3 +358,44 @@ def test_enter_state_equals_a_scan_from_that_state(dtype, tol):
     got = torch.autograd.grad((corrected * weights).sum(), (log_a, log_b, log_h0))
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=tol, atol=tol)
+
+
+def _segment_inputs(dtype, length, remembering, seed=4):
+    """Gates for one segment and a large incoming state. remembering=True: a close to 1 and b small,
+    so the incoming state dominates the whole segment (every step corrected, w near 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = 1e-3 if remembering else 2.0
+    log_a = -torch.rand(2, length, 5, generator=generator, dtype=F64) * scale
+    log_b = torch.randn(2, length, 5, generator=generator, dtype=F64) - (8.0 if remembering else 0.0)
+    log_h0 = torch.randn(2, 5, generator=generator, dtype=F64) + 3
+    weights = torch.randn(2, length, 5, generator=generator, dtype=F64)
+    return [t.to(dtype) for t in (log_a, log_b, log_h0, weights)]
+
+
+def _values_and_grads(function, log_a, log_b, log_h0, weights):
+    leaves = [t.clone().requires_grad_() for t in (log_a, log_b, log_h0)]
+    out = function(*leaves)
+    return (out, *torch.autograd.grad((out * weights).sum(), leaves))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("length, remembering", [(1000, False), (300, True), (40, False)])
+def test_segment_scan_equals_a_scan_from_the_incoming_state(dtype, rtol, length, remembering):
+    """The cross-rank scan's Function on one rank (COMM_SELF: the incoming state is the initial state
+    given) gives the plain scan from that state, in values and gradients: when the correction stops
+    early (1000 fast-forgetting steps), when it covers the segment with the incoming state dominant
+    (w near 1: its gradient share must not cancel in float32), and for a segment shorter than 64.
+    float32 is held to a float64 reference."""
+    from mpi4py import MPI
+
+    from mpirnn.models.scan import default_chunk
+    from mpirnn.parallel.linear_scan import SegmentScan
+
+    inputs = _segment_inputs(dtype, length, remembering)
+    chunk = default_chunk(length)
+    got = _values_and_grads(lambda a, b, h0: SegmentScan.apply(a, b, h0, MPI.COMM_SELF, None, chunk), *inputs)
+    exact = _values_and_grads(lambda a, b, h0: log_scan(a, b, h0), *[t.double() for t in inputs])
+    for name, g, e in zip(("log h", "d log a", "d log b", "d log h0"), got, exact):
+        scale = e.abs().amax(dim=1, keepdim=True) if e.dim() == 3 else e.abs()
+        error = ((g.double() - e).abs() / scale.clamp_min(1e-300)).max().item()
+        assert error <= rtol, f"{name}: relative error {error:.1e} > {rtol:.0e}"

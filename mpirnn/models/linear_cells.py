@@ -23,10 +23,9 @@ def log_g(p: torch.Tensor) -> torch.Tensor:
     """log g(p), g(p) = p + 0.5 for p >= 0 else sigmoid(p): the paper's positive activation.
 
     Computed per branch so neither side overflows: log(relu(p) + 0.5) is finite for all p
-    and logsigmoid(p) is exact for large negative p (one fused op: on CPU each pass over a
-    [B, T, H] tensor costs about as much as the scan's steps, so passes are kept few).
+    and -softplus(-p) = log sigmoid(p) is exact for large negative p.
     """
-    return torch.where(p >= 0, torch.log(F.relu(p) + 0.5), F.logsigmoid(p))
+    return torch.where(p >= 0, torch.log(F.relu(p) + 0.5), -F.softplus(-p))
 
 
 def log_state(h: torch.Tensor) -> torch.Tensor:
@@ -78,8 +77,8 @@ class MinGRU(_LinearCell):
 
     def gates(self, x):
         k, p = self.linear(x).chunk(2, dim=-1)
-        log_a = F.logsigmoid(-k)  # log(1 - sigmoid(k)) = log sigmoid(-k)
-        log_z = F.logsigmoid(k)
+        log_a = -F.softplus(k)  # log(1 - sigmoid(k))
+        log_z = -F.softplus(-k)  # log sigmoid(k)
         return log_a, log_z + log_g(p)
 
 
@@ -87,7 +86,7 @@ class MinLSTM(_LinearCell):
     """minLSTM: forget and input gates normalised to sum to one, h_t = f' h_{t-1} + i' g(p).
 
     f' = f / (f + i) with f = sigmoid(f_pre), i = sigmoid(i_pre); in logs,
-    log f' = logsigmoid(log f - log i), log i' = logsigmoid(log i - log f).
+    log f' = -softplus(log i - log f), log i' = -softplus(log f - log i).
     """
 
     def __init__(self, input_size: int, hidden_size: int):
@@ -95,7 +94,7 @@ class MinLSTM(_LinearCell):
 
     def gates(self, x):
         f, i, p = self.linear(x).chunk(3, dim=-1)
-        diff = F.logsigmoid(i) - F.logsigmoid(f)  # log i - log f
-        log_f = F.logsigmoid(-diff)
-        log_i = F.logsigmoid(diff)
+        diff = F.softplus(-f) - F.softplus(-i)  # log i - log f
+        log_f = -F.softplus(diff)
+        log_i = -F.softplus(-diff)
         return log_f, log_i + log_g(p)

@@ -177,13 +177,14 @@ def default_chunk(length: int) -> int:
     A pass over a chunk costs one vectorised step per time step of the chunk, so
     long chunks mean few, large steps (good on CPU) and short chunks mean few steps
     overall (good where each step is a kernel launch). A chunk that divides T saves
-    padding: a full copy of each input per pass (8192 steps: 64 instead of 91 made the
-    scan ~7% faster on CPU). See benchmarks/scan_methods.py.
+    padding: a full copy of each input per pass (8192 steps: 128 instead of 91 made the
+    scan 8-9% faster on CPU, benchmarks/w3_breakdown.py). Where two divisors are equally
+    near (64 and 128 for 8192), the longer one. See benchmarks/scan_methods.py.
     """
     ideal = min(128.0, max(16.0, math.sqrt(length)))
-    divisors = [c for c in range(16, 129) if length % c == 0 and abs(math.log2(c / ideal)) <= 0.5]
+    divisors = [c for c in range(16, 129) if length % c == 0 and abs(math.log2(c / ideal)) <= 0.5 + 1e-9]
     if divisors:
-        return min(divisors, key=lambda c: (abs(math.log2(c / ideal)), -c))
+        return min(divisors, key=lambda c: (round(abs(math.log2(c / ideal)), 6), -c))
     return int(round(ideal))
 
 

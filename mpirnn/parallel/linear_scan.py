@@ -51,12 +51,12 @@ class SegmentScan(torch.autograd.Function):
     earlier ones into the incoming state, and correct the prefix of log_hz that it still
     reaches (`reached_prefix`): log h_t = logaddexp(a*_t + incoming, log_hz_t) there.
 
-    Backward, one pass and no full-size temporaries beyond the scan's own: with w_t the
-    incoming state's share of h_t on the prefix, the gradient splits into g w (to the
-    incoming state and, through a*, to log a) and g (1 - w) (to log_hz); the gradient of
-    the incoming state goes back through the fold, is summed over the ranks (Allreduce),
-    and each rank adds its own summary's part (log_B's to the last step of log_hz, log_A's
-    to every log a) before the scan's backward.
+    Backward, one pass with one full-size gradient buffer besides the scan's own: with w_t
+    the incoming state's share of h_t on the prefix, the gradient splits into g w (to the
+    incoming state and, through a*, to log a) and g (1 - w) = g hz/h (to log_hz); the
+    gradient of the incoming state goes back through the fold and is summed over the ranks
+    (Allreduce); each rank adds its own summary's part, log_B's to the last step of log_hz
+    before the scan's backward and log_A's to every log a after it.
     """
 
     @staticmethod
@@ -81,7 +81,8 @@ class SegmentScan(torch.autograd.Function):
         mine = _summary_grads(gathered, ctx.comm.rank, through_incoming.sum(dim=1), ctx.comm, ctx.timer)
         mine = mine.to(log_a.device)
         grad_zero = grad.clone()
-        grad_zero[:, :k] -= through_incoming
+        # g (1 - w) as g hz/h, not g - g w: that cancels in float32 where the incoming state dominates.
+        grad_zero[:, :k] *= torch.exp(head_zero - log_h[:, :k])
         grad_zero[:, -1] += mine[1]
         grad_a, grad_b, _ = chunked_scan_grads(log_a, log_b, torch.full_like(incoming, -math.inf), log_h,
                                                grad_zero, ctx.chunk, (True, True, False), head=head_zero)

@@ -37,7 +37,7 @@ def test_carried_state_and_series(cell):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_linear_cells_long_segments(cell, dtype):
     # Segments of 150-601 steps: the incoming state's effect fades inside them, so each rank
-    # corrects only a prefix of its zero-start scan (models.scan.enter_state): still exact.
+    # corrects only a prefix of its zero-start scan (parallel.linear_scan.SegmentScan): still exact.
     check(cell, dtype=dtype, layers=2, random_state=True, steps=601)
 
 
