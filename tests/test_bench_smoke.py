@@ -55,3 +55,26 @@ def test_unknown_workload_refused():
     done = subprocess.run([sys.executable, "-m", "mpirnn.bench", "--only", "W9"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0 and "unknown workload" in done.stderr
+
+
+def _launched(tmp_path, group, results, exit_code):
+    """A finished launch as bench.start returns it: a process that exits with exit_code, and its result file."""
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps(results))
+    process = subprocess.Popen([sys.executable, "-c", f"print('gloo: Connection closed by peer error'); "
+                                f"raise SystemExit({exit_code})"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return process, result, group
+
+
+@pytest.mark.parametrize("ddp, written, kept", [(True, 2, True), (True, 1, False), (False, 2, False)])
+def test_a_failed_teardown_after_every_ddp_run_keeps_the_results(tmp_path, ddp, written, kept):
+    """The DDP peer's launch failing after all its runs wrote their results (gloo aborting a rank at
+    teardown) keeps the results; a failure with a run missing, or any mpirun launch's failure, is an error."""
+    from mpirnn.tools.bench import finish
+    group = [{"ranks": 2, "ddp": ddp, "name": f"run {i}"} for i in range(2)]
+    results, error = finish(_launched(tmp_path, group, [{"name": f"run {i}"} for i in range(written)], 1), 30)
+    assert len(results) == written
+    assert (error is None) == kept
+    if not kept:
+        assert "exit 1" in error and "Connection closed" in error

@@ -231,11 +231,19 @@ def finish(launched, timeout: float) -> tuple[list[dict], str | None]:
         os.killpg(process.pid, signal.SIGKILL)  # our own launch's process group
         output, _ = process.communicate()
         error = f"timed out after {timeout:.0f} s"
+    results = json.loads(result.read_text()) if result.exists() else []
+    if error and group[0]["ddp"] and process.returncode not in (None, 0) and len(results) == len(group):
+        # gloo sometimes aborts a rank while the process group is torn down, after every timed step and
+        # the results are written (seen once in CI, under load): the measurements stand, say so and go on.
+        print(f"mpirnn.bench: note: the PyTorch DDP peer's launch exited with an error after all its runs "
+              f"had finished and written their results ({cause(output or '')}); results kept",
+              file=sys.stderr, flush=True)
+        return results, None
     if error:
         error = f"-n {group[0]['ranks']} ({', '.join(r['name'] for r in group)}): {error}"
         tail = "\n".join((output or "").strip().splitlines()[-25:])
         print(f"mpirnn.bench: failed: {error}\n--- the end of its output:\n{tail}\n---", file=sys.stderr, flush=True)
-    return (json.loads(result.read_text()) if result.exists() else []), error
+    return results, error
 
 
 def worker(args) -> int:
