@@ -60,6 +60,12 @@ def test_microbatch_refusals():
     with pytest.raises(ConfigError, match="at most"):
         resolve_microbatches(MAX_UNITS + 1, rows=10**6, sp=2)
     assert resolve_microbatches(3, rows=3, sp=1) == 3  # asked for: fine, exact either way
+    # The chain sends one state per layer and microbatch, each with its own tag: refused alike on every rank.
+    grid = Grid(4, sp=2, pp=2)
+    for rank in range(4):
+        with pytest.raises(ConfigError, match=r"parallel.microbatches x layers per pipeline stage = 9000 x 2"):
+            make_plan(grid, grid.coords(rank), batch_size=9000, seq_len=10, layers=3, cell="gru", microbatches=9000)
+    make_plan(grid, grid.coords(0), batch_size=9000, seq_len=10, layers=3, cell="mingru", microbatches=9000)  # no chain
 
 
 def test_automatic_chunks():
@@ -129,6 +135,9 @@ def test_orders_and_tags():
     tags = {activation_tag(u, 2) for u in units} | {activation_grad_tag(u, 2) for u in units}
     assert len(tags) == 12 and max(tags) < 32768
     assert {state_tag(Unit(m, 0)) for m in range(3)}.isdisjoint({state_grad_tag(Unit(m, 0)) for m in range(3)})
+    # One state per layer group: every (microbatch, group) has its own pair of tags.
+    grouped = [f(Unit(m, 0), g, 3) for m in range(4) for g in range(3) for f in (state_tag, state_grad_tag)]
+    assert sorted(grouped) == list(range(24))
     assert activation_grad_tag(Unit(MAX_UNITS - 1, 0), 1) <= 32767
 
 
@@ -149,6 +158,11 @@ def test_bubble_formula_matches_the_simulated_wavefront(sp, pp, m, c):
     ticks = makespan(sp, pp, m, c)
     assert ticks == m * c + (sp - 1) * c + (pp - 1)
     assert bubble(sp, pp, m, c) == pytest.approx(1 - m * c / ticks)
+    # Units of L layers, run one at a time: segment s+1 starts a layer (not a unit) after segment s's last chunk.
+    for layers in (2, 3):
+        ticks = makespan(sp, pp, m, c, layers=layers)
+        assert ticks == layers * m * c + (sp - 1) * ((c - 1) * layers + 1) + (pp - 1) * layers
+        assert bubble(sp, pp, m, c, layers=layers) == pytest.approx(1 - layers * m * c / ticks)
 
 
 @pytest.mark.parametrize("sp, pp, m", [(2, 2, 3), (3, 2, 1), (4, 3, 2)])

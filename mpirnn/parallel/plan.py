@@ -101,17 +101,27 @@ def resolve_chunks(requested: int, shortest_segment: int, pp: int, microbatches:
     return chunks
 
 
-def bubble(sp: int, pp: int, microbatches: int, chunks: int, mode: str = "chain") -> float:
-    """Idle fraction of a step when every unit costs the same (the schedule's bubble).
+def check_state_tags(microbatches: int, stage_layers: int, sp: int, mode: str) -> None:
+    """The sequence chain sends one state per layer and microbatch; their tags must stay valid MPI tags."""
+    if mode == "chain" and sp > 1 and microbatches * stage_layers > MAX_UNITS:
+        raise ConfigError(
+            f"parallel.microbatches x layers per pipeline stage = {microbatches} x {stage_layers} boundary states "
+            f"per step: at most {MAX_UNITS} are supported (MPI message tags); use fewer microbatches")
 
-    chain: segment s+1 starts a microbatch only when segment s has finished all C chunks of
-    it, and stage p+1 one unit after stage p, so a step is M*C + (S-1)*C + (P-1) unit times.
+
+def bubble(sp: int, pp: int, microbatches: int, chunks: int, mode: str = "chain", layers: int = 1) -> float:
+    """Idle fraction of a step when every layer of every unit costs the same (the schedule's bubble).
+
+    chain: segment s+1 starts a microbatch once segment s has run its C chunks up to the first
+    of the stage's `layers` (the executor runs them one at a time where states pass between
+    segments), and stage p+1 one unit after stage p, so a step is
+    M*C + (S-1)*(C-1+1/layers) + (P-1) unit times.
     scan: segments run together; only stages are chained, one microbatch apart.
     """
     if mode == "scan":
         units, lag = microbatches, pp - 1
     else:
-        units, lag = microbatches * chunks, (sp - 1) * chunks + (pp - 1)
+        units, lag = microbatches * chunks, (sp - 1) * (chunks - 1 + 1 / layers) + (pp - 1)
     return lag / (units + lag)
 
 
@@ -203,6 +213,9 @@ def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers
     m = resolve_microbatches(microbatches, rows[1] - rows[0], grid.sp, grid.pp, mode)
     shortest_segment = seq_len // grid.sp
     c = resolve_chunks(chunks, shortest_segment, grid.pp, m, mode)
+    # With the most rows and layers any rank has, so that every rank refuses alike.
+    most = resolve_microbatches(microbatches, -(-batch_size // grid.dp), grid.sp, grid.pp, mode)
+    check_state_tags(most, -(-layers // grid.pp), grid.sp, mode)
     width = (hidden or 0) // grid.tp
     return Plan(grid, dict(coords), rows, segment_of(seq_len, grid, coords["sp"]),
                 layers_of(layers, grid.pp, coords["pp"]), (coords["tp"] * width, (coords["tp"] + 1) * width),

@@ -43,13 +43,14 @@ def backward_order(microbatches: int, chunks: int) -> list[Unit]:
 
 
 # Message tags. States travel on the sp communicator, activations on the pp communicator, so
-# the two families never meet; forward messages are even and their gradients odd.
-def state_tag(unit: Unit) -> int:
-    return 2 * unit.microbatch
+# the two families never meet; forward messages are even and their gradients odd. A unit that
+# runs its layers one at a time sends one state per layer group (group g of `groups`).
+def state_tag(unit: Unit, group: int = 0, groups: int = 1) -> int:
+    return 2 * (unit.microbatch * groups + group)
 
 
-def state_grad_tag(unit: Unit) -> int:
-    return 2 * unit.microbatch + 1
+def state_grad_tag(unit: Unit, group: int = 0, groups: int = 1) -> int:
+    return state_tag(unit, group, groups) + 1
 
 
 def activation_tag(unit: Unit, chunks: int) -> int:
@@ -84,42 +85,43 @@ class Position:
         return self.stage < self.stages - 1
 
 
-def timeline(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True) -> dict:
-    """Forward start tick of every (segment, stage, unit) with unit cost 1 and free messages.
+def timeline(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True,
+             layers: int = 1) -> dict:
+    """Forward start tick of every (segment, stage, unit) with free messages.
 
-    Returns {(s, p): [start tick of each unit in forward order]}. The backward pass is the
-    mirror image, so the step's length is twice the last finishing tick.
+    A unit runs `layers` layer groups of one tick each, in turn (the executor runs a stage's
+    layers one at a time where states pass between segments, so that segment s+1 can start a
+    layer behind segment s); with layers = 1 a unit is one tick. Returns {(s, p): [start tick
+    of each unit in forward order]}. The backward pass is the mirror image, so the step's
+    length is twice the last finishing tick.
     """
-    start: dict = {}
-    for s in range(segments):
-        for p in range(stages):
-            start[(s, p)] = []
+    start: dict = {(s, p): [] for s in range(segments) for p in range(stages)}
     finish: dict = {}
-    # Each rank runs its units in order; a unit starts when its rank is free and its inputs are ready.
-    # Visit units in the global order (m, s*C + c, p): every unit's inputs are visited before it.
+    free = {(s, p): 0 for s in range(segments) for p in range(stages)}
+    # Each rank runs its units' layers in order; one starts when its rank is free and its inputs
+    # are ready. Visit them in the global order (m, s*C + c, p, l): every input is visited first.
     for m in range(microbatches):
         for s in range(segments):
             for c in range(chunks):
                 for p in range(stages):
-                    ready = [finish[(s, p, *_previous_unit(m, c, chunks))] if start[(s, p)] else 0]
-                    if chain and c == 0 and s > 0:
-                        ready.append(finish[(s - 1, p, m, chunks - 1)])
-                    if p > 0:
-                        ready.append(finish[(s, p - 1, m, c)])
-                    tick = max(ready)
-                    start[(s, p)].append(tick)
-                    finish[(s, p, m, c)] = tick + 1
+                    for l in range(layers):
+                        ready = [free[(s, p)]]
+                        if chain and c == 0 and s > 0:
+                            ready.append(finish[(s - 1, p, m, chunks - 1, l)])
+                        if p > 0 and l == 0:
+                            ready.append(finish[(s, p - 1, m, c, layers - 1)])
+                        tick = max(ready)
+                        if l == 0:
+                            start[(s, p)].append(tick)
+                        finish[(s, p, m, c, l)] = free[(s, p)] = tick + 1
     return start
 
 
-def _previous_unit(m: int, c: int, chunks: int) -> tuple[int, int]:
-    return (m, c - 1) if c else (m - 1, chunks - 1)
-
-
-def makespan(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True) -> int:
-    """Forward ticks until the last unit finishes (unit cost 1)."""
-    starts = timeline(segments, stages, microbatches, chunks, chain)
-    return max(ticks[-1] for ticks in starts.values()) + 1
+def makespan(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True,
+             layers: int = 1) -> int:
+    """Forward ticks until the last unit finishes (a layer costs 1, a unit `layers`)."""
+    starts = timeline(segments, stages, microbatches, chunks, chain, layers)
+    return max(ticks[-1] for ticks in starts.values()) + layers
 
 
 def draw(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True) -> str:

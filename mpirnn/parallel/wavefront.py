@@ -11,6 +11,12 @@ stage p+1, or its loss on the last stage) and of its final state (from the next 
 segment s+1), and sends the gradients of its leaves back. Each unit's loss is a sum divided
 by the global element count, so the units' losses add up to the serial loss exactly.
 
+Where states pass between segments (the chain with sp > 1), a unit runs its layers one at a
+time, each its own autograd graph, and sends each layer's final state as soon as that layer
+is done: the next segment starts a microbatch one *layer* behind instead of one unit, which
+cuts the sequence chain's bubble by the stage's layer count (docs/performance.md, "Layer by
+layer along the chain"). Backward mirrors it: the top layer's state gradient leaves first.
+
     python -m pytest -q --with-mpi -m mpi tests/mpi/test_exact_step.py   (under mpirun -n 1..4)
 """
 
@@ -27,15 +33,27 @@ from mpirnn.parallel.schedule import (Position, Unit, activation_grad_tag, activ
 
 
 @dataclass
+class GroupGraph:
+    """One group of consecutive layers of a unit (all the stage's layers, or one of them)."""
+
+    start: torch.Tensor           # incoming states (a leaf when they came from a peer or the previous chunk)
+    below: torch.Tensor | None    # the group below's outputs as a leaf; None for the stage's first group
+    outputs: torch.Tensor         # the group's top outputs over the chunk
+    final: torch.Tensor           # final states of the group's layers
+
+
+@dataclass
 class UnitGraph:
     """What backward needs of one unit's forward."""
 
-    start: torch.Tensor           # incoming state (a leaf when it came from a peer or the previous chunk)
+    groups: list[GroupGraph]      # bottom to top
     inputs: torch.Tensor | None   # received activations (a leaf), None on stage 0
-    outputs: torch.Tensor         # top outputs of this stage over the chunk
-    final: torch.Tensor           # final states of this stage's layers
     loss: torch.Tensor | None     # last stage: this unit's share of the loss, of `head_in`
-    head_in: torch.Tensor | None  # last stage: what the loss was taken of (`outputs`, or them detached)
+    head_in: torch.Tensor | None  # last stage: what the loss was taken of (the top outputs, or them detached)
+
+    @property
+    def outputs(self) -> torch.Tensor:
+        return self.groups[-1].outputs
 
 
 class Wavefront:
@@ -47,6 +65,11 @@ class Wavefront:
         self.position = Position(plan.coords["sp"], plan.grid.sp, plan.coords["pp"], plan.grid.pp,
                                  chain=plan.mode == "chain")
         self.layers = range(*plan.layers)
+        # Layer groups [start, stop) as offsets into the stage's layers: one per layer where the
+        # next segment waits for the states (so it can start a layer behind), else all at once.
+        per_layer = plan.mode == "chain" and plan.grid.sp > 1
+        count = len(self.layers)
+        self.groups = [(i, i + 1) for i in range(count)] if per_layer else [(0, count)]
         self.rows = plan.microbatch_rows()
         self.steps = plan.chunk_steps()
         self.units = forward_order(plan.microbatches, plan.chunks)
@@ -58,9 +81,17 @@ class Wavefront:
 
     # -- shapes of what arrives ----------------------------------------------------------
 
-    def _state_like(self, m: int) -> torch.Tensor:
+    def _state_like(self, m: int, group: int) -> torch.Tensor:
         rows = self.rows[m].stop - self.rows[m].start
-        return self.model.zero_state(rows, self._like, self.layers)
+        return self.model.zero_state(rows, self._like, self._layers_of(group))
+
+    def _layers_of(self, group: int) -> range:
+        first, stop = self.groups[group]
+        return range(self.layers.start + first, self.layers.start + stop)
+
+    def _span(self, what: str, unit: Unit, group: int) -> str:
+        name = f"{what} {unit.microbatch}.{unit.chunk}"
+        return name if len(self.groups) == 1 else f"{name} layer {self._layers_of(group).start}"
 
     def _activation_like(self, unit: Unit) -> torch.Tensor:
         rows = self.rows[unit.microbatch].stop - self.rows[unit.microbatch].start
@@ -99,10 +130,11 @@ class Wavefront:
         return total, torch.cat(finals, dim=2)
 
     def _forward(self, inputs, targets, state, norm, observe=None, train=True):
-        pos, C, timer = self.position, self.plan.chunks, self.comms.timer
-        states_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment - 1, state_tag(u), timer,
-                                         f"receive state {u.microbatch} from segment {pos.segment - 1}")
-                     for u in self.units if pos.state_from_peer(u)}
+        pos, C, G, timer = self.position, self.plan.chunks, len(self.groups), self.comms.timer
+        states_in = {(u.microbatch, g): irecv(self.sp, self._state_like(u.microbatch, g), pos.segment - 1,
+                                              state_tag(u, g, G), timer,
+                                              f"receive state {u.microbatch} from segment {pos.segment - 1}")
+                     for u in self.units if pos.state_from_peer(u) for g in range(G)}
         inputs_in = {u: irecv(self.pp, self._activation_like(u), pos.stage - 1, activation_tag(u, C), timer,
                               f"receive inputs {u.microbatch}.{u.chunk} from stage {pos.stage - 1}")
                      for u in self.units} if pos.inputs_from_peer() else {}
@@ -117,26 +149,31 @@ class Wavefront:
         ahead = not pos.inputs_from_peer() and bool(self.units) and pos.state_from_peer(self.units[0])
         embedded = {unit: embed(unit) for unit in self.units} if ahead else {}
         for unit in self.units:
-            rows, steps = self.rows[unit.microbatch], self.steps[unit.chunk]
-            if pos.state_from_peer(unit):
-                start = leaf(states_in.pop(unit.microbatch).wait())
-            elif unit.chunk > 0:
-                start = leaf(previous.pop(unit.microbatch).detach())
-            else:
-                start = state[:, :, rows]
+            m, rows, steps = unit.microbatch, self.rows[unit.microbatch], self.steps[unit.chunk]
             if pos.inputs_from_peer():
                 received = leaf(inputs_in.pop(unit).wait())
                 features = received
             else:
                 received = None
                 features = embedded.pop(unit) if ahead else embed(unit)
-            with timer.tracer.span(f"forward {unit.microbatch}.{unit.chunk}"):
-                outputs, final = self._run(features, start)
-            # Send before the loss: the next segment waits for this state, not for the head.
+            groups, carried = [], previous.pop(m, None)
+            for g, (first, stop) in enumerate(self.groups):
+                if pos.state_from_peer(unit):
+                    start = leaf(states_in.pop((m, g)).wait())
+                elif unit.chunk > 0:
+                    start = leaf(carried[g].detach())
+                else:
+                    start = state[first:stop, :, rows]
+                below = leaf(features.detach()) if g and train else None
+                with timer.tracer.span(self._span("forward", unit, g)):
+                    outputs, final = self._run(features if below is None else below, start, self._layers_of(g))
+                # Send at once: the next segment waits for this layer's state, not for the layers above.
+                if pos.state_to_peer(unit, C):
+                    sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit, g, G), timer, "send state"))
+                groups.append(GroupGraph(start, below, outputs, final))
+                features = outputs
             if not self.plan.last_stage:
                 sends.append(isend(self.pp, outputs, pos.stage + 1, activation_tag(unit, C), timer, "send outputs"))
-            if pos.state_to_peer(unit, C):
-                sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit), timer, "send state"))
             loss = head_in = None
             if self.plan.last_stage:
                 with timer.tracer.span(f"loss {unit.microbatch}.{unit.chunk}"):
@@ -146,25 +183,26 @@ class Wavefront:
                         observe(outputs, targets[rows, steps])
                     if not train:
                         total += loss.double().cpu()
-            previous[unit.microbatch] = final
+            previous[m] = [group.final for group in groups]
             if unit.chunk == C - 1:
-                finals.append(final.detach())
+                finals.append(torch.cat([group.final.detach() for group in groups]))
             if train:
-                graphs[unit] = UnitGraph(start, received, outputs, final, loss, head_in)
+                graphs[unit] = UnitGraph(groups, received, loss, head_in)
         return graphs, sends, finals, total
 
-    def _run(self, features, start):
+    def _run(self, features, start, layers):
         if self.plan.mode == "scan":
-            return scan_layers(self.model, self.layers, features, start, self.sp, self.comms.timer)
-        return self.model.run_layers(features, start, self.layers)
+            return scan_layers(self.model, layers, features, start, self.sp, self.comms.timer)
+        return self.model.run_layers(features, start, layers)
 
     def _backward(self, graphs, sends):
-        pos, C, timer = self.position, self.plan.chunks, self.comms.timer
+        pos, C, G, timer = self.position, self.plan.chunks, len(self.groups), self.comms.timer
         order = backward_order(self.plan.microbatches, C)
-        state_grads_in = {u.microbatch: irecv(self.sp, self._state_like(u.microbatch), pos.segment + 1,
-                                              state_grad_tag(u), timer,
-                                              f"receive state gradient {u.microbatch} from segment {pos.segment + 1}")
-                          for u in order if pos.state_to_peer(u, C)}
+        # Backward runs the groups top to bottom, so their state gradients arrive in that order.
+        state_grads_in = {(u.microbatch, g): irecv(self.sp, self._state_like(u.microbatch, g), pos.segment + 1,
+                                                   state_grad_tag(u, g, G), timer,
+                                                   f"receive state gradient {u.microbatch} from segment {pos.segment + 1}")
+                          for u in order if pos.state_to_peer(u, C) for g in reversed(range(G))}
         output_grads_in = {u: irecv(self.pp, self._activation_like(u), pos.stage + 1, activation_grad_tag(u, C), timer,
                                     f"receive output gradient {u.microbatch}.{u.chunk} from stage {pos.stage + 1}")
                            for u in order} if pos.outputs_to_peer() else {}
@@ -175,36 +213,39 @@ class Wavefront:
                     self._loss_backward(graphs[unit])
         next_start_grad = {}
         for unit in order:
-            graph = graphs.pop(unit)
-            roots, grads = [], []
+            graph, m = graphs.pop(unit), unit.microbatch
             if graph.loss is not None:
                 total += graph.loss.detach().double().cpu()
+            # What flows into the top group's outputs: the loss (whole, or its gradient when taken
+            # ahead) on the last stage, the next stage's gradient elsewhere.
             if graph.loss is not None and not self.loss_ahead:
-                roots.append(graph.loss)
-                grads.append(torch.ones_like(graph.loss))
+                root, grad = graph.loss, torch.ones_like(graph.loss)
             elif graph.loss is not None:
-                roots.append(graph.outputs)
-                grads.append(self._loss_backward(graph))
+                root, grad = graph.outputs, self._loss_backward(graph)
             else:
-                roots.append(graph.outputs)
-                grads.append(output_grads_in.pop(unit).wait())
-            if pos.state_to_peer(unit, C):
-                final_grad = state_grads_in.pop(unit.microbatch).wait()
-            else:
-                final_grad = next_start_grad.pop(unit.microbatch, None)
-            if final_grad is not None:
-                roots.append(graph.final)
-                grads.append(final_grad)
-            with timer.tracer.span(f"backward {unit.microbatch}.{unit.chunk}"):
-                torch.autograd.backward(roots, grads)
+                root, grad = graph.outputs, output_grads_in.pop(unit).wait()
+            for g in reversed(range(G)):
+                group = graph.groups[g]
+                roots, grads = [root], [grad]
+                if pos.state_to_peer(unit, C):
+                    final_grad = state_grads_in.pop((m, g)).wait()
+                else:
+                    final_grad = next_start_grad.pop((m, g), None)
+                if final_grad is not None:
+                    roots.append(group.final)
+                    grads.append(final_grad)
+                with timer.tracer.span(self._span("backward", unit, g)):
+                    torch.autograd.backward(roots, grads)
+                if pos.state_from_peer(unit):
+                    sends.append(isend(self.sp, _grad_of(group.start), pos.segment - 1, state_grad_tag(unit, g, G),
+                                       timer, "send state gradient"))
+                elif unit.chunk > 0:
+                    next_start_grad[(m, g)] = _grad_of(group.start)
+                if g:
+                    root, grad = graph.groups[g - 1].outputs, _grad_of(group.below)
             if graph.inputs is not None:
                 sends.append(isend(self.pp, _grad_of(graph.inputs), pos.stage - 1, activation_grad_tag(unit, C), timer,
                                    "send input gradient"))
-            if pos.state_from_peer(unit):
-                sends.append(isend(self.sp, _grad_of(graph.start), pos.segment - 1, state_grad_tag(unit), timer,
-                                   "send state gradient"))
-            elif unit.chunk > 0:
-                next_start_grad[unit.microbatch] = _grad_of(graph.start)
         return total
 
     @staticmethod

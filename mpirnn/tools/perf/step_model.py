@@ -208,12 +208,30 @@ def unit_s(shape: Shape, layout: Layout, cal: Calibration, stage: int, slowdown:
         compute += cal.input_s(rows * steps, shape.embed, shape.vocab)
     if stage == layout.pp - 1:
         compute += cal.head_s(rows * steps, H, shape.vocab)
-    if layout.sp > 1 and not shape.linear:   # one boundary state per microbatch each way, i.e. per C units
-        state = (stop - first) * STATE_PARTS.get(shape.cell, 1) * rows * H // K * b
-        messages += 2 * links.p2p(sp_link, state) / layout.chunks
+    if layout.sp > 1 and not shape.linear:   # each layer's boundary state once per microbatch each way, i.e. per C units
+        state = STATE_PARTS.get(shape.cell, 1) * rows * H // K * b
+        messages += 2 * (stop - first) * links.p2p(sp_link, state) / layout.chunks
     if layout.pp > 1:                        # the chunk's activations forward, their gradient back
         messages += 2 * links.p2p(axis_link(cal, layout, "pp"), rows * steps * H // K * b)
     return compute * slowdown + messages
+
+
+def segment_hop_share(shape: Shape, layout: Layout, cal: Calibration) -> float:
+    """The share of a unit the next segment waits for (mpirnn/tools/perf/schedule.py): the stage's
+    first layer in forward and its last in backward, taken as half of each one's forward+backward.
+    The largest over stages."""
+    if layout.sp == 1 or shape.linear:
+        return 1.0
+    rows = math.ceil(math.ceil(shape.batch / layout.dp) / layout.microbatches)
+    steps = math.ceil(math.ceil(shape.seq_len / layout.sp) / layout.chunks)
+    hops = []
+    for p in range(layout.pp):
+        first, stop = split(shape.layers, layout.pp, p)
+        times = [cal.layer_s(shape.cell, rows, steps, shape.embed if i == 0 else shape.hidden, shape.hidden)
+                 for i in range(first, stop)]
+        total = sum(times)
+        hops.append((times[0] + times[-1]) / 2 / total if total > 0 else 1 / len(times))
+    return max(hops)
 
 
 def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4.0) -> Prediction:
@@ -224,15 +242,15 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
     M, C, S, P = layout.microbatches, layout.chunks, layout.sp, layout.pp
     slowdown = cal.slowdown(min(layout.ranks, layout.ranks_per_node) * layout.threads)
     units = [unit_s(shape, layout, cal, p, slowdown) for p in range(P)]
-    wavefront = chain_time(units, M, C, S, shape.linear)
+    hop = segment_hop_share(shape, layout, cal)
+    wavefront = chain_time(units, M, C, S, shape.linear, hop)
 
     # The fill also waits for each hop's first message (forward) and its gradient (backward).
     rows = math.ceil(math.ceil(shape.batch / layout.dp) / M)
     steps = math.ceil(math.ceil(shape.seq_len / S) / C)
-    per_stage = math.ceil(shape.layers / P)
     fill = 0.0
-    if S > 1 and not shape.linear:
-        state = per_stage * STATE_PARTS.get(shape.cell, 1) * rows * shape.hidden // layout.tp * shape.dtype_bytes
+    if S > 1 and not shape.linear:   # the first layer's state forward, the last one's gradient back
+        state = STATE_PARTS.get(shape.cell, 1) * rows * shape.hidden // layout.tp * shape.dtype_bytes
         fill += 2 * chain_hop_s(cal, layout, "sp", state)
     if P > 1:
         fill += 2 * chain_hop_s(cal, layout, "pp", rows * steps * shape.hidden // layout.tp * shape.dtype_bytes)
@@ -255,7 +273,7 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
     step = wavefront + fill + gradients + optimizer + accumulate
     parts = {"wavefront": wavefront, "exchange_fill": fill, "gradient_allreduce": gradients,
              "optimizer": optimizer, "accumulate": accumulate, "unit_s": units, "slowdown": slowdown}
-    return Prediction(layout, step, shape.tokens / step, bubble_fraction(M, C, S, P, shape.linear), parts)
+    return Prediction(layout, step, shape.tokens / step, bubble_fraction(M, C, S, P, shape.linear, hop), parts)
 
 
 def shape_dict(shape: Shape) -> dict:
