@@ -14,8 +14,12 @@ the same edges in reverse with gradients. Every rank runs its units in lexicogra
 (backward: reversed), which is deadlock-free: every unit waits only on units that come
 earlier in the order (m, s*C + c, p), so the earliest unfinished one can always run.
 
-`timeline` simulates the schedule with unit costs of 1 for the docs and the tests:
+Where states pass between segments (sp > 1), the executor runs a unit's layers one at a time
+and sends each layer's final state as soon as it is done, so segment s+1 starts a layer, not
+a unit, behind segment s. `layer_ticks` simulates the schedule with layer costs of 1 for the
+docs and the tests:
     python -m mpirnn.parallel.schedule --sp 2 --pp 2 --microbatches 2 --chunks 2
+    python -m mpirnn.parallel.schedule --sp 2 --pp 1 --microbatches 3 --chunks 1 --layers 2
 """
 
 from __future__ import annotations
@@ -85,19 +89,15 @@ class Position:
         return self.stage < self.stages - 1
 
 
-def timeline(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True,
-             layers: int = 1) -> dict:
-    """Forward start tick of every (segment, stage, unit) with free messages.
+def layer_ticks(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True,
+                layers: int = 1) -> dict:
+    """Forward start tick of every layer of every unit, with free messages and a layer costing 1.
 
-    A unit runs `layers` layer groups of one tick each, in turn (the executor runs a stage's
-    layers one at a time where states pass between segments, so that segment s+1 can start a
-    layer behind segment s); with layers = 1 a unit is one tick. Returns {(s, p): [start tick
-    of each unit in forward order]}. The backward pass is the mirror image, so the step's
-    length is twice the last finishing tick.
+    A unit runs `layers` layer groups in turn (the executor runs a stage's layers one at a time
+    where states pass between segments, so that segment s+1 can start a layer behind segment
+    s). Returns {(s, p, m, c, l): tick}.
     """
-    start: dict = {(s, p): [] for s in range(segments) for p in range(stages)}
-    finish: dict = {}
-    free = {(s, p): 0 for s in range(segments) for p in range(stages)}
+    ticks, free = {}, {(s, p): 0 for s in range(segments) for p in range(stages)}
     # Each rank runs its units' layers in order; one starts when its rank is free and its inputs
     # are ready. Visit them in the global order (m, s*C + c, p, l): every input is visited first.
     for m in range(microbatches):
@@ -107,35 +107,45 @@ def timeline(segments: int, stages: int, microbatches: int, chunks: int, chain: 
                     for l in range(layers):
                         ready = [free[(s, p)]]
                         if chain and c == 0 and s > 0:
-                            ready.append(finish[(s - 1, p, m, chunks - 1, l)])
+                            ready.append(ticks[(s - 1, p, m, chunks - 1, l)] + 1)
                         if p > 0 and l == 0:
-                            ready.append(finish[(s, p - 1, m, c, layers - 1)])
-                        tick = max(ready)
-                        if l == 0:
-                            start[(s, p)].append(tick)
-                        finish[(s, p, m, c, l)] = free[(s, p)] = tick + 1
-    return start
+                            ready.append(ticks[(s, p - 1, m, c, layers - 1)] + 1)
+                        ticks[(s, p, m, c, l)] = max(ready)
+                        free[(s, p)] = max(ready) + 1
+    return ticks
+
+
+def timeline(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True,
+             layers: int = 1) -> dict:
+    """{(s, p): [start tick of each unit in forward order]} (see layer_ticks; a unit is `layers` ticks).
+
+    The backward pass is the mirror image, so the step's length is twice the last finishing tick.
+    """
+    ticks = layer_ticks(segments, stages, microbatches, chunks, chain, layers)
+    return {(s, p): [ticks[(s, p, u.microbatch, u.chunk, 0)] for u in forward_order(microbatches, chunks)]
+            for s in range(segments) for p in range(stages)}
 
 
 def makespan(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True,
              layers: int = 1) -> int:
     """Forward ticks until the last unit finishes (a layer costs 1, a unit `layers`)."""
-    starts = timeline(segments, stages, microbatches, chunks, chain, layers)
-    return max(ticks[-1] for ticks in starts.values()) + layers
+    return max(layer_ticks(segments, stages, microbatches, chunks, chain, layers).values()) + 1
 
 
-def draw(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True) -> str:
-    """A text table: one row per rank (segment, stage), one column per tick, `m.c` where a unit runs."""
-    starts = timeline(segments, stages, microbatches, chunks, chain)
-    length = makespan(segments, stages, microbatches, chunks, chain)
-    units = forward_order(microbatches, chunks)
+def draw(segments: int, stages: int, microbatches: int, chunks: int, chain: bool = True, layers: int = 1) -> str:
+    """A text table: one row per rank (segment, stage), one column per tick, `m.c` where a unit
+    runs (`m.c/l` for its layer l when units run layer by layer)."""
+    ticks = layer_ticks(segments, stages, microbatches, chunks, chain, layers)
+    length = max(ticks.values()) + 1
     lines = ["| rank (segment, stage) | " + " | ".join(f"t{t}" for t in range(length)) + " |",
              "|---|" + "---|" * length]
-    for (s, p), ticks in starts.items():
-        cells = ["·"] * length
-        for unit, tick in zip(units, ticks):
-            cells[tick] = f"{unit.microbatch}.{unit.chunk}"
-        lines.append(f"| s{s} p{p} | " + " | ".join(cells) + " |")
+    for s in range(segments):
+        for p in range(stages):
+            cells = ["·"] * length
+            for (s_, p_, m, c, l), tick in ticks.items():
+                if (s_, p_) == (s, p):
+                    cells[tick] = f"{m}.{c}" if layers == 1 else f"{m}.{c}/{l}"
+            lines.append(f"| s{s} p{p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -145,6 +155,8 @@ if __name__ == "__main__":
     parser.add_argument("--pp", type=int, default=2)
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--chunks", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=1,
+                        help="layers per stage, run one at a time (what the executor does when sp > 1)")
     parser.add_argument("--scan", action="store_true", help="linear cells with sp > 1: no state chain")
     args = parser.parse_args()
-    print(draw(args.sp, args.pp, args.microbatches, args.chunks, chain=not args.scan))
+    print(draw(args.sp, args.pp, args.microbatches, args.chunks, chain=not args.scan, layers=args.layers))
