@@ -59,3 +59,34 @@ def test_a_pipeline_run_writes_ordered_non_overlapping_traces(tmp_path):
         zero, one = stages[0][f"forward 0.{c}"], stages[1][f"forward 0.{c}"]
         assert one["ts"] >= zero["ts"] + zero["dur"] - 1e-3
 
+
+
+def test_a_sequence_parallel_run_traces_each_layer_and_its_state(tmp_path):
+    # sp = 2, 2 layers, 2 microbatches: each unit runs its layers one at a time and each layer's
+    # boundary state travels on its own (mpirnn/parallel/wavefront.py).
+    data = make_token_dataset(tmp_path / "tokens")
+    settings = {"model.hidden": 16, "model.layers": 2, "model.embed": 8, "data.seq_len": 32, "data.batch_size": 4,
+                "train.steps": 2, "parallel.sp": 2, "parallel.microbatches": 2, "output.progress": "false",
+                "output.sample_bytes": 0, "data.path": data, "output.metrics": tmp_path / "m.jsonl",
+                "output.trace": tmp_path / "trace"}
+    args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    done = subprocess.run([str(MPIRUN), "-n", "2", sys.executable, "-m", "mpirnn.train", *args], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr
+    segments = []
+    for rank in (0, 1):
+        spans = [e for e in json.loads((tmp_path / "trace" / f"rank-{rank:05d}.json").read_text())["traceEvents"]
+                 if e["ph"] == "X"]
+        names = [e["name"] for e in spans]
+        for what in ("forward", "backward"):
+            for layer in (0, 1):   # 2 steps x 2 microbatches, each layer on its own
+                assert sum(n.startswith(what) and n.endswith(f"layer {layer}") for n in names) == 4, (rank, what)
+        firsts = {}
+        for e in spans:
+            firsts.setdefault(e["name"], e)
+        segments.append(firsts)
+    # Segment 1 waits for each layer's state on its own, and runs a layer only after segment 0 has.
+    assert "receive state 0 layer 1 from segment 0" in segments[1]
+    for layer in (0, 1):
+        zero, one = segments[0][f"forward 0.0 layer {layer}"], segments[1][f"forward 0.0 layer {layer}"]
+        assert one["ts"] >= zero["ts"] + zero["dur"] - 1e-3

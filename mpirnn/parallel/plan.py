@@ -33,7 +33,8 @@ MIN_AUTO_ROWS = 8
 # per layer and two messages, so very short chunks cost more in overhead than they save).
 CHUNKS_PER_STAGE = 8
 MIN_AUTO_CHUNK_STEPS = 16
-# Message tags are 2u and 2u+1 for unit u = m*C + c, and MPI guarantees tags up to 32767.
+# Message tags are 2u and 2u+1 for unit u = m*C + c (activations) and for u = m*G + g (the
+# boundary state of layer group g of microbatch m), and MPI guarantees tags up to 32767.
 MAX_UNITS = 16_000
 
 
@@ -112,9 +113,9 @@ def check_state_tags(microbatches: int, stage_layers: int, sp: int, mode: str) -
 def bubble(sp: int, pp: int, microbatches: int, chunks: int, mode: str = "chain", layers: int = 1) -> float:
     """Idle fraction of a step when every layer of every unit costs the same (the schedule's bubble).
 
-    chain: segment s+1 starts a microbatch once segment s has run its C chunks up to the first
-    of the stage's `layers` (the executor runs them one at a time where states pass between
-    segments), and stage p+1 one unit after stage p, so a step is
+    chain: segment s+1 starts a microbatch once segment s has run its first C-1 chunks and the
+    first of the stage's `layers` on its last chunk (the executor runs layers one at a time where
+    states pass between segments), and stage p+1 one unit after stage p, so a step is
     M*C + (S-1)*(C-1+1/layers) + (P-1) unit times.
     scan: segments run together; only stages are chained, one microbatch apart.
     """

@@ -13,9 +13,10 @@ by the global element count, so the units' losses add up to the serial loss exac
 
 Where states pass between segments (the chain with sp > 1), a unit runs its layers one at a
 time, each its own autograd graph, and sends each layer's final state as soon as that layer
-is done: the next segment starts a microbatch one *layer* behind instead of one unit, which
-cuts the sequence chain's bubble by the stage's layer count (docs/performance.md, "Layer by
-layer along the chain"). Backward mirrors it: the top layer's state gradient leaves first.
+is done: the next segment starts a microbatch as soon as the first layer of its last chunk is
+done instead of the whole unit, which with one chunk cuts the sequence chain's bubble by the
+stage's layer count (docs/parallelism.md, "Layer by layer along the sequence chain"). Backward
+mirrors it: the top layer's state gradient leaves first.
 
     python -m pytest -q --with-mpi -m mpi tests/mpi/test_exact_step.py   (under mpirun -n 1..4)
 """
@@ -89,9 +90,12 @@ class Wavefront:
         first, stop = self.groups[group]
         return range(self.layers.start + first, self.layers.start + stop)
 
+    def _layer_label(self, group: int) -> str:
+        """' layer l' where units run layer by layer (trace and wait labels), else nothing."""
+        return "" if len(self.groups) == 1 else f" layer {self._layers_of(group).start}"
+
     def _span(self, what: str, unit: Unit, group: int) -> str:
-        name = f"{what} {unit.microbatch}.{unit.chunk}"
-        return name if len(self.groups) == 1 else f"{name} layer {self._layers_of(group).start}"
+        return f"{what} {unit.microbatch}.{unit.chunk}{self._layer_label(group)}"
 
     def _activation_like(self, unit: Unit) -> torch.Tensor:
         rows = self.rows[unit.microbatch].stop - self.rows[unit.microbatch].start
@@ -133,7 +137,8 @@ class Wavefront:
         pos, C, G, timer = self.position, self.plan.chunks, len(self.groups), self.comms.timer
         states_in = {(u.microbatch, g): irecv(self.sp, self._state_like(u.microbatch, g), pos.segment - 1,
                                               state_tag(u, g, G), timer,
-                                              f"receive state {u.microbatch} from segment {pos.segment - 1}")
+                                              f"receive state {u.microbatch}{self._layer_label(g)} "
+                                              f"from segment {pos.segment - 1}")
                      for u in self.units if pos.state_from_peer(u) for g in range(G)}
         inputs_in = {u: irecv(self.pp, self._activation_like(u), pos.stage - 1, activation_tag(u, C), timer,
                               f"receive inputs {u.microbatch}.{u.chunk} from stage {pos.stage - 1}")
@@ -201,7 +206,8 @@ class Wavefront:
         # Backward runs the groups top to bottom, so their state gradients arrive in that order.
         state_grads_in = {(u.microbatch, g): irecv(self.sp, self._state_like(u.microbatch, g), pos.segment + 1,
                                                    state_grad_tag(u, g, G), timer,
-                                                   f"receive state gradient {u.microbatch} from segment {pos.segment + 1}")
+                                                   f"receive state gradient {u.microbatch}{self._layer_label(g)} "
+                                                   f"from segment {pos.segment + 1}")
                           for u in order if pos.state_to_peer(u, C) for g in reversed(range(G))}
         output_grads_in = {u: irecv(self.pp, self._activation_like(u), pos.stage + 1, activation_grad_tag(u, C), timer,
                                     f"receive output gradient {u.microbatch}.{u.chunk} from stage {pos.stage + 1}")

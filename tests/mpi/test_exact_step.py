@@ -53,6 +53,14 @@ def test_pipeline_stages_uneven_with_chunks(cell):
     check(cell, layers=4, chunks=4)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layers_one_at_a_time_along_the_sequence_chain(cell):
+    # With sp > 1 a unit runs its layers one at a time, each sending its own boundary state
+    # (parallel.wavefront): 3 layers give stages of 2 and 1 layers at sp=2 x pp=2 (-n 4), three
+    # groups per unit at sp = 2, 3, 4, and 2 chunks make only the last chunk's states travel.
+    check(cell, layers=3, chunks=2, random_state=True)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "mingru"])
 def test_batch_size_one_with_chunks(cell):
     # One long sequence: the only parallelism for nonlinear cells is the pipeline over time chunks.

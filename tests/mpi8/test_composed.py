@@ -3,7 +3,8 @@
     mpirun -n 8 python -m pytest --with-mpi -m mpi tests/mpi8     (make test runs it)
 
 dp2 x sp2 x tp2 and sp2 x pp2 x tp2 (and dp2 x pp2 x tp2): under sp the boundary states are tp
-slices travelling to their own neighbour; under pp every stage is tp-sliced. Every cell, float64.
+slices travelling to their own neighbour, one layer at a time; under pp every stage is tp-sliced
+(3 layers: stages of 2 and 1). Every cell, float64.
 """
 
 from __future__ import annotations
@@ -22,4 +23,4 @@ COMPOSED = [(2, 2, 1, 2), (1, 2, 2, 2), (2, 1, 2, 2)]  # (dp, sp, pp, tp)
 def test_three_axes_with_tensor_parallelism(cell):
     if MPI.COMM_WORLD.size != 8:
         pytest.skip("these grids need exactly 8 ranks: mpirun -n 8")
-    check(cell, grid_list=COMPOSED, random_state=True, chunks=2 if cell in ("rnn", "lstm", "gru") else 0)
+    check(cell, grid_list=COMPOSED, layers=3, random_state=True, chunks=2 if cell in ("rnn", "lstm", "gru") else 0)
