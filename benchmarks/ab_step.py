@@ -42,6 +42,7 @@ def old_module(rev: str, module: str):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"old_{module}", path)
     loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded   # dataclasses look their module up while the class is made
     spec.loader.exec_module(loaded)
     return loaded
 

@@ -82,6 +82,10 @@ class Transfer:
     def __init__(self, request, tensor=None, staged=None, timer=None, label="MPI wait"):
         self.request, self.tensor, self.staged, self.timer, self.label = request, tensor, staged, timer, label
 
+    def arrived(self) -> bool:
+        """Whether the transfer has completed (without blocking; it still needs `wait()`)."""
+        return self.request.Test()
+
     def wait(self) -> torch.Tensor | None:
         if self.timer is not None:
             with self.timer.waiting(self.label, "neighbour"):

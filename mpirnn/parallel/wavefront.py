@@ -214,8 +214,13 @@ class Wavefront:
                            for u in order} if pos.outputs_to_peer() else {}
         total = torch.zeros((), dtype=torch.float64)
         if self.loss_ahead:
+            # Until the first state gradient arrives; the rest run as their units come (the wait
+            # is one layer's backward, which a large head could outlast).
+            first = state_grads_in[(order[0].microbatch, G - 1)]
             with timer.tracer.span("loss backward, ahead of the state gradients"):
                 for unit in order:
+                    if first.arrived():
+                        break
                     self._loss_backward(graphs[unit])
         next_start_grad = {}
         for unit in order:
