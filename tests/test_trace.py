@@ -22,19 +22,32 @@ if not MPIRUN.exists():
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_a_pipeline_run_writes_ordered_non_overlapping_traces(tmp_path):
+def traced_run(tmp_path, **parallel) -> list[list[dict]]:
+    """Train a tiny 2-layer byte LSTM on 2 ranks with tracing on; returns each rank's spans."""
     data = make_token_dataset(tmp_path / "tokens")
     settings = {"model.hidden": 16, "model.layers": 2, "model.embed": 8, "data.seq_len": 32, "data.batch_size": 4,
-                "train.steps": 3, "parallel.pp": 2, "parallel.chunks": 4, "output.progress": "false",
+                "train.steps": parallel.pop("steps"), "output.progress": "false",
                 "output.sample_bytes": 0, "data.path": data, "output.metrics": tmp_path / "m.jsonl",
-                "output.trace": tmp_path / "trace"}
+                "output.trace": tmp_path / "trace", **{f"parallel.{k}": v for k, v in parallel.items()}}
     args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     done = subprocess.run([str(MPIRUN), "-n", "2", sys.executable, "-m", "mpirnn.train", *args], cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr
-    for rank in (0, 1):
-        events = json.loads((tmp_path / "trace" / f"rank-{rank:05d}.json").read_text())["traceEvents"]
-        spans = [e for e in events if e["ph"] == "X"]
+    return [[e for e in json.loads((tmp_path / "trace" / f"rank-{rank:05d}.json").read_text())["traceEvents"]
+             if e["ph"] == "X"] for rank in (0, 1)]
+
+
+def first_of_each_name(spans: list[dict]) -> dict:
+    """{name: the first span of that name} (the first step's)."""
+    firsts = {}
+    for e in spans:
+        firsts.setdefault(e["name"], e)
+    return firsts
+
+
+def test_a_pipeline_run_writes_ordered_non_overlapping_traces(tmp_path):
+    traces = traced_run(tmp_path, steps=3, pp=2, chunks=4)
+    for rank, spans in enumerate(traces):
         names = [e["name"] for e in spans]
         # 3 steps x 4 chunks: every unit's forward and backward, and the optimizer of each step.
         assert sum(n.startswith("forward ") for n in names) == 12
@@ -48,43 +61,22 @@ def test_a_pipeline_run_writes_ordered_non_overlapping_traces(tmp_path):
                 assert a["ts"] + a["dur"] <= b["ts"] + 1e-3, f"rank {rank} lane {lane}: {a['name']} overlaps {b['name']}"
     # The wavefront's edges (ranks on one host share the clock): in the first step stage 1 runs
     # chunk c only after stage 0 has finished it.
-    stages = []
-    for rank in (0, 1):
-        firsts = {}
-        for e in json.loads((tmp_path / "trace" / f"rank-{rank:05d}.json").read_text())["traceEvents"]:
-            if e["ph"] == "X":
-                firsts.setdefault(e["name"], e)
-        stages.append(firsts)
+    stages = [first_of_each_name(spans) for spans in traces]
     for c in range(4):
         zero, one = stages[0][f"forward 0.{c}"], stages[1][f"forward 0.{c}"]
         assert one["ts"] >= zero["ts"] + zero["dur"] - 1e-3
 
 
-
 def test_a_sequence_parallel_run_traces_each_layer_and_its_state(tmp_path):
     # sp = 2, 2 layers, 2 microbatches: each unit runs its layers one at a time and each layer's
     # boundary state travels on its own (mpirnn/parallel/wavefront.py).
-    data = make_token_dataset(tmp_path / "tokens")
-    settings = {"model.hidden": 16, "model.layers": 2, "model.embed": 8, "data.seq_len": 32, "data.batch_size": 4,
-                "train.steps": 2, "parallel.sp": 2, "parallel.microbatches": 2, "output.progress": "false",
-                "output.sample_bytes": 0, "data.path": data, "output.metrics": tmp_path / "m.jsonl",
-                "output.trace": tmp_path / "trace"}
-    args = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
-    done = subprocess.run([str(MPIRUN), "-n", "2", sys.executable, "-m", "mpirnn.train", *args], cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=150)
-    assert done.returncode == 0, done.stderr
     segments = []
-    for rank in (0, 1):
-        spans = [e for e in json.loads((tmp_path / "trace" / f"rank-{rank:05d}.json").read_text())["traceEvents"]
-                 if e["ph"] == "X"]
+    for rank, spans in enumerate(traced_run(tmp_path, steps=2, sp=2, microbatches=2)):
         names = [e["name"] for e in spans]
         for what in ("forward", "backward"):
             for layer in (0, 1):   # 2 steps x 2 microbatches, each layer on its own
                 assert sum(n.startswith(what) and n.endswith(f"layer {layer}") for n in names) == 4, (rank, what)
-        firsts = {}
-        for e in spans:
-            firsts.setdefault(e["name"], e)
-        segments.append(firsts)
+        segments.append(first_of_each_name(spans))
     # Segment 1 waits for each layer's state on its own, and runs a layer only after segment 0 has.
     assert "receive state 0 layer 1 from segment 0" in segments[1]
     for layer in (0, 1):
