@@ -155,6 +155,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="with --calibrate: the file (default benchmarks/calibration/<cpu>-<date>.json)")
     parser.add_argument("--quick", action="store_true", help="with --calibrate: toy sizes, seconds (tests)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="with --calibrate: device measured")
+    parser.add_argument("--hidden", type=hidden_sizes, help="with --calibrate: hidden sizes to measure, e.g. 256,2048 (default "
+                                         "64,128,256,512; larger ones are extrapolated, which is rough once the "
+                                         "weights leave the caches)")
     parser.add_argument("--project", action="store_true", help="W1 and W2 from 1 to --max-gpus GPUs (GPU calibration)")
     parser.add_argument("--validate", metavar="BENCH_JSON", help="predicted vs measured for a mpirnn.bench result file "
                                                                 "(calibration: --calibration, else the one the bench used)")
@@ -163,12 +166,24 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def hidden_sizes(text: str) -> list[int]:
+    """--hidden 256,2048 -> [256, 2048]."""
+    try:
+        sizes = [int(h) for h in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive hidden sizes separated by commas, e.g. 256,2048")
+    return sizes
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.calibrate:
             from mpirnn.tools.calibrate import calibrate
-            calibrate(args.out, quick=args.quick, device=args.device, say=lambda s: print(s, file=sys.stderr))
+            calibrate(args.out, quick=args.quick, device=args.device, say=lambda s: print(s, file=sys.stderr),
+                      hidden=args.hidden)
             return 0
         if args.project:
             from mpirnn.tools.perf.projection import main as project

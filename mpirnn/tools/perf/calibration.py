@@ -131,13 +131,15 @@ class Calibration:
 
         Measured on mpirnn's sharded LSTM with a stand-in communicator: a fixed cost per step
         (a dozen small ops and host copies) plus a factor times the fused step's share
-        (thin per-step products run less efficiently than the fused kernel's), never below
-        the latency of one fused step. Without that measurement: the cost of a Python loop
-        over a cell, plus the fused share.
+        (thin per-step products run less efficiently than the fused kernel's), on a GPU never
+        below the latency of one fused step (on a CPU a step's cost falls with its work: the
+        table's smallest entry is no floor, and with one hidden size measured it is a wide one).
+        Without that measurement: the cost of a Python loop over a cell, plus the fused share.
         """
         fit = self.compute.get("tp_step", {"overhead_s": self.compute.get("cell_loop_step_s", 0.0),
                                            "matmul_factor": 1.0})
-        share = max(self.fused_floor_s(cell), self.fused_step_s(cell, rows, d_in, hidden) / k)
+        floor = self.fused_floor_s(cell) if self.gpu else 0.0
+        share = max(floor, self.fused_step_s(cell, rows, d_in, hidden) / k)
         return fit["overhead_s"] + fit["matmul_factor"] * share
 
     def input_s(self, tokens: int, embed: int, vocab: int | None) -> float:

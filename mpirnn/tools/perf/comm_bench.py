@@ -162,9 +162,11 @@ def lockstep(comm: MPI.Comm, quick: bool, steps: int = 200) -> float:
             work()
             comm.Allgather(piece, gathered)
 
-    alone = _timed(comm, compute_only, 3)
+    # The fastest of 7 runs (~80 ms each): on a shared machine a burst of load from elsewhere
+    # spoiled all of 3 once (381 µs instead of 40-64 µs, W1 tp=2 predicted +46%).
+    alone = _timed(comm, compute_only, 7)
     gather = _timed(comm, lambda: comm.Allgather(piece, gathered), 20)
-    return max(0.0, (_timed(comm, coupled, 3) - alone) / steps - gather)
+    return max(0.0, (_timed(comm, coupled, 7) - alone) / steps - gather)
 
 
 def measure(quick: bool = False) -> dict | None:
