@@ -217,3 +217,41 @@ def test_parse_grid_fills_dp_with_the_rest():
     assert parse_grid("dp=1,sp=2,pp=2", 4) == {"dp": 1, "sp": 2, "pp": 2, "tp": 1}
     with pytest.raises(SystemExit):
         parse_grid("dp=3", 4)
+
+
+# ------------------------------------------------------------------ what a calibration measures
+
+
+def test_hidden_option_adds_sizes_to_a_calibration(monkeypatch, capsys):
+    import mpirnn.tools.calibrate as calibrate_module
+    from mpirnn.tools.planner import main, parse_args
+    assert parse_args(["--calibrate", "--hidden", "2048,1024,2048"]).hidden == [1024, 2048]
+    assert parse_args(["--calibrate"]).hidden is None
+    for text in ("", "256,", "x", "0", "2,256"):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["--calibrate", "--hidden", text])
+        assert exit_.value.code == 2 and "argument --hidden" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(calibrate_module, "calibrate", lambda out, **kw: seen.update(kw))
+    assert main(["--calibrate", "--hidden", "2048"]) == 0
+    assert seen["hidden"] == [64, 128, 256, 512, 2048]     # beside the default sizes, not instead
+    assert main(["--calibrate", "--quick", "--hidden", "16,48"]) == 0
+    assert seen["hidden"] == [16, 48] and seen["quick"]
+
+
+def test_the_bench_calibrates_every_hidden_size_it_runs():
+    from mpirnn.tools.perf.bench_predictions import scope
+    from mpirnn.tools.shapes import shape_of
+    shapes = [shape_of(w, tiny=False) for w in ("W1", "W3", "W4")]
+    assert scope(shapes) == (["lstm", "mingru"], [128, 256, 2048])   # W4's 2048 measured, not extrapolated
+
+
+def test_a_tp_step_is_floored_by_one_fused_step_on_gpus_only():
+    data = toy_calibration(step_per_row_s=1e-4)   # a fused step: 1e-4 s per row, one row the table's least
+    data["compute"]["tp_step"] = {"overhead_s": 0.0, "matmul_factor": 1.0}
+    cpu = Calibration(data)
+    gpu = Calibration({**data, "host": {**data["host"], "device": "cuda"}})
+    assert cpu.tp_step_s("lstm", 1, 16, 16, 4) == pytest.approx(2.5e-5)   # a quarter of a one-row step
+    assert gpu.tp_step_s("lstm", 1, 16, 16, 4) == pytest.approx(1e-4)     # never below one fused step
+    assert cpu.tp_step_s("lstm", 8, 16, 16, 2) == pytest.approx(4e-4)     # above the floor both agree
+    assert gpu.tp_step_s("lstm", 8, 16, 16, 2) == pytest.approx(4e-4)

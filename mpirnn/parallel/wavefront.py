@@ -75,8 +75,9 @@ class Wavefront:
         self.steps = plan.chunk_steps()
         self.units = forward_order(plan.microbatches, plan.chunks)
         # Where backward starts by waiting for the next segment's state gradient, the loss's
-        # backward (through the head) runs for every unit in that wait: the loss is then taken
-        # of the outputs detached, so that its backward can run on its own.
+        # backward (through the head) runs in that wait, unit after unit until the first state
+        # gradient arrives (the rest just before their own unit's backward): the loss is then
+        # taken of the outputs detached, so that its backward can run on its own.
         first_back = backward_order(plan.microbatches, plan.chunks)[:1]
         self.loss_ahead = plan.last_stage and any(self.position.state_to_peer(u, plan.chunks) for u in first_back)
 
@@ -221,7 +222,7 @@ class Wavefront:
                 for unit in order:
                     if first.arrived():
                         break
-                    self._loss_backward(graphs[unit])
+                    self._loss_backward(graphs[unit], timer)
         next_start_grad = {}
         for unit in order:
             graph, m = graphs.pop(unit), unit.microbatch
@@ -232,7 +233,7 @@ class Wavefront:
             if graph.loss is not None and not self.loss_ahead:
                 root, grad = graph.loss, torch.ones_like(graph.loss)
             elif graph.loss is not None:
-                root, grad = graph.outputs, self._loss_backward(graph)
+                root, grad = graph.outputs, self._loss_backward(graph, timer, f"loss backward {m}.{unit.chunk}")
             else:
                 root, grad = graph.outputs, output_grads_in.pop(unit).wait()
             for g in reversed(range(G)):
@@ -260,8 +261,9 @@ class Wavefront:
         return total
 
     @staticmethod
-    def _loss_backward(graph: UnitGraph) -> torch.Tensor | None:
-        """Backward of a unit's loss down to its top outputs (once); returns their gradient.
+    def _loss_backward(graph: UnitGraph, timer, span: str | None = None) -> torch.Tensor | None:
+        """Backward of a unit's loss down to its top outputs (once; traced as `span` if given);
+        returns their gradient.
 
         The recurrent backward then starts from it. Backward is linear in what flows in, so
         splitting it there gives the same gradients as one pass.
@@ -269,7 +271,11 @@ class Wavefront:
         if graph.loss is None:
             return None
         if graph.head_in.grad is None:
-            graph.loss.backward()
+            if span is None:
+                graph.loss.backward()
+            else:
+                with timer.tracer.span(span):
+                    graph.loss.backward()
         return _grad_of(graph.head_in)
 
 

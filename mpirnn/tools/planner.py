@@ -21,7 +21,7 @@ import math
 import sys
 
 from mpirnn.tools.perf import calibration as calibration_file
-from mpirnn.tools.perf.calibration import Calibration, CalibrationError
+from mpirnn.tools.perf.calibration import CALIBRATED_HIDDEN, Calibration, CalibrationError
 from mpirnn.tools.perf.step_model import AXES, Layout, Prediction, Shape, invalid, predict
 
 MAX_MICROBATCHES = 64
@@ -155,9 +155,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", help="with --calibrate: the file (default benchmarks/calibration/<cpu>-<date>.json)")
     parser.add_argument("--quick", action="store_true", help="with --calibrate: toy sizes, seconds (tests)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="with --calibrate: device measured")
-    parser.add_argument("--hidden", type=hidden_sizes, help="with --calibrate: hidden sizes to measure, e.g. 256,2048 (default "
-                                         "64,128,256,512; larger ones are extrapolated, which is rough once the "
-                                         "weights leave the caches)")
+    parser.add_argument("--hidden", type=hidden_sizes, help="with --calibrate: hidden sizes to measure besides "
+                                                             "64,128,256,512, e.g. 2048 (larger ones are otherwise "
+                                                             "extrapolated, which is rough once the weights leave "
+                                                             "the caches)")
     parser.add_argument("--project", action="store_true", help="W1 and W2 from 1 to --max-gpus GPUs (GPU calibration)")
     parser.add_argument("--validate", metavar="BENCH_JSON", help="predicted vs measured for a mpirnn.bench result file "
                                                                 "(calibration: --calibration, else the one the bench used)")
@@ -167,13 +168,13 @@ def parse_args(argv=None):
 
 
 def hidden_sizes(text: str) -> list[int]:
-    """--hidden 256,2048 -> [256, 2048]."""
+    """--hidden 1024,2048 -> [1024, 2048] (sorted, once each)."""
     try:
-        sizes = [int(h) for h in text.split(",")]
+        sizes = sorted({int(h) for h in text.split(",")})
     except ValueError:
         sizes = []
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive hidden sizes separated by commas, e.g. 256,2048")
+    if not sizes or sizes[0] < 4:   # the calibration also runs each size's quarter as an input width
+        raise argparse.ArgumentTypeError(f"{text!r}: give hidden sizes of at least 4 separated by commas, e.g. 1024,2048")
     return sizes
 
 
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
         if args.calibrate:
             from mpirnn.tools.calibrate import calibrate
             calibrate(args.out, quick=args.quick, device=args.device, say=lambda s: print(s, file=sys.stderr),
-                      hidden=args.hidden)
+                      hidden=sorted(set(args.hidden) | set(CALIBRATED_HIDDEN)) if args.hidden and not args.quick
+                      else args.hidden)
             return 0
         if args.project:
             from mpirnn.tools.perf.projection import main as project

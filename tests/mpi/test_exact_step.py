@@ -69,3 +69,17 @@ def test_batch_size_one_with_chunks(cell):
         check(cell, layers=4, chunks=5, random_state=True, microbatches=1)
     finally:
         exactness.ROWS = rows
+
+
+@pytest.mark.parametrize("arrived", [False, True], ids=["all-ahead", "all-as-units-come"])
+def test_loss_backward_ahead_or_as_units_come(arrived, monkeypatch):
+    # parallel.wavefront runs the loss's backward ahead of the state gradients until the first
+    # one arrives, the rest as their units come: both extremes give the serial step.
+    from mpirnn.distributed import transport
+    real = transport.Transfer.arrived
+
+    def arrived_now(self):
+        real(self)   # Test() as the executor does: a completed request is then REQUEST_NULL
+        return arrived
+    monkeypatch.setattr(transport.Transfer, "arrived", arrived_now)
+    check("lstm", layers=3, chunks=2, microbatches=2, random_state=True)

@@ -26,6 +26,7 @@ FORMAT = "mpirnn-calibration/1"
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}               # weight blocks of a fused layer
 PROJECTIONS = {"mingru": 2, "minlstm": 3}             # gate projections of a linear cell (mpirnn.models.linear_cells)
 STATE_PARTS = {"lstm": 2}                             # (h, c); every other cell carries h only
+CALIBRATED_HIDDEN = (64, 128, 256, 512)               # hidden sizes a full calibration measures by default
 CALIBRATION_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "calibration"
 
 

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpirnn.tools.perf.calibration import GATES, PROJECTIONS
+from mpirnn.tools.perf.calibration import CALIBRATED_HIDDEN, GATES, PROJECTIONS
 
 FUSED = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 SIZES = {  # (full, quick): the quick set only exercises the machinery
     "rows": ([1, 2, 4, 8, 16, 32, 64], [1, 4]),
-    "hidden": ([64, 128, 256, 512], [16, 32]),
+    "hidden": (list(CALIBRATED_HIDDEN), [16, 32]),
     "steps": ((8, 256), (2, 10)),   # the short run's steps, and at most this many in the long one
     "reps": (3, 2),
     "passes": (2, 1),
@@ -294,7 +294,7 @@ def collect(timer: Timer, quick: bool, cells, hidden_list: list[int]) -> dict:
     lin_rows, lin_steps, lin_hidden = (2, 64, 16) if quick else (4, 4096, 128)
     compute["linear"] = {cell: linear_layer(timer, cell, lin_rows, lin_steps, lin_hidden) for cell in PROJECTIONS
                          if cells is None or cell in cells}
-    head_hidden = hidden_list if quick or len(hidden_list) < 4 else [64, 128, 256, 512]
+    head_hidden = hidden_list if quick or len(hidden_list) < 4 else list(CALIBRATED_HIDDEN)
     compute["head"] = {
         "tokens": {"vocab": 256, "hidden": head_hidden,
                    "token_s": [head(timer, 128 if quick else 2048, h, 256) for h in head_hidden]},
