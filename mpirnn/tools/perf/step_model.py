@@ -178,11 +178,17 @@ def chain_hop_s(cal: Calibration, layout: Layout, axis: str, nbytes: float) -> f
 # ------------------------------------------------------------------ the step
 
 
+def unit_size(shape: Shape, layout: Layout) -> tuple[int, int]:
+    """(rows, time steps) of one unit: the largest microbatch of a dp rank's rows, the longest chunk."""
+    rows = math.ceil(math.ceil(shape.batch / layout.dp) / layout.microbatches)
+    steps = math.ceil(math.ceil(shape.seq_len / layout.sp) / layout.chunks)
+    return rows, steps
+
+
 def unit_s(shape: Shape, layout: Layout, cal: Calibration, stage: int, slowdown: float) -> float:
     """One unit's forward+backward on `stage`: compute (slowed by busy neighbours) plus the messages it sends."""
     H, K, b = shape.hidden, layout.tp, shape.dtype_bytes
-    rows = math.ceil(math.ceil(shape.batch / layout.dp) / layout.microbatches)
-    steps = math.ceil(math.ceil(shape.seq_len / layout.sp) / layout.chunks)
+    rows, steps = unit_size(shape, layout)
     first, stop = split(shape.layers, layout.pp, stage)
     compute, messages = cal.unit_overhead_s, 0.0
     tp_link, sp_link = axis_link(cal, layout, "tp"), axis_link(cal, layout, "sp")
@@ -222,8 +228,7 @@ def segment_hop_share(shape: Shape, layout: Layout, cal: Calibration) -> float:
     The largest over stages."""
     if layout.sp == 1 or shape.linear:
         return 1.0
-    rows = math.ceil(math.ceil(shape.batch / layout.dp) / layout.microbatches)
-    steps = math.ceil(math.ceil(shape.seq_len / layout.sp) / layout.chunks)
+    rows, steps = unit_size(shape, layout)
     hops = []
     for p in range(layout.pp):
         first, stop = split(shape.layers, layout.pp, p)
@@ -246,8 +251,7 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
     wavefront = chain_time(units, M, C, S, shape.linear, hop)
 
     # The fill also waits for each hop's first message (forward) and its gradient (backward).
-    rows = math.ceil(math.ceil(shape.batch / layout.dp) / M)
-    steps = math.ceil(math.ceil(shape.seq_len / S) / C)
+    rows, steps = unit_size(shape, layout)
     fill = 0.0
     if S > 1 and not shape.linear:   # the first layer's state forward, the last one's gradient back
         state = STATE_PARTS.get(shape.cell, 1) * rows * shape.hidden // layout.tp * shape.dtype_bytes
