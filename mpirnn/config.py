@@ -76,6 +76,8 @@ class TrainConfig:
     device: str = doc("auto", "auto (a GPU per rank when there is one), cpu, or cuda")
     threads: int = doc(0, "torch threads per rank; 0 = the cores available to the rank")
     skip_nonfinite: bool = doc(False, "skip a step whose loss or gradients are not finite (on all ranks) instead of stopping")
+    max_skipped: float = doc(0.1, "with skip_nonfinite: stop with status 1 once more than this share of the run's "
+                                  "steps were skipped (a run that skips most steps has not trained)")
     comm_timeout_s: float = doc(-1.0, "abort a step stuck this long (a hung peer): -1 = automatic (from the "
                                       "run's own step times, docs/reliability.md), 0 = off, > 0 = seconds")
     bucket_mb: float = doc(4.0, "gradient allreduce bucket size in MiB (overlapped with backward)")
@@ -122,6 +124,7 @@ class Config:
         # Not fields (so not in to_dict): which keys the user gave, and where the config came from.
         self.explicit: set[str] = set()
         self.origin = "default"
+        self.branched_from: tuple[str, int] | None = None  # (run name, step) when resuming another run's checkpoints
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

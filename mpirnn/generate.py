@@ -3,16 +3,22 @@
     python -m mpirnn.generate --checkpoint runs/x/checkpoints --prompt "def " --bytes 300 \
         [--temperature 0.8] [--seed 0] [--best]
 
+    python -m mpirnn.generate --checkpoint DIR --prompt-bytes 00010203 --bytes 50   # token ids in hex
+    python -m mpirnn.generate --checkpoint DIR --prompt-file start.bin --bytes 50
+
 Prints the prompt followed by N sampled tokens (bytes, decoded as UTF-8 with invalid
 sequences replaced; for a vocabulary larger than 256 the token ids). Each byte of the prompt
-is one token id and must be below the model's vocabulary size. The same seed gives the same
-text. Under `mpirun -n N` rank 0 generates with the whole model and the other ranks wait.
+is one token id and must be below the model's vocabulary size: `--prompt` takes text (its
+bytes as given on the command line), `--prompt-bytes` hex digits, `--prompt-file` a file's
+bytes. The same seed gives the same text. Under `mpirun -n N` rank 0 generates with the
+whole model and the other ranks wait.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mpi4py import MPI
 
@@ -28,7 +34,10 @@ def parse_args(argv):
     parser = RankZeroParser(prog="python -m mpirnn.generate", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_arguments(parser)
-    parser.add_argument("--prompt", required=True, help="text to start from (its UTF-8 bytes are the first tokens)")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompt", help="text to start from (its bytes, as given, are the first tokens)")
+    given.add_argument("--prompt-bytes", metavar="HEX", help="the first tokens as hex bytes, e.g. 00010203")
+    given.add_argument("--prompt-file", metavar="FILE", help="the first tokens: this file's bytes")
     parser.add_argument("--bytes", type=int, default=300, metavar="N", help="tokens to generate (default 300)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
@@ -47,7 +56,24 @@ def check_request(args, located) -> tuple[object, list[int]]:
         raise ConfigError(f"--bytes {args.bytes}: generate at least 1 token")
     if not args.temperature > 0:
         raise ConfigError(f"--temperature {args.temperature}: use a temperature above 0 (lower is more predictable)")
-    return info, prompt_ids(args.prompt, info.vocab_size, "--prompt")
+    prompt, setting = read_prompt(args)
+    return info, prompt_ids(prompt, info.vocab_size, setting)
+
+
+def read_prompt(args) -> tuple[str | bytes, str]:
+    """(the prompt, which option gave it); ConfigError for hex that is not hex or a file not read."""
+    if args.prompt_bytes is not None:
+        try:
+            return bytes.fromhex(args.prompt_bytes), "--prompt-bytes"
+        except ValueError as exc:
+            raise ConfigError(f"--prompt-bytes {args.prompt_bytes!r} is not hex bytes ({exc}): give two hex "
+                              f"digits per byte, e.g. --prompt-bytes 00010203") from None
+    if args.prompt_file is not None:
+        try:
+            return Path(args.prompt_file).read_bytes(), f"--prompt-file {args.prompt_file}"
+        except OSError as exc:
+            raise ConfigError(f"--prompt-file {args.prompt_file} cannot be read: {exc.strerror or exc}") from None
+    return args.prompt, "--prompt"
 
 
 def run(args, located, ids: list[int]) -> None:

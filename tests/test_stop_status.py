@@ -11,7 +11,7 @@ from mpirnn.training.loop import Trainer
 
 def trainer(tmp_path, checkpoint_dir=True, local_rank=0):
     cfg = SimpleNamespace(checkpoint=SimpleNamespace(dir=str(tmp_path / "ckpt") if checkpoint_dir else ""))
-    return SimpleNamespace(cfg=cfg, comms=SimpleNamespace(local_rank=local_rank), step=7)
+    return SimpleNamespace(cfg=cfg, comms=SimpleNamespace(local_rank=local_rank), step=7, unsaved_step=None)
 
 
 def test_under_mpirun_the_status_is_128_plus_the_signal(tmp_path, monkeypatch):
@@ -36,3 +36,11 @@ def test_without_a_checkpoint_or_a_writable_note_the_status_says_it(tmp_path, mo
     assert not (tmp_path / "note").exists()
     monkeypatch.setenv("MPIRNN_STOP_FILE", str(tmp_path / "missing-folder" / "note"))
     assert Trainer._stop_status(trainer(tmp_path), signal.SIGUSR1) == 138
+
+
+def test_a_stop_whose_checkpoint_could_not_be_written_is_not_a_clean_stop(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPIRNN_STOP_FILE", str(tmp_path / "note"))
+    failed = trainer(tmp_path)
+    failed.unsaved_step = 7  # a full disk at the stop's checkpoint: job.sh must not take it as saved
+    assert Trainer._stop_status(failed, signal.SIGTERM) == 143
+    assert not (tmp_path / "note").exists()

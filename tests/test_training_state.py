@@ -19,7 +19,10 @@ from mpirnn.training.state import FORMAT, check_compatible, load_state, upgrade
 
 
 def saved(**changes):
+    """The config a checkpoint of run `first` in directory `ck` records, with changes."""
     config = load_config(None, []).to_dict()
+    config["checkpoint"]["dir"] = "ck"
+    config["output"].update(run_name="first", metrics="runs/first/metrics.jsonl")
     for name, value in changes.items():
         section, key = name.split(".")
         config[section][key] = value
@@ -27,24 +30,41 @@ def saved(**changes):
 
 
 def test_resume_takes_the_checkpoints_model_and_data_settings_when_not_given():
-    cfg = load_config(None, ["train.steps=50"])
-    adopted, warnings = take_settings(cfg, saved(**{"model.hidden": 512, "data.seq_len": 64, "train.seed": 3,
+    cfg = load_config(None, ["train.steps=50", "checkpoint.dir=ck"])
+    adopted, warnings, branch = take_settings(cfg, saved(**{"model.hidden": 512, "data.seq_len": 64, "train.seed": 3,
                                                     "train.lr": 0.5, "output.run_name": "first-20261127"}))
     assert cfg.model.hidden == 512 and cfg.data.seq_len == 64 and cfg.train.seed == 3
     assert cfg.output.run_name == "first-20261127"
     assert cfg.train.lr != 0.5  # training settings are this run's to choose
     assert "model.hidden=512" in adopted and "data.seq_len=64" in adopted and not warnings
+    assert branch is None
+
+
+def test_resume_elsewhere_or_renamed_is_a_branch_with_its_own_run_folder():
+    copied = load_config(None, ["checkpoint.dir=copy"])
+    assert take_settings(copied, saved())[2] == "first"
+    assert copied.output.run_name == "" and copied.output.metrics == ""  # named afresh, like a new run
+    renamed = load_config(None, ["checkpoint.dir=ck", "output.run_name=second"])
+    assert take_settings(renamed, saved())[2] == "first" and renamed.output.run_name == "second"
+    same = load_config(None, ["checkpoint.dir=./ck", "output.run_name=first"])
+    assert take_settings(same, saved())[2] is None
+
+
+def test_a_branch_may_not_write_the_original_runs_metrics():
+    clash = load_config(None, ["checkpoint.dir=copy", "output.run_name=first"])
+    with pytest.raises(CheckpointError, match="copied from run first .* give the branch its own output.run_name"):
+        take_settings(clash, saved())
 
 
 def test_a_conflicting_model_setting_is_named_not_the_tensor():
-    cfg = load_config(None, ["model.hidden=512"])
+    cfg = load_config(None, ["model.hidden=512", "checkpoint.dir=ck"])
     with pytest.raises(CheckpointError, match=r"model.hidden = 512 here, 256 in the checkpoint"):
         take_settings(cfg, saved(**{"model.hidden": 256}))
 
 
 def test_a_different_data_setting_given_is_kept_with_a_warning():
-    cfg = load_config(None, ["data.batch_size=16"])
-    adopted, warnings = take_settings(cfg, saved(**{"data.batch_size": 32}))
+    cfg = load_config(None, ["data.batch_size=16", "checkpoint.dir=ck"])
+    adopted, warnings, _ = take_settings(cfg, saved(**{"data.batch_size": 32}))
     assert cfg.data.batch_size == 16 and warnings == ["data.batch_size = 16 here, 32 in the checkpoint"]
 
 
@@ -61,6 +81,8 @@ def test_watchdog_limit_comes_from_the_run():
     slow = [10.0] * 10
     assert watchdog.automatic_limit(slow) == watchdog.FACTOR * 10.0
     assert watchdog.automatic_limit(fast, checkpoint=True) == watchdog.CHECKPOINT_LIMIT_S
+    # A val evaluation of 40 batches may take 40 steps' limit (each batch is a forward pass).
+    assert watchdog.automatic_limit(slow, steps=40) == 40 * watchdog.FACTOR * 10.0
 
 
 def model(seed=0):

@@ -2,9 +2,14 @@
 
 On by default (train.comm_timeout_s = -1): the limit comes from the run itself,
 FACTOR x the median of the recent step times, at least FLOOR_S; the first steps (start-up,
-first allocations, kernel selection) get WARMUP_LIMIT_S, and a checkpoint write gets
+first allocations, kernel selection) get WARMUP_LIMIT_S; a val evaluation gets the step limit
+once per batch it scores (a forward pass costs less than a step); a checkpoint write and the
+phases after the last step (the generated sample, closing down and MPI_Finalize) get
 CHECKPOINT_LIMIT_S or the step limit, whichever is larger. A positive setting is a fixed
 limit in seconds for everything; 0 turns the watchdog off. docs/reliability.md has the numbers.
+
+The watchdog stays armed until the process exits: the trainer's last act is to watch
+"closing", so a rank left waiting in MPI_Finalize by a peer that never arrives is ended too.
 
 A background thread looks at when the current phase started; if a peer died or hangs, this
 rank is blocked inside MPI, so the thread prints which step and phase it waits in and ends
@@ -32,12 +37,15 @@ CHECKPOINT_LIMIT_S = 600.0
 RECENT_STEPS = 50
 
 
-def automatic_limit(step_times, checkpoint: bool = False) -> float:
-    """The limit for the next step (or checkpoint write) given the step times seen so far."""
+def automatic_limit(step_times, checkpoint: bool = False, steps: int = 1) -> float:
+    """The limit for the next step given the step times seen so far; `steps`: a phase that may
+    take as long as that many steps (a val evaluation, one per batch); `checkpoint`: a checkpoint
+    write or a phase after training, which gets at least CHECKPOINT_LIMIT_S."""
     if len(step_times) < WARMUP_STEPS:
         limit = WARMUP_LIMIT_S
     else:
         limit = max(FLOOR_S, FACTOR * statistics.median(step_times))
+    limit *= max(1, steps)
     return max(limit, CHECKPOINT_LIMIT_S) if checkpoint else limit
 
 
@@ -52,12 +60,13 @@ class Watchdog:
             self.thread = threading.Thread(target=self._watch, name="mpirnn-watchdog", daemon=True)
             self.thread.start()
 
-    def _limit(self, checkpoint: bool) -> float:
-        return self.setting if self.setting > 0 else automatic_limit(self.step_times, checkpoint)
+    def _limit(self, checkpoint: bool, steps: int = 1) -> float:
+        return self.setting if self.setting > 0 else automatic_limit(self.step_times, checkpoint, steps)
 
-    def begin(self, step: int, what: str = "starting the step", checkpoint: bool = False) -> None:
-        """Start watching step `step` (1-based count of the step being run or saved)."""
-        self.step, self.what, self.limit = step, what, self._limit(checkpoint)
+    def begin(self, step: int, what: str = "starting the step", checkpoint: bool = False, steps: int = 1) -> None:
+        """Start watching step `step` (1-based count of the step being run or saved); `checkpoint`
+        and `steps` as in `automatic_limit`."""
+        self.step, self.what, self.limit = step, what, self._limit(checkpoint, steps)
         self.since = time.monotonic()
 
     def phase(self, what: str) -> None:

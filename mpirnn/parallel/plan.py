@@ -66,12 +66,9 @@ def resolve_microbatches(requested: int, rows: int, sp: int, pp: int = 1, mode: 
     if not overlaps:
         return 1
     if rows < 2:
-        if pp > 1:
-            return 1  # the stages still overlap through time chunks (chain mode) or run in turn
-        raise ConfigError(
-            f"the batch is too small for microbatching: each data-parallel group has {rows} row(s) per step; "
-            f"raise data.batch_size, lower parallel.dp, or set parallel.microbatches = 1 to run the "
-            f"{sp} segments one after another (exact, but without overlap)")
+        # One row cannot be split: one microbatch. Still worth running: stages overlap through time
+        # chunks, and along the sequence chain segment s+1 starts a layer behind segment s.
+        return 1
     return max(2, min(MAX_AUTO_MICROBATCHES, rows // MIN_AUTO_ROWS))
 
 

@@ -6,15 +6,23 @@ A checkpoint is `ckpt-00000120.pt` (torch.save of tensors and plain values only,
 written to a temporary file, fsynced and renamed, the JSON last: a checkpoint without a
 matching JSON is incomplete and is never used. At resume the newest checkpoint whose
 checksum matches is taken; corrupt or partial ones are skipped with a warning.
+
+The directory is checked before the first step (`check_directory`: creatable, a directory,
+writable, with room for two checkpoints), and a write that fails for a reason of the file
+system (a full disk, a quota, a mount gone read-only) removes what it had half-written and
+raises `CheckpointWriteError` naming the path and the bytes needed; earlier checkpoints are
+never touched by a failed write (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,17 +32,79 @@ from mpirnn.training import faults
 from mpirnn.errors import CheckpointError
 
 NAME = re.compile(r"^ckpt-(\d{8})\.json$")
+PROBE = ".mpirnn-write-test"
+METADATA_BYTES = 64 * 1024  # the JSON beside each checkpoint (the config) and torch.save's framing
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (the file system's reason, the path and the bytes needed)."""
+
+
+def expected_bytes(parameters: int, element_bytes: int, optimizer_copies: int = 2) -> int:
+    """About how large one checkpoint of a model with `parameters` values is: the weights and
+    Adam's two moment estimates, plus the JSON and framing."""
+    return parameters * element_bytes * (1 + optimizer_copies) + METADATA_BYTES
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return ""
+
+
+def check_directory(directory: str | Path, one_checkpoint_bytes: int) -> str | None:
+    """Refuse (CheckpointError) a checkpoint.dir that cannot be written, before any training.
+
+    It must exist or be creatable, be a directory, and take a test file. Returns a warning
+    when the free space (where the file system says) cannot hold two checkpoints, else None.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not directory.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory")
+        probe = directory / f"{PROBE}-{os.getpid()}"
+        probe.write_bytes(b"mpirnn")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise CheckpointError(f"checkpoint.dir {directory} cannot be used: {reason.lower()}"
+                              f"{_which_part(exc, directory)}; choose a writable directory for checkpoint.dir "
+                              f"(checked before step 1, so nothing was trained)") from None
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return None
+    if free < 2 * one_checkpoint_bytes:
+        return (f"checkpoint.dir {directory} has {_size(free)} free, and a checkpoint of this model takes about "
+                f"{_size(one_checkpoint_bytes)}: two will not fit (a checkpoint is written whole before an older "
+                f"one is removed); free some space or choose another checkpoint.dir")
+    return None
+
+
+def _which_part(exc: OSError, directory: Path) -> str:
+    """' (PATH)' when the error is about another path than the directory itself (a parent)."""
+    name = getattr(exc, "filename", None)
+    if name and Path(name) != directory and PROBE not in str(name):
+        return f" ({name})"
+    return ""
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data[: len(data) // 2])
-        faults.checkpoint_pause()  # tests kill the job here, half-way through a write
-        handle.write(data[len(data) // 2:])
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+            faults.checkpoint_pause()  # tests kill the job here, half-way through a write
+            handle.write(data[len(data) // 2:])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind (a killed one may: see above)
+        raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
@@ -48,16 +118,33 @@ def save(directory: str | Path, step: int, state: dict, config: dict, extra: dic
     `extra` adds fields to the JSON: what the model reads ("dataset") and, where the run
     evaluated at this step, "val_loss" (docs/checkpoints.md)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
     weights = directory / f"ckpt-{step:08d}.pt"
-    _atomic_write(weights, payload)
     meta = {"step": step, "file": weights.name, "sha256": hashlib.sha256(payload).hexdigest(),
             "bytes": len(payload), "config": config, **(extra or {})}
-    _atomic_write(directory / f"ckpt-{step:08d}.json", json.dumps(meta, indent=1).encode())
+    described = json.dumps(meta, indent=1).encode()
+    existed = weights.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(weights, payload)
+        _atomic_write(directory / f"ckpt-{step:08d}.json", described)
+    except OSError as exc:
+        if not existed and not (directory / f"ckpt-{step:08d}.json").exists():
+            weights.unlink(missing_ok=True)  # a .pt without its JSON is never used: no fuller disk for it
+        raise CheckpointWriteError(
+            f"checkpoint {weights} could not be written: {exc.strerror or exc} (it needs "
+            f"{_size(len(payload) + len(described))}"
+            f"{_free_text(directory)}); nothing half-written was left and earlier checkpoints are kept") from None
     return weights
+
+
+def _free_text(directory: Path) -> str:
+    try:
+        return f"; {_size(shutil.disk_usage(directory).free)} free there"
+    except OSError:
+        return ""
 
 
 def remove(directory: str | Path, doomed) -> None:

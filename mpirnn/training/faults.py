@@ -4,6 +4,7 @@
     MPIRNN_FAULT="hang:rank=0:step=2"    # rank 0 sleeps forever (a hung peer; see train.comm_timeout_s)
     MPIRNN_FAULT="nan:rank=1:step=2"     # a bad batch on rank 1 only: NaN (series) or ids past any vocabulary (tokens)
     MPIRNN_FAULT="slow-checkpoint:seconds=5"  # checkpoint writes pause half-way (to kill a job mid-write)
+    MPIRNN_FAULT="hang-after-training:rank=1"  # rank 1 hangs once training is done, before the sample
 
 Unset (the normal case) it costs one dictionary lookup per step.
 """
@@ -38,6 +39,13 @@ def at_step(rank: int, step: int) -> None:
     if _due("raise", rank, step):
         raise InjectedFault(f"injected fault at step {step} (MPIRNN_FAULT)")
     if _due("hang", rank, step):
+        while True:
+            time.sleep(3600)
+
+
+def after_training(rank: int) -> None:
+    """Called on every rank after the last step, in the phase that prints the sample."""
+    if _due("hang-after-training", rank, -1):
         while True:
             time.sleep(3600)
 

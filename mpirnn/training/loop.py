@@ -10,12 +10,14 @@ steps (mpirnn/training/validation.py) and the best checkpoint by val loss is kep
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mpirnn.distributed import placement, reductions
@@ -29,6 +31,7 @@ from mpirnn.training.state import carried_piece, check_compatible, gather_state,
 from mpirnn.parallel.step import StepRunner
 
 CARRY_TAG = 32767  # the largest tag MPI guarantees; the schedule's tags are far below it
+LOG_PROGRESS_INTERVAL_S = 60.0  # the progress bar's redraws when stderr is not a terminal
 
 
 class Trainer:
@@ -47,6 +50,9 @@ class Trainer:
         self.state = None  # carried states (stateful mode), on the first segment's ranks
         self.step = 0
         self.saved_step = None
+        self.unsaved_step = None  # the step of the newest checkpoint write that failed, until one succeeds
+        self.first_step = 0  # where this run started (a resumed run: its checkpoint's step)
+        self.skipped = 0     # steps skipped for non-finite values (train.skip_nonfinite)
         self.owned: list[int] = []      # checkpoints of this run (resumed ones included): the only ones pruned
         self.replacing: list[int] = []  # another run's, deleted after our first save (checkpoint.overwrite)
         self.watchdog = Watchdog(cfg.train.comm_timeout_s, comms)
@@ -68,11 +74,23 @@ class Trainer:
         if self.validator is not None:
             self.validator.recall_best(directory, self.owned)
         carried = state.get("carried")
+        self.saved_step = step
         if carried is not None and self.plan.first_segment:
             width = slice(*self.plan.hidden) if self.plan.grid.tp > 1 else slice(None)
             self.state = carried[slice(*self.plan.layers), :, slice(*self.plan.rows), width].to(self.model.device)
         if self.rank0:
             print(f"mpirnn: resumed from step {self.step} of {self.cfg.train.steps} ({path})", flush=True)
+
+    def check_checkpoint_dir(self) -> None:
+        """checkpoint.dir is tested on rank 0 (the writer) before step 1, agreed on every rank: a
+        directory that cannot be written would otherwise be found only at the first save, which
+        with checkpoint.every = 0 is after the last step."""
+        c = self.cfg.checkpoint
+        values = sum(math.prod(shape) for shape in self.model.serial_shapes.values())
+        size = checkpoint.expected_bytes(values, next(self.model.parameters()).element_size())
+        warning = agree(self.comms.world, lambda: checkpoint.check_directory(c.dir, size) if self.rank0 else None)
+        if warning:
+            print(f"mpirnn: warning: {warning}", file=sys.stderr, flush=True)
 
     def refuse_fresh_start(self) -> None:
         """A fresh run never writes into (and so never prunes) another run's checkpoints unasked."""
@@ -83,7 +101,8 @@ class Trainer:
                   f"{found[-1]}) will be deleted once this run writes its first checkpoint", flush=True)
         self.replacing = found
 
-    def save(self) -> None:
+    def save(self, last: bool = False) -> None:
+        """Write this step's checkpoint; `last`: the run ends after it (its end, or a stop signal)."""
         c = self.cfg.checkpoint
         if not c.dir:
             return
@@ -93,18 +112,41 @@ class Trainer:
             carried = carried_piece(self.state, self.plan, self.model.depth, self.cfg.data.batch_size,
                                     self.model.hidden)
         state = gather_state(self.comms, self.plan, self.model, self.optimizer, self.step, carried)
+        failed = np.zeros(1, dtype=np.int8)
         if self.rank0:
             extra = {"dataset": self.info.to_json()} if self.info is not None else {}
             if self.val_loss is not None:
                 extra["val_loss"] = self.val_loss
-            checkpoint.save(c.dir, self.step, state, self.cfg.to_dict(), extra)
-            self.owned = self._prune([*self.owned, self.step])
-            checkpoint.remove(c.dir, [s for s in self.replacing if s not in self.owned])
-        self.replacing = []
-        self.saved_step = self.step
-        # Nobody exits before the checkpoint is on disk (srun --kill-on-bad-exit would cut it short).
-        self.comms.world.Barrier()
+            try:
+                checkpoint.save(c.dir, self.step, state, self.cfg.to_dict(), extra)
+            except checkpoint.CheckpointWriteError as exc:
+                failed[0] = 1
+                self._say_unsaved(exc, last)
+            else:
+                self.owned = self._prune([*self.owned, self.step])
+                checkpoint.remove(c.dir, [s for s in self.replacing if s not in self.owned])
+        # Every rank learns the outcome, and nobody leaves before the checkpoint is on disk (srun
+        # --kill-on-bad-exit would cut it short): the others wait here for rank 0's write.
+        self.comms.world.Bcast(failed, root=0)
+        if failed[0]:
+            self.unsaved_step = self.step
+        else:
+            self.replacing = []
+            self.saved_step, self.unsaved_step = self.step, None
         self.watchdog.end()
+
+    def _say_unsaved(self, exc, last: bool) -> None:
+        """A failed write: training goes on and the next checkpoint is tried as planned; the run's
+        exit status says if the last one failed (docs/reliability.md, "A checkpoint that cannot be written")."""
+        every, steps = self.cfg.checkpoint.every, self.cfg.train.steps
+        due = min(self.step + every - self.step % every, steps) if every else steps
+        then = "" if last else f"; training continues and the next checkpoint is due at step {due}"
+        print(f"mpirnn: warning: {exc}; {self._newest_on_disk()}{then}", file=sys.stderr, flush=True)
+
+    def _newest_on_disk(self) -> str:
+        """(rank 0, which keeps the list) Where a user can resume from when the latest write failed."""
+        newest = max(self.owned, default=None)
+        return f"the newest checkpoint on disk is step {newest}" if newest else "no checkpoint of this run is on disk"
 
     def _prune(self, owned: list[int]) -> list[int]:
         """Keep the newest checkpoint.keep of this run's checkpoints, and the best by val loss.
@@ -120,8 +162,11 @@ class Trainer:
 
     def run(self) -> int:
         cfg = self.cfg
+        if cfg.checkpoint.dir:
+            self.check_checkpoint_dir()
         if cfg.checkpoint.dir and self.step == 0 and not self.owned:
             self.refuse_fresh_start()
+        self.first_step = self.step
         metrics = MetricsWriter(cfg.output.metrics, cfg.to_dict(), self.rank0, resumed_at=self.step)
         bar = self._progress()
         records, started = [], time.perf_counter()
@@ -138,13 +183,16 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                     bar.update(1)
                 if stopped:
-                    self.save()
+                    self.save(last=True)
                     break
-                if cfg.checkpoint.dir and (best or cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0):
-                    self.save()  # a new best val loss is saved at once, so it can be kept
+                # A new best val loss is saved at once, so it can be kept; the last step's checkpoint
+                # is written once, below.
+                due = best or cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0
+                if cfg.checkpoint.dir and due and self.step < cfg.train.steps:
+                    self.save()
             else:
                 if cfg.checkpoint.dir and self.saved_step != self.step:
-                    self.save()
+                    self.save(last=True)
         finally:
             if bar is not None:
                 bar.close()
@@ -159,8 +207,20 @@ class Trainer:
             return self._stop_status(stopped)
         if self.rank0 and records:
             self._report(summary)
+        if records and not math.isfinite(records[-1]["loss"]):
+            raise AgreedError(f"the final loss (step {self.step}) is not finite ({records[-1]['loss']}): the model "
+                              f"has not trained; lower train.lr, set train.grad_clip, or check the data")
+        if self.unsaved_step is not None:
+            raise AgreedError(f"the last checkpoint (step {self.unsaved_step}) could not be written to "
+                              f"{cfg.checkpoint.dir} (the warning above says why); {self._newest_on_disk()}")
         if records and self.sample and self.cfg.output.sample_bytes and self.model.vocab_size:
-            sample.print_sample(self.cfg, self.comms, self.plan, self.model, self.optimizer, self.step)
+            # Every rank takes part (the stages and tensor slices are gathered first) and waits for
+            # rank 0 to finish, all under the watchdog: a hang here would otherwise never end.
+            self.watchdog.begin(self.step, "printing the generated sample (output.sample_bytes)", checkpoint=True)
+            faults.after_training(self.comms.rank)
+            sample.print_sample(self.cfg, self.comms, self.plan, self.model)
+            self.comms.world.Barrier()
+            self.watchdog.end()
         return 0
 
     def train_step(self) -> tuple[dict, int]:
@@ -207,7 +267,9 @@ class Trainer:
         self.val_loss = None  # recorded in a checkpoint's JSON only for the step it was computed at
         if not due or self.validator is None or not self.validator.due(self.step):
             return False
+        self.watchdog.begin(self.step, "evaluating the val split", steps=self.validator.batch_count)
         self.val_loss, better = self.validator.evaluate(self.step)
+        self.watchdog.end()
         record["val_loss"] = self.val_loss
         return better
 
@@ -240,7 +302,15 @@ class Trainer:
         bad = reductions.ranks_where(self.comms, not bool(torch.isfinite(loss)))
         where = (f"on rank(s) {', '.join(map(str, bad))}" if bad
                  else "in the summed gradients (every rank's own loss was finite)")
-        if self.cfg.train.skip_nonfinite:
+        t = self.cfg.train
+        if t.skip_nonfinite:
+            self.skipped += 1
+            planned = t.steps - self.first_step
+            if self.skipped > t.max_skipped * planned:
+                raise AgreedError(f"{self.skipped} of this run's {planned} steps had non-finite losses or gradients "
+                                  f"(the last, step {self.step + 1}, {where}), more than train.max_skipped = "
+                                  f"{t.max_skipped:g} of them: the run is not training; lower train.lr, set "
+                                  f"train.grad_clip, or check the data (python -m mpirnn.data validate)")
             if self.rank0:
                 print(f"mpirnn: warning: step {self.step + 1} skipped: non-finite loss or gradients {where}",
                       file=sys.stderr, flush=True)
@@ -262,7 +332,7 @@ class Trainer:
                 "tokens_per_s": cfg.data.batch_size * cfg.data.seq_len * len(records) / elapsed if records else 0.0,
                 "grid": dict(zip(("dp", "sp", "pp", "tp"), self.comms.grid.shape)),
                 "microbatches": self.plan.microbatches, "chunks": self.plan.chunks,
-                "world_size": self.comms.world.size, "run": cfg.output.run_name,
+                "world_size": self.comms.world.size, "run": cfg.output.run_name, "skipped_steps": self.skipped,
                 **self._loss_fields(losses[-1] if losses else None),
                 "placement": placement.gather(self.comms, placement.this_rank(self.comms, self.model.device))}
 
@@ -283,8 +353,13 @@ class Trainer:
     def _say_stopped(self, signum: int) -> None:
         if not self.rank0:
             return
-        where = (f"checkpoint saved in {self.cfg.checkpoint.dir}; resume with: {self._resume_command()}"
-                 if self.cfg.checkpoint.dir else "no checkpoint.dir was set, so nothing was saved")
+        if not self.cfg.checkpoint.dir:
+            where = "no checkpoint.dir was set, so nothing was saved"
+        elif self.unsaved_step is not None:
+            where = (f"its checkpoint could not be written (the warning above says why); {self._newest_on_disk()}"
+                     + (f"; resume with: {self._resume_command()}" if self.owned else ""))
+        else:
+            where = f"checkpoint saved in {self.cfg.checkpoint.dir}; resume with: {self._resume_command()}"
         print(f"mpirnn: stopped by signal {name(signum)} after step {self.step}; {where}", file=sys.stderr, flush=True)
 
     def _stop_status(self, signum: int) -> int:
@@ -294,7 +369,7 @@ class Trainer:
         rank writes it, so the batch host (which runs ranks too) sees it at once even on a network
         file system; if it cannot be written, 128 + signal still tells job.sh."""
         marker = os.environ.get("MPIRNN_STOP_FILE")
-        if not marker or not self.cfg.checkpoint.dir:
+        if not marker or not self.cfg.checkpoint.dir or self.unsaved_step is not None:
             return 128 + signum
         wrote = True
         if self.comms.local_rank == 0:
@@ -312,11 +387,15 @@ class Trainer:
         return f"{launcher}python -m mpirnn.train {shlex.join(args)} --set checkpoint.resume=true".replace("  ", " ")
 
     def _progress(self):
+        """The bar on stderr (stdout keeps the results). In a log file rather than a terminal (a
+        Slurm job's output) it redraws at most once a minute instead of twice a second."""
         if not (self.rank0 and self.cfg.output.progress):
             return None
         from tqdm import tqdm
-        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step",
-                    file=sys.stdout, dynamic_ncols=True, mininterval=0.5)
+        terminal = sys.stderr.isatty()
+        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
+                    dynamic_ncols=terminal, mininterval=0.5 if terminal else LOG_PROGRESS_INTERVAL_S,
+                    maxinterval=10.0 if terminal else LOG_PROGRESS_INTERVAL_S)
 
     def _report(self, summary) -> None:
         out = self.cfg.output
@@ -334,5 +413,6 @@ class Trainer:
         self.runner.reducer.remove()
         if self.validator is not None:
             self.validator.close()
-        self.watchdog.stop()
+        # Not stopped: it watches the rest of the process's life (freeing the communicators, MPI_Finalize).
+        self.watchdog.begin(self.step, "closing down (freeing communicators, MPI_Finalize)", checkpoint=True)
         self.signals.restore()

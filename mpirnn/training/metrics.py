@@ -1,9 +1,41 @@
-"""The metrics file (JSON Lines, rank 0) and the resolved config beside it."""
+"""The metrics file (JSON Lines, rank 0) and the resolved config beside it.
+
+A metrics file belongs to one run: only that run, resumed from its own checkpoints, writes to
+it again (keeping its lines up to the checkpoint's step). A new run, or a branch resumed from
+copied checkpoints, is refused a file that already holds steps (`refuse_another_runs`).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from mpirnn.errors import ConfigError
+
+
+def logged_steps(path: str | Path) -> list[int]:
+    """The steps a metrics file holds lines for (none when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(record, dict) and not record.get("summary") and isinstance(record.get("step"), int):
+            steps.append(record["step"])
+    return steps
+
+
+def refuse_another_runs(path: str, continuing: bool) -> None:
+    """ConfigError when a run that is not continuing itself would write over another run's metrics."""
+    steps = [] if continuing or not path else logged_steps(path)
+    if steps:
+        raise ConfigError(f"output.metrics {path} already holds another run's metrics (steps {min(steps)}-"
+                          f"{max(steps)}): choose another output.run_name (or output.metrics), resume that run "
+                          f"with checkpoint.resume = true, or delete the file to start it again")
 
 
 class MetricsWriter:

@@ -37,6 +37,7 @@ from mpirnn.parallel.tensor import TensorGroup
 from mpirnn.training import resume
 from mpirnn.training.layout import modelled_counts
 from mpirnn.training.loop import Trainer
+from mpirnn.training.metrics import refuse_another_runs
 from mpirnn.training.validation import Validator, open_val_split
 
 DEFAULT_DATA = config_module.DataConfig().path
@@ -130,6 +131,11 @@ def plan_the_run(cfg, grid, comms, vocab, features):
                 f"{plan.chunks} chunk{'s' if plan.chunks > 1 else ''} per segment"
                 + (" (parallel.chunks)" if by_hand["chunks"] else "")]
         print(f"mpirnn: {', '.join(said)}; automatic counts chosen by {chooser}", flush=True)
+    if world.rank == 0 and grid.sp > 1 and plan.microbatches == 1 and not by_hand["microbatches"] \
+            and cfg.data.batch_size < 2 * grid.dp:
+        print(f"mpirnn: one microbatch: {cfg.data.batch_size} row(s) per step over {grid.dp} data-parallel "
+              f"group(s) cannot be split; the {grid.sp} segments overlap only where a segment starts a layer "
+              f"behind the one before it (exact either way; docs/parallelism.md)", flush=True)
     return plan
 
 
@@ -143,7 +149,8 @@ def resume_point(cfg, comms) -> int | None:
         if comms.rank == 0:
             print(f"mpirnn: no checkpoint in {c.dir}; starting from step 0", file=sys.stderr, flush=True)
         return None
-    adopted, warnings = agree(comms.world, resume.take_settings, cfg, resume.saved_config(c.dir, step))
+    adopted, warnings, original = agree(comms.world, resume.take_settings, cfg, resume.saved_config(c.dir, step))
+    cfg.branched_from = (original, step) if original is not None else None
     if comms.rank == 0:
         if adopted:
             print(f"mpirnn: resuming with the checkpoint's settings: {', '.join(adopted)}", flush=True)
@@ -165,6 +172,13 @@ def train(cfg, grid) -> int:
                       f"{cfg.train.steps}: nothing to do (raise train.steps to train further)", flush=True)
             return 0
         name_the_run(cfg, world)
+        continuing = start is not None and cfg.branched_from is None
+        agree(world, lambda: refuse_another_runs(cfg.output.metrics, continuing) if world.rank == 0 else None)
+        if cfg.branched_from and world.rank == 0:
+            original, step = cfg.branched_from
+            print(f"mpirnn: run {cfg.output.run_name} branches from run {original} at step {step}: its metrics "
+                  f"start after step {step} in {cfg.output.metrics}; run {original}'s files are left as they are",
+                  flush=True)
         agree(world, ensure_default_data, cfg, world)
         manifest = agree(world, open_data, cfg, grid, world)
         if world.rank == 0:

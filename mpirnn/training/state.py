@@ -106,6 +106,16 @@ def gather_state(comms, plan, model, optimizer, step: int, carried_piece: Piece 
     return state
 
 
+def gather_weights(comms, plan, model) -> dict | None:
+    """The serial model's parameters by name on world rank 0 (None elsewhere), without the
+    optimizer state; every rank must call it."""
+    holds_model = plan.coords["dp"] == 0 and plan.coords["sp"] == 0
+    whole = gather_pieces(comms.world, _model_pieces(model, plan) if holds_model else [])
+    if whole is None:
+        return None
+    return {key.partition("/")[2]: tensor for key, tensor in whole.items()}
+
+
 def upgrade(state: dict, serial_names: list[str]) -> dict:
     """A format-1 checkpoint (1-rank optimizer numbering) in format 2."""
     if state.get("format", 1) >= FORMAT:

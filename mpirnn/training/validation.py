@@ -51,6 +51,11 @@ class Validator:
         self.best_loss: float | None = None
         self.best_step: int | None = None
 
+    @property
+    def batch_count(self) -> int:
+        """Batches one evaluation scores (what the watchdog allows it time for)."""
+        return len(self.loader.batches(self.limit))
+
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last
 
