@@ -1,4 +1,5 @@
-"""The training loop: steps, metrics, progress, checkpoints, stop signals and non-finite checks.
+"""The training loop: steps, metrics, checkpoints, stop signals and non-finite checks (what it
+reports to the user, the progress bar and the exit status of a stop: mpirnn/training/reports.py).
 
 Per step every rank runs its forward/backward (mpirnn/parallel/step.py), the gradient norm
 is summed over the parts of the model (mpirnn/distributed/reductions.py), and one small
@@ -11,30 +12,27 @@ steps (mpirnn/training/validation.py) and the best checkpoint by val loss is kep
 from __future__ import annotations
 
 import math
-import os
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from mpirnn.distributed import placement, reductions
+from mpirnn.distributed import reductions
 from mpirnn.distributed.agreement import AgreedError, agree
 from mpirnn.distributed import transport
 from mpirnn.distributed.watchdog import Watchdog
 from mpirnn.training import checkpoint, faults, optim, sample
 from mpirnn.training.metrics import MetricsWriter
-from mpirnn.training.signals import StopSignals, name
+from mpirnn.training.reports import TrainerReports
+from mpirnn.training.signals import StopSignals
 from mpirnn.training.state import carried_piece, check_compatible, gather_state, load_state, upgrade
 from mpirnn.parallel.step import StepRunner
 
 CARRY_TAG = 32767  # the largest tag MPI guarantees; the schedule's tags are far below it
-LOG_PROGRESS_INTERVAL_S = 60.0  # the progress bar's redraws when stderr is not a terminal
 
 
-class Trainer:
+class Trainer(TrainerReports):
     def __init__(self, cfg, comms, plan, model, loader, info=None, validator=None):
         """`info`: what the model reads (mpirnn/inference/model_info.py), recorded in checkpoints;
         `validator`: the val-split evaluation (train.eval_every > 0), or None."""
@@ -162,8 +160,6 @@ class Trainer:
 
     def run(self) -> int:
         cfg = self.cfg
-        if cfg.checkpoint.dir:
-            self.check_checkpoint_dir()
         if cfg.checkpoint.dir and self.step == 0 and not self.owned:
             self.refuse_fresh_start()
         self.first_step = self.step
@@ -318,96 +314,6 @@ class Trainer:
         raise AgreedError(f"non-finite loss or gradients at step {self.step + 1} {where}: lower train.lr, set "
                           f"train.grad_clip, check the data (python -m mpirnn.data validate), or set "
                           f"train.skip_nonfinite = true; no checkpoint was written for this step")
-
-    # -- reports -----------------------------------------------------------------------
-
-    def _grid_text(self) -> str:
-        return " ".join(f"{axis}={value}" for axis, value in zip(("dp", "sp", "pp", "tp"), self.comms.grid.shape))
-
-    def _summary(self, records: list[dict], elapsed: float) -> dict:
-        cfg, losses = self.cfg, [r["loss"] for r in records]
-        return {"summary": True, "steps": self.step, "steps_run": len(records),
-                "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-                "time_s": elapsed,
-                "tokens_per_s": cfg.data.batch_size * cfg.data.seq_len * len(records) / elapsed if records else 0.0,
-                "grid": dict(zip(("dp", "sp", "pp", "tp"), self.comms.grid.shape)),
-                "microbatches": self.plan.microbatches, "chunks": self.plan.chunks,
-                "world_size": self.comms.world.size, "run": cfg.output.run_name, "skipped_steps": self.skipped,
-                **self._loss_fields(losses[-1] if losses else None),
-                "placement": placement.gather(self.comms, placement.this_rank(self.comms, self.model.device))}
-
-    def _loss_fields(self, final_loss) -> dict:
-        """What the loss is, bits per byte where they apply, and the best val loss."""
-        fields = {}
-        if self.info is not None:
-            fields = {"loss_name": self.info.loss_name, "loss_unit": self.info.loss_unit}
-            if self.info.byte_tokens:
-                fields["final_bits_per_byte"] = self.info.bits_per_byte(final_loss)
-        if self.validator is not None:
-            best = self.validator.best_loss
-            fields.update(best_val_loss=best, best_val_step=self.validator.best_step)
-            if self.info is not None and self.info.byte_tokens:
-                fields["best_val_bits_per_byte"] = self.info.bits_per_byte(best)
-        return fields
-
-    def _say_stopped(self, signum: int) -> None:
-        if not self.rank0:
-            return
-        if not self.cfg.checkpoint.dir:
-            where = "no checkpoint.dir was set, so nothing was saved"
-        elif self.unsaved_step is not None:
-            where = (f"its checkpoint could not be written (the warning above says why); {self._newest_on_disk()}"
-                     + (f"; resume with: {self._resume_command()}" if self.owned else ""))
-        else:
-            where = f"checkpoint saved in {self.cfg.checkpoint.dir}; resume with: {self._resume_command()}"
-        print(f"mpirnn: stopped by signal {name(signum)} after step {self.step}; {where}", file=sys.stderr, flush=True)
-
-    def _stop_status(self, signum: int) -> int:
-        """128 + signal; but 0 under slurm/job.sh once a checkpoint is saved, with the stop written to
-        $MPIRNN_STOP_FILE instead: srun's --kill-on-bad-exit kills every rank still finishing as soon as
-        the first exits non-zero, which would turn a clean stop into a killed step. Each node's first
-        rank writes it, so the batch host (which runs ranks too) sees it at once even on a network
-        file system; if it cannot be written, 128 + signal still tells job.sh."""
-        marker = os.environ.get("MPIRNN_STOP_FILE")
-        if not marker or not self.cfg.checkpoint.dir or self.unsaved_step is not None:
-            return 128 + signum
-        wrote = True
-        if self.comms.local_rank == 0:
-            try:
-                Path(marker).write_text(f"{name(signum)} {self.step}\n")
-            except OSError as exc:
-                print(f"mpirnn: warning: could not write MPIRNN_STOP_FILE {marker}: {exc}", file=sys.stderr,
-                      flush=True)
-                wrote = False
-        return 0 if wrote else 128 + signum
-
-    def _resume_command(self) -> str:
-        args = [a for a in sys.argv[1:] if "checkpoint.resume" not in a]
-        launcher = f"mpirun -n {self.comms.world.size} " if self.comms.world.size > 1 else ""
-        return f"{launcher}python -m mpirnn.train {shlex.join(args)} --set checkpoint.resume=true".replace("  ", " ")
-
-    def _progress(self):
-        """The bar on stderr (stdout keeps the results). In a log file rather than a terminal (a
-        Slurm job's output) it redraws at most once a minute instead of twice a second."""
-        if not (self.rank0 and self.cfg.output.progress):
-            return None
-        from tqdm import tqdm
-        terminal = sys.stderr.isatty()
-        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
-                    dynamic_ncols=terminal, mininterval=0.5 if terminal else LOG_PROGRESS_INTERVAL_S,
-                    maxinterval=10.0 if terminal else LOG_PROGRESS_INTERVAL_S)
-
-    def _report(self, summary) -> None:
-        out = self.cfg.output
-        unit = f" ({summary['loss_name']}, {summary['loss_unit']})" if "loss_unit" in summary else ""
-        print(f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{unit} over the {summary['steps_run']} "
-              f"steps run (of {summary['steps']}); {summary['tokens_per_s']:.0f} tokens/s on "
-              f"{summary['world_size']} rank(s), grid {self._grid_text()}; run {out.run_name}, metrics in "
-              f"{out.metrics}", flush=True)
-        if summary.get("best_val_loss") is not None:
-            bpb = summary.get("best_val_bits_per_byte")
-            print(f"best val_loss {summary['best_val_loss']:.4f}{f' ({bpb:.3f} bits per byte)' if bpb else ''} at "
-                  f"step {summary['best_val_step']}", flush=True)
 
     def close(self) -> None:
         self.runner.reducer.remove()

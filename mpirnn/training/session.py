@@ -200,6 +200,8 @@ def train(cfg, grid) -> int:
         trainer = Trainer(cfg, comms, plan, model, loader, ModelInfo.from_manifest(manifest), validator)
         trainer.sample = sample
         try:
+            if cfg.checkpoint.dir:
+                trainer.check_checkpoint_dir()
             if start is not None:
                 agree(world, trainer.restore, start)
             if world.rank == 0:
