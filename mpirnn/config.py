@@ -21,6 +21,7 @@ CELLS = ("rnn", "lstm", "gru", "mingru", "minlstm")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "float64")
+WINDOWS = ("auto", "every", "cut")
 
 
 def doc(default, text: str):
@@ -43,6 +44,9 @@ class DataConfig:
     seq_len: int = doc(128, "time steps per training sequence (the target is the next step)")
     batch_size: int = doc(32, "global batch: sequences per step over all ranks")
     validate: bool = doc(True, "scan every value (NaN, ids past the vocabulary) before training; shard sizes and checksums are checked either way")
+    windows: str = doc("auto", "where a long stream's training windows start: every = at any step (seeded), cut = "
+                               "non-overlapping cuts of seq_len; auto = every for a series, cut for tokens and "
+                               "for train.stateful (evaluation always scores non-overlapping cuts)")
 
 
 @dataclass
@@ -255,6 +259,13 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"parallel.{axis} = {value}: use a positive degree, or -1 to infer it")
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device = {t.device!r}: choose auto, cpu or cuda")
+    if d.windows not in WINDOWS:
+        raise ConfigError(f"data.windows = {d.windows!r}: choose one of {', '.join(WINDOWS)}")
+    if d.windows == "every" and t.stateful:
+        raise ConfigError("data.windows = every with train.stateful = true: a carried state needs each row to "
+                          "continue where it stopped; use data.windows = cut (or auto)")
+    if not 0 <= t.max_skipped <= 1:
+        raise ConfigError(f"train.max_skipped = {t.max_skipped}: give a share of the run's steps, from 0 to 1")
     if c.resume and not c.dir:
         raise ConfigError("checkpoint.resume = true needs checkpoint.dir")
 

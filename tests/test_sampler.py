@@ -160,3 +160,73 @@ def test_loaders_of_any_grid_read_the_serial_batch(tokens, dp, sp, pp, stateful)
     finally:
         for each in [serial, *loaders]:
             each.close()
+
+
+@pytest.fixture(scope="module")
+def short_series(tmp_path_factory):
+    """A series of 300 steps: 6 non-overlapping windows of 44 steps, 256 windows at every step."""
+    from support import make_series_dataset
+    return make_series_dataset(tmp_path_factory.mktemp("sampler") / "series", length=300, features=2)
+
+
+def test_series_windows_start_at_every_step(short_series):
+    """data.windows = auto on a series: window w is steps [w, w + seq_len], so a short series fills
+    the batch the user asks for; tokens and stateful runs keep non-overlapping cuts."""
+    from mpirnn.config import load_config
+    from mpirnn.data.loader import BatchLoader, check_fit, training_stride
+    from mpirnn.data.manifest import load_manifest
+    from mpirnn.data.reader import Reader
+    from mpirnn.data.sampler import window_stride
+    from mpirnn.parallel.plan import make_plan
+
+    assert window_stride("auto", "series", False, 44) == 1
+    assert window_stride("auto", "tokens", False, 44) == 44 and window_stride("every", "tokens", False, 44) == 1
+    assert window_stride("auto", "series", True, 44) == 44 and window_stride("cut", "series", False, 44) == 44
+    manifest = load_manifest(short_series)
+    cfg = load_config(None, ["data.seq_len=44", "data.batch_size=16", "train.seed=2"])
+    check_fit(manifest, cfg, Grid(1))  # refused before: "holds 6 sequences of 44 steps, fewer than one batch of 16"
+    assert Reader(manifest, training_stride(manifest, cfg)).n_windows(44) == manifest.length - 44
+    assert Reader(manifest).n_windows(44) == (manifest.length - 1) // 44  # evaluation: non-overlapping
+    plan = make_plan(Grid(1), Grid(1).coords(0), batch_size=16, seq_len=44, layers=2, cell="lstm", microbatches=1)
+    loader = BatchLoader(manifest, cfg, plan, "cpu", torch.float64)
+    raw = Reader(manifest)
+    try:
+        starts = loader.global_windows(3)
+        inputs, targets = loader.batch(3)
+        stream = manifest.normalization.normalize(raw.read_span(0, manifest.length))
+        for row, start in enumerate(starts):
+            assert torch.equal(inputs[row], torch.from_numpy(stream[start:start + 44]))
+            assert torch.equal(targets[row], torch.from_numpy(stream[start + 1:start + 45]))
+        seen = np.concatenate([loader.global_windows(step) for step in range(16)])
+        assert len(np.unique(seen)) == 256  # one epoch covers every start once
+    finally:
+        loader.close()
+        raw.close()
+
+
+@pytest.mark.parametrize("dp, sp, pp", [(2, 1, 1), (3, 1, 1), (1, 3, 1), (2, 2, 1), (1, 2, 2)])
+def test_every_step_windows_are_the_same_on_any_grid(short_series, dp, sp, pp):
+    from mpirnn.config import load_config
+    from mpirnn.data.loader import BatchLoader
+    from mpirnn.data.manifest import load_manifest
+    from mpirnn.parallel.plan import make_plan
+
+    manifest = load_manifest(short_series)
+    cfg = load_config(None, ["data.seq_len=44", "data.batch_size=12", "train.seed=4", "model.layers=2"])
+
+    def loader(grid, rank):
+        plan = make_plan(grid, grid.coords(rank), batch_size=12, seq_len=44, layers=2, cell="lstm", microbatches=1)
+        return BatchLoader(manifest, cfg, plan, "cpu", torch.float32)
+
+    serial, grid = loader(Grid(1), 0), Grid(dp * sp * pp, dp=dp, sp=sp, pp=pp)
+    loaders = [loader(grid, r) for r in range(grid.world_size)]
+    try:
+        for step in (0, 7, 30):
+            want_in, _ = serial.batch(step)
+            got = {(grid.coords(r)["dp"], grid.coords(r)["sp"]): each.batch(step)[0]
+                   for r, each in enumerate(loaders) if grid.coords(r)["pp"] == 0}
+            whole = torch.cat([torch.cat([got[d, s] for s in range(sp)], dim=1) for d in range(dp)], dim=0)
+            assert torch.equal(whole, want_in)
+    finally:
+        for each in [serial, *loaders]:
+            each.close()

@@ -14,7 +14,7 @@ import numpy as np
 from mpirnn.training import faults
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
-from mpirnn.data.sampler import lane_batch, lane_restarts, sequential_batches, shuffled_batch
+from mpirnn.data.sampler import lane_batch, lane_restarts, sequential_batches, shuffled_batch, window_stride
 from mpirnn.errors import DataError
 from mpirnn.parallel.grid import Grid
 from mpirnn.parallel.plan import Plan, make_plan
@@ -33,15 +33,23 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
               cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
               hidden=cfg.model.hidden)
-    windows = Reader(manifest).n_windows(d.seq_len)
+    windows = Reader(manifest, training_stride(manifest, cfg)).n_windows(d.seq_len)
     if windows < d.batch_size:
-        raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps, fewer than one batch "
-                        f"of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
+        every = " (windows at every step: data.windows = every)" if training_stride(manifest, cfg) == 1 else ""
+        raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps{every}, fewer than one "
+                        f"batch of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
+
+
+def training_stride(manifest: Manifest, cfg) -> int | None:
+    """Steps between the starts of training windows (None: rows, not a stream)."""
+    if not manifest.is_stream:
+        return None
+    return window_stride(cfg.data.windows, manifest.kind, cfg.train.stateful, cfg.data.seq_len)
 
 
 class BatchLoader:
     def __init__(self, manifest: Manifest, cfg, plan: Plan, device, dtype, rank: int = 0):
-        self.reader = Reader(manifest)
+        self.reader = Reader(manifest, training_stride(manifest, cfg))
         self.rank = rank  # for fault injection in tests only
         self.seq_len, self.batch_size = cfg.data.seq_len, cfg.data.batch_size
         self.seed, self.stateful = cfg.train.seed, cfg.train.stateful

@@ -23,8 +23,9 @@ from mpirnn.errors import DataError
 class Reader:
     """Windows of one split of a dataset (the split `manifest` describes)."""
 
-    def __init__(self, manifest: Manifest):
-        self.manifest = manifest
+    def __init__(self, manifest: Manifest, stride: int | None = None):
+        """`stride`: steps between the starts of a stream's windows (None: seq_len, non-overlapping)."""
+        self.manifest, self.stride = manifest, stride
         self.normalization = manifest.normalization
         self._files: dict[int, h5py.File] = {}
         self._starts = np.array([s.offset for s in manifest.shards], dtype=np.int64)
@@ -47,7 +48,8 @@ class Reader:
         """How many training sequences of seq_len steps (+1 target step) the dataset holds."""
         m = self.manifest
         if m.is_stream:
-            return max(0, (m.length - 1) // seq_len)
+            stride = self.stride or seq_len
+            return max(0, (m.length - 1 - seq_len) // stride + 1)
         return m.length if seq_len + 1 <= m.seq_len else 0
 
     def read_span(self, start: int, stop: int) -> np.ndarray:
@@ -71,7 +73,7 @@ class Reader:
     def window(self, window: int, seq_len: int, t0: int, t1: int) -> np.ndarray:
         """Steps [t0, t1 + 1) of a window, normalized if recorded: inputs [:-1], targets [1:]."""
         if self.manifest.is_stream:
-            base = window * seq_len
+            base = window * (self.stride or seq_len)
             values = self.read_span(base + t0, base + t1 + 1)
         else:
             values = self.read_row(window, t0, t1 + 1)
