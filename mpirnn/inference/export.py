@@ -62,10 +62,20 @@ def example_input(info, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(2, 3, info.features, dtype=dtype)
 
 
+def script(plain: Standalone):
+    """torch.jit.script, quietly: torch 2.13 deprecates it for torch.export, yet its files are the
+    ones that load with nothing but torch (and the linear cells' loop needs it for ONNX)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(plain)
+
+
 def torch_bytes(plain: Standalone, meta: dict) -> bytes:
     """TorchScript: `torch.jit.load(FILE)`; `metadata` as the extra file mpirnn.json."""
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(plain), buffer, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # as in `script`
+        torch.jit.save(script(plain), buffer, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
     return buffer.getvalue()
 
 
@@ -74,12 +84,12 @@ def onnx_bytes(plain: Standalone, meta: dict, info) -> bytes:
     output "y", batch and time dynamic; `metadata` as the model's metadata_props."""
     import onnx
 
-    # The linear cells' loop over time must stay a loop (ONNX Loop), so they are scripted first.
-    module = torch.jit.script(plain) if isinstance(plain.rnn, MinStack) else plain
     buffer = io.BytesIO()
     dims = {0: "batch", 1: "time"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on batch_first RNNs and scripted loops
+        # The linear cells' loop over time must stay a loop (ONNX Loop), not be traced flat: scripted.
+        module = script(plain) if isinstance(plain.rnn, MinStack) else plain
         torch.onnx.export(module, (example_input(info, plain.head.weight.dtype),), buffer, dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": dims, "y": dims})
     proto = onnx.load_from_string(buffer.getvalue())
