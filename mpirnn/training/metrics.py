@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mpirnn.training.tensorboard import open_board
+
 
 class MetricsWriter:
     """One JSON object per logged step, then a summary; only rank 0 writes."""
@@ -14,6 +16,7 @@ class MetricsWriter:
         the ones after it (steps done after the checkpoint, which are now being redone)."""
         self.enabled = enabled and bool(path)
         self.handle = None
+        self.board = open_board(config, resumed_at) if enabled else None  # output.tensorboard
         if not self.enabled:
             return
         self.path = Path(path)
@@ -39,11 +42,16 @@ class MetricsWriter:
         return kept
 
     def write(self, record: dict) -> None:
+        if self.board is not None:
+            self.board.write(record)
         if self.handle is not None:
             self.handle.write(json.dumps(record) + "\n")
             self.handle.flush()
 
     def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         if self.handle is not None:
             self.handle.close()
             self.handle = None
