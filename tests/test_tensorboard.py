@@ -96,3 +96,23 @@ def test_events_hold_the_metrics_of_a_two_rank_run(tmp_path):
         assert [s for s, _ in written] == [s for s, _ in pairs], tag
         for (_, got), (_, want) in zip(written, pairs):  # events hold float32
             assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-12), (tag, got, want)
+
+
+def test_a_resumed_run_replaces_the_steps_after_its_checkpoint(tmp_path, monkeypatch):
+    """As metrics.jsonl drops the lines after the checkpoint, the events of those steps are purged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mpirnn.training.tensorboard import Board, folder
+
+    monkeypatch.chdir(tmp_path)
+    first = Board("resumed")
+    for step in (1, 2, 3, 4):
+        first.write({"step": step, "loss": float(step)})
+    first.close()
+    again = Board("resumed", resumed_at=2)
+    for step in (3, 4, 5):
+        again.write({"step": step, "loss": 10.0 * step})
+    again.close()
+    events = EventAccumulator(str(folder("resumed")))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0)]
