@@ -11,7 +11,6 @@ checkpoint written on a grid (pp=2, tp=2 under mpirun) exports the same weights 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import ROOT, make_token_dataset
+from support import ROOT, make_token_dataset, train_under_mpirun
 
 from mpirnn.config import CELLS, load_config
 from mpirnn.data.normalization import Normalization
@@ -38,9 +37,6 @@ KINDS = {"tokens": ModelInfo("tokens", 11, None, None),
          "series": ModelInfo("series", None, 3, Normalization((5.0, -1.0, 0.5), (2.0, 0.0, 0.25)))}
 SITE = Path(torch.__file__).resolve().parents[1]
 STANDALONE = ROOT / "mpirnn" / "inference" / "standalone.py"
-MPIRUN = Path(sys.executable).parent / "mpirun"
-if not MPIRUN.exists():
-    MPIRUN = Path(shutil.which("mpirun") or MPIRUN)
 
 # Runs in the isolated Python: opens every exported file of one format, writes outputs and metadata.
 OPEN = r"""
@@ -170,17 +166,12 @@ def test_missing_packages_and_folders_are_refused_in_one_line(tmp_path, monkeypa
 
 
 def train(n: int, settings: dict, cwd: Path) -> None:
-    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["timeout", "-k", "10", "150", str(MPIRUN), "-n", str(n), sys.executable, "-m",
-                           "mpirnn.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=170)
+    done = train_under_mpirun(n, settings, cwd)
     assert done.returncode == 0, f"{settings}\n{done.stdout}\n{done.stderr}"
 
 
 @pytest.fixture(scope="module")
 def one_rank_export(tmp_path_factory):
-    if not MPIRUN.exists():
-        pytest.skip("no mpirun next to the Python interpreter or on PATH")
     root = tmp_path_factory.mktemp("grid-export")
     data = make_token_dataset(root / "tokens")
     common = {"model.cell": "lstm", "model.hidden": 8, "model.layers": 2, "model.embed": 4, "model.dtype": "float64",

@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from support import make_token_dataset
+from support import make_token_dataset, train_under_mpirun
 
 from mpirnn.config import load_config
 from mpirnn.errors import ConfigError
@@ -25,9 +23,6 @@ from mpirnn.training.tensorboard import check_installed, scalars
 
 pytest.importorskip("tensorboard", reason="pip install 'mpirnn[tensorboard]'")
 
-MPIRUN = Path(sys.executable).parent / "mpirun"
-if not MPIRUN.exists():
-    MPIRUN = Path(shutil.which("mpirun") or MPIRUN)
 # Makes `tensorboard` look uninstalled to the trainer, as a sitecustomize on PYTHONPATH (a None
 # entry in sys.modules: find_spec answers None, import raises ModuleNotFoundError).
 HIDE = "import sys\nsys.modules['tensorboard'] = None\n"
@@ -65,18 +60,13 @@ def test_refused_before_training_when_the_package_is_missing(tmp_path, monkeypat
 def test_events_hold_the_metrics_of_a_two_rank_run(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    if not MPIRUN.exists():
-        pytest.skip("no mpirun next to the Python interpreter or on PATH")
     data = make_token_dataset(tmp_path / "tokens", val_fraction=0.2)
     settings = {"model.cell": "gru", "model.hidden": 8, "model.layers": 2, "model.embed": 4, "data.path": str(data),
                 "data.seq_len": 12, "data.batch_size": 4, "train.steps": 4, "train.eval_every": 2,
                 "train.eval_batches": 1, "parallel.pp": 2, "parallel.dp": 1, "train.device": "cpu",
                 "output.progress": "false", "output.sample_bytes": 0, "output.run_name": "board",
                 "output.tensorboard": "true"}
-    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    done = subprocess.run(["timeout", "-k", "10", "200", str(MPIRUN), "-n", "2", sys.executable, "-m", "mpirnn.train",
-                           *args], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=220)
+    done = train_under_mpirun(2, settings, tmp_path, timeout=200)
     assert done.returncode == 0, done.stdout + done.stderr
     run = tmp_path / "runs" / "board"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
