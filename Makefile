@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q -e '.[test,plots]'
+	$(VENV)/bin/pip install -q -e '.[test,plots,export,tensorboard]'
 	touch $@
 
 demo: setup

@@ -113,6 +113,8 @@ class OutputConfig:
     sample_prompt: str = doc("def ", "prompt for the generated sample")
     trace: str = doc("", "a directory: write one Chrome/Perfetto trace JSON per rank (every unit's forward and "
                          "backward, MPI waits, the optimizer); empty = off")
+    tensorboard: bool = doc(False, "also write the metrics as TensorBoard event files in runs/<run_name>/tensorboard/ "
+                                   "(rank 0; pip install 'mpirnn[tensorboard]')")
 
 
 @dataclass

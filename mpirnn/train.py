@@ -21,6 +21,7 @@ from mpirnn.distributed.agreement import agree
 from mpirnn.parallel.grid import Grid
 from mpirnn.parallel.plan import check_grid_fits
 from mpirnn.distributed.launch import run_guarded
+from mpirnn.training.tensorboard import check_installed as check_tensorboard
 
 
 class RankZeroParser(argparse.ArgumentParser):
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     world = MPI.COMM_WORLD
     cfg = agree(world, config_module.load_config, args.config, args.overrides)
     grid = agree(world, make_grid, cfg, world.size)
+    agree(world, check_tensorboard, cfg)
     from mpirnn.training.session import train  # torch and h5py load only once the config is known to be good
 
     return train(cfg, grid)

@@ -87,3 +87,29 @@ def factorizations(n: int, layers: int, hidden: int) -> list[tuple[int, int, int
 def grid_settings(shape: tuple[int, int, int, int]) -> dict:
     """A (dp, sp, pp, tp) grid as --set settings."""
     return dict(zip(("parallel.dp", "parallel.sp", "parallel.pp", "parallel.tp"), shape))
+
+
+def mpirun_path() -> Path:
+    """The mpirun beside the interpreter (the venv's mpich), else the one on PATH."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "mpirun"
+    return beside if beside.exists() else Path(shutil.which("mpirun") or beside)
+
+
+def train_under_mpirun(n: int, settings: dict, cwd: Path, timeout: int = 150):
+    """`mpirun -n N python -m mpirnn.train --set key=value ...` in `cwd`, killed after `timeout` seconds
+    (skips the test when there is no mpirun); returns the finished process."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    mpirun = mpirun_path()
+    if not mpirun.exists():
+        pytest.skip("no mpirun next to the Python interpreter or on PATH")
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    return subprocess.run(["timeout", "-k", "10", str(timeout), str(mpirun), "-n", str(n), sys.executable, "-m",
+                           "mpirnn.train", *args], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=timeout + 20)

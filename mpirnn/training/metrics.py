@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from mpirnn.errors import ConfigError
+from mpirnn.training.tensorboard import open_board
 
 
 def logged_steps(path: str | Path) -> list[int]:
@@ -46,6 +47,7 @@ class MetricsWriter:
         the ones after it (steps done after the checkpoint, which are now being redone)."""
         self.enabled = enabled and bool(path)
         self.handle = None
+        self.board = open_board(config, resumed_at) if enabled else None  # output.tensorboard
         if not self.enabled:
             return
         self.path = Path(path)
@@ -71,11 +73,16 @@ class MetricsWriter:
         return kept
 
     def write(self, record: dict) -> None:
+        if self.board is not None:
+            self.board.write(record)
         if self.handle is not None:
             self.handle.write(json.dumps(record) + "\n")
             self.handle.flush()
 
     def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         if self.handle is not None:
             self.handle.close()
             self.handle = None

@@ -1,0 +1,114 @@
+"""A checkpoint's whole model written for use without mpirnn: TorchScript, ONNX or safetensors.
+
+Checkpoints hold the serial model's parameters whatever grid wrote them (docs/checkpoints.md),
+so an export depends only on the checkpoint. `torch` and `onnx` write the plain-torch model of
+mpirnn/inference/standalone.py (PyTorch's own names for rnn / lstm / gru); `safetensors` writes
+the serial parameters under mpirnn's names. Every file records what it takes and returns, the
+config and, for series, the normalization (JSON strings: `metadata(...)`); docs/export.md.
+
+    python -m pytest -q tests/test_export.py
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import torch
+
+from mpirnn.errors import ConfigError
+from mpirnn.inference.standalone import MinStack, Standalone, from_serial
+
+FORMATS = ("torch", "onnx", "safetensors")
+EXTRAS = {"onnx": ("onnx", "onnxruntime"), "safetensors": ("safetensors",)}
+METADATA_FILE = "mpirnn.json"  # the TorchScript file's extra file holding `metadata(...)`
+
+
+def check_format(fmt: str) -> None:
+    """Refuse a format whose packages are missing, with the install command."""
+    import importlib.util
+
+    missing = [name for name in EXTRAS.get(fmt, ()) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"--format {fmt} needs {' and '.join(missing)}: pip install 'mpirnn[export]'")
+
+
+def standalone_model(model, cfg, info) -> Standalone:
+    """The plain-torch copy of mpirnn's serial `model` (inference/load.py's `build`), in eval mode."""
+    return from_serial(model.state_dict(), cfg.to_dict(), info.to_json())
+
+
+def metadata(located, cfg, info) -> dict[str, str]:
+    """What the file takes and returns, and where it came from: string values (JSON inside)."""
+    dtype = cfg.model.dtype
+    if info.tokens:
+        takes = "token ids [batch, time], int64"
+        returns = f"logits [batch, time, {info.vocab_size}], {dtype}"
+    else:
+        takes = (f"values [batch, time, {info.features}], {dtype}, normalized: (x - mean) / std per feature "
+                 f"(std 0 taken as 1), as the dataset's manifest records")
+        returns = f"the next step's normalized values [batch, time, {info.features}], {dtype}: y * std + mean"
+    return {"format": "mpirnn export 1", "takes": takes, "returns": returns,
+            "initial_state": "zeros (every sequence starts from a zero state)",
+            "checkpoint": str(located.path), "step": str(located.step),
+            "config": json.dumps(cfg.to_dict()), "dataset": json.dumps(info.to_json()),
+            "normalization": json.dumps(info.normalization.to_json() if info.normalization else None)}
+
+
+def example_input(info, dtype: torch.dtype) -> torch.Tensor:
+    if info.tokens:
+        return torch.zeros(2, 3, dtype=torch.long)
+    return torch.zeros(2, 3, info.features, dtype=dtype)
+
+
+def script(plain: Standalone):
+    """torch.jit.script, quietly: torch 2.13 deprecates it for torch.export, yet its files are the
+    ones that load with nothing but torch (and the linear cells' loop needs it for ONNX)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(plain)
+
+
+def torch_bytes(plain: Standalone, meta: dict) -> bytes:
+    """TorchScript: `torch.jit.load(FILE)`; `metadata` as the extra file mpirnn.json."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # as in `script`
+        torch.jit.save(script(plain), buffer, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+    return buffer.getvalue()
+
+
+def onnx_bytes(plain: Standalone, meta: dict, info) -> bytes:
+    """ONNX (the TorchScript exporter, which needs nothing but the onnx package): input "x",
+    output "y", batch and time dynamic; `metadata` as the model's metadata_props."""
+    import onnx
+
+    buffer = io.BytesIO()
+    dims = {0: "batch", 1: "time"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on batch_first RNNs and scripted loops
+        # The linear cells' loop over time must stay a loop (ONNX Loop), not be traced flat: scripted.
+        module = script(plain) if isinstance(plain.rnn, MinStack) else plain
+        torch.onnx.export(module, (example_input(info, plain.head.weight.dtype),), buffer, dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": dims, "y": dims})
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(proto, meta)
+    return proto.SerializeToString()
+
+
+def safetensors_bytes(model, meta: dict) -> bytes:
+    """The serial parameters under mpirnn's names (docs/checkpoints.md), `metadata` as the header's."""
+    from safetensors.torch import save
+
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    return save(state, metadata=meta)
+
+
+def export_bytes(fmt: str, model, cfg, info, located) -> bytes:
+    """The file `--format fmt` writes for the serial `model` built from `located`."""
+    meta = metadata(located, cfg, info)
+    if fmt == "safetensors":
+        return safetensors_bytes(model, meta)
+    plain = standalone_model(model, cfg, info)
+    return torch_bytes(plain, meta) if fmt == "torch" else onnx_bytes(plain, meta, info)
