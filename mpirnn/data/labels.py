@@ -57,11 +57,14 @@ def class_ids(raw: np.ndarray, name: str, valid: np.ndarray | None = None,
         names = tuple(classes) if classes is not None else _first_appearance(text[valid])
         lookup = {c: i for i, c in enumerate(names)}
         ids = np.full(raw.shape, LABEL_FILL, np.int64)
-        for at in map(tuple, np.argwhere(valid)):
-            if text[at] not in lookup:
-                raise DataError(f"{name}: label {text[at]!r} at {position(at)} is not among "
-                                f"--classes {','.join(names)}: add it or fix the label")
-            ids[at] = lookup[text[at]]
+        values = text[valid]
+        unknown = np.flatnonzero(~np.isin(values, np.array(names, dtype=str)))
+        if unknown.size:
+            at = tuple(map(int, np.argwhere(valid)[unknown[0]]))
+            raise DataError(f"{name}: label {str(text[at])!r} at {position(at)} is not among "
+                            f"--classes {','.join(names)}: add it or fix the label")
+        distinct, inverse = np.unique(values, return_inverse=True)
+        ids[valid] = np.array([lookup[str(v)] for v in distinct], np.int64)[inverse.reshape(-1)]
     else:
         raise DataError(f"{name} holds {raw.dtype} labels: class labels are integer ids or "
                         f"text names (regression targets are floats: --task regress)")
