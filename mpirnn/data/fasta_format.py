@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpirnn.data.text_lines import read_lines
 from mpirnn.errors import DataError
 
 ALPHABETS = {"dna": "ACGTN", "rna": "ACGUN", "protein": "ACDEFGHIKLMNPQRSTVWYX"}
@@ -35,13 +36,7 @@ class Record:
 def read_fasta(path: str | pathlib.Path, upper: bool = True) -> list[Record]:
     """The records of a FASTA file, in order; ids must be unique and sequences non-empty."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataError(f"FASTA file {path} does not exist: check the path")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): is it a "
-                        f"FASTA file?") from None
+    lines = read_lines(path, "FASTA")
     records, current, seen = [], None, {}
     for number, line in enumerate(lines, 1):
         text = line.strip()

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 import torch
 
 from mpirnn.data.labels import step_mask
 from mpirnn.data.manifest import LABELS, LENGTHS, Manifest
+from mpirnn.data.shard_files import ShardFiles
 from mpirnn.errors import DataError
 
 
@@ -50,24 +50,12 @@ class RowReader:
             raise DataError(f"{manifest.root} holds task 'next' ({manifest.kind}): read it with "
                             f"mpirnn.data.reader.Reader")
         self.manifest = manifest
-        self._starts = np.array([s.offset for s in manifest.shards], dtype=np.int64)
-        self._files: dict[int, h5py.File] = {}
-        self.lengths = np.concatenate([self._shard(i)[LENGTHS][...]
+        self._open = ShardFiles(manifest)
+        self.lengths = np.concatenate([self._open.file(i)[LENGTHS][...]
                                        for i in range(len(manifest.shards))]).astype(np.int64)
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
-
-    def _shard(self, index: int) -> h5py.File:
-        if index not in self._files:
-            path = self.manifest.shard_path(index)
-            try:
-                self._files[index] = h5py.File(path, "r")
-            except OSError as exc:
-                raise DataError(f"{path.name}: cannot open ({exc}); re-run prepare") from None
-        return self._files[index]
+        self._open.close()
 
     def read(self, rows, t0: int = 0, t1: int | None = None, *, inputs: bool = True,
              labels: bool = True, dtype=torch.float32) -> RowBatch:
@@ -106,13 +94,12 @@ class RowReader:
     def _gather(self, name: str, rows: np.ndarray, rest: tuple) -> np.ndarray:
         """dataset[rows, *rest] across shards: each shard read once, rows in increasing order
         (as h5py needs), then put back in the order asked."""
-        shard_of = np.searchsorted(self._starts, rows, side="right") - 1
         unique, inverse = np.unique(rows, return_inverse=True)
+        shard_of = self._open.shard_of(unique)
         pieces = []
         for index in np.unique(shard_of):
-            mine = unique[np.searchsorted(self._starts, unique, side="right") - 1 == index]
-            local = mine - self._starts[index]
-            pieces.append(self._shard(int(index))[name][(local, *rest)])
+            local = unique[shard_of == index] - self._open.starts[index]
+            pieces.append(self._open.file(int(index))[name][(local, *rest)])
         if not pieces:   # no rows: an empty array of the right shape and dtype
-            return self._shard(0)[name][(slice(0, 0), *rest)]
+            return self._open.file(0)[name][(slice(0, 0), *rest)]
         return np.concatenate(pieces)[inverse]

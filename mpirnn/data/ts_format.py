@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpirnn.data.text_lines import read_lines
 from mpirnn.errors import DataError
 
 BOOLEAN_KEYS = ("timestamps", "missing", "univariate", "equallength")
@@ -57,13 +58,7 @@ class TsFile:
 def read_ts(path: str | pathlib.Path) -> TsFile:
     """Parse a .ts file; a DataError names the line of the first problem."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataError(f".ts file {path} does not exist: check the path")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): is it a "
-                        f".ts file?") from None
+    lines = read_lines(path, ".ts")
     header, first_case = _header(path.name, lines)
     parsed = TsFile(path.name, header.get("problemname"), header.get("classlabel") or None,
                     [], [])
