@@ -209,3 +209,22 @@ def test_bad_input_is_refused_by_the_command(tmp_path, rows, arrays, extra, word
     result = run_data_cli("prepare", "--out", out, "--npy", tmp_path / "x.npy", "--labels",
                           tmp_path / "y.npy", *extra)
     assert_refused(result, out, *words)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"task": "dance"}, "unknown task 'dance'"),
+    ({"classes": None}, "task 'classify' needs class names"),
+    ({"classes": ["a", "a", "b"]}, "class names repeat"),
+    ({"task": "regress"}, "task 'regress' has no class names"),
+    ({"label_fill": -1}, "label_fill .* is recorded exactly for task 'tag'"),
+    ({"kind": "series", "seq_len": None}, "task 'classify' needs rows"),
+])
+def test_a_malformed_task_in_the_manifest_asks_to_reprepare(tmp_path, rows, change, message):
+    prepare_labelled_npy(tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "ds",
+                         lengths=tmp_path / "l.npy", val_fraction=0)
+    path = tmp_path / "ds" / "manifest.json"
+    obj = json.loads(path.read_text())
+    obj.update(change)
+    path.write_text(json.dumps(obj))
+    with pytest.raises(DataError, match=message):
+        load_manifest(tmp_path / "ds")

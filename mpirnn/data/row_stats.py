@@ -48,7 +48,7 @@ def describe_rows(splits: list[Manifest]) -> list[str]:
                      f"({a['win_ms']:g} ms windows, n_fft {a['n_fft']}) at {a['sample_rate']} Hz")
     targets = train.task_spec.target_normalization
     if targets is not None:
-        lines.append(f"  targets normalized with the train split's mean\u00b1std: " + ", ".join(
+        lines.append("  targets normalized with the train split's mean\u00b1std: " + ", ".join(
             f"{m:.4g}\u00b1{s:.4g}" for m, s in zip(targets.mean[:4], targets.std[:4])))
     for split in splits:
         lengths, counts = lengths_and_counts(split)

@@ -11,7 +11,6 @@ Try it: python -m mpirnn.data prepare --out /tmp/jv --ts JapaneseVowels_TRAIN.ts
 from __future__ import annotations
 
 import logging
-import pathlib
 
 import numpy as np
 
