@@ -5,13 +5,17 @@ real command with the record and position.
     .venv/bin/python -m pytest -q tests/test_data_labelled_fasta.py
 """
 
+from types import SimpleNamespace
+
 import h5py
-import numpy as np
 import pytest
 from support import assert_refused, run_data_cli
 
 from mpirnn.data.fasta_input import prepare_fasta
+from mpirnn.data.loader import check_fit
+from mpirnn.data.manifest import load_manifest
 from mpirnn.data.row_reader import RowReader
+from mpirnn.errors import DataError
 
 DNA = """>s1 promoter of gene A
 ACGTACGT
@@ -105,9 +109,21 @@ def test_bad_per_letter_labels_are_refused(tmp_path, labels, words):
     assert_refused(result, out, *words)
 
 
-def test_fasta_needs_labels(tmp_path):
+def test_fasta_without_labels_is_token_rows_of_task_next(tmp_path):
     write(tmp_path, seqs_fa=DNA)
+    result = run_data_cli("prepare", "--out", tmp_path / "ds", "--fasta", tmp_path / "seqs.fa",
+                          "--val-fraction", "0.25")
+    assert result.returncode == 0, result.stderr
+    assert "task next" in result.stdout and "token_sequences: 3 rows" in result.stdout
+    m = load_manifest(tmp_path / "ds")
+    assert (m.task, m.kind, m.has_lengths, m.alphabet) == ("next", "token_sequences", True, "ACGTN")
+    batch = RowReader(m).read(range(3))
+    val = RowReader(load_manifest(tmp_path / "ds", split="val"))
+    assert batch.labels is None and batch.inputs.shape == (3, 12)
+    assert sorted(batch.lengths.tolist() + val.lengths.tolist()) == [2, 4, 4, 12]
+    assert run_data_cli("validate", tmp_path / "ds").returncode == 0
+    with pytest.raises(DataError, match="mpirnn cannot train rows of different lengths"):
+        check_fit(m, SimpleNamespace(data=SimpleNamespace(batch_size=2, seq_len=4)), None)
     out = tmp_path / "out"
-    assert_refused(run_data_cli("prepare", "--out", out, "--fasta", tmp_path / "seqs.fa"), out,
-                   "--fasta needs --labels")
-    np.testing.assert_equal(out.exists(), False)
+    assert_refused(run_data_cli("prepare", "--out", out, "--fasta", tmp_path / "seqs.fa",
+                                "--task", "classify"), out, "--task only applies with --labels")

@@ -4,7 +4,7 @@
                                   [--window T] | --npy FILE [--kind tokens|series] | --stdlib)
                                   [--val-fraction F] [--fill interpolate|ffill|drop] [options]
     python -m mpirnn.data prepare --out DIR (--npy X.npy --labels Y.npy [--lengths L.npy]
-                                  | --ts FILE.ts [--val FILE.ts] | --fasta FILE --labels CSV|FASTA
+                                  | --ts FILE.ts [--val FILE.ts] | --fasta FILE [--labels CSV|FASTA]
                                   | --audio DIR [--mels 40 --hop-ms 10 --win-ms 25])
                                   [--task T] [--classes a,b,c] [--val-fraction F] [--seed S]
     python -m mpirnn.data validate DIR
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Python standard library's .py files (no download)")
     source.add_argument("--ts", metavar="FILE", help="UEA/UCR .ts file: labelled rows")
     source.add_argument("--fasta", metavar="FILE",
-                        help="FASTA records (DNA, RNA, protein) as token rows; needs --labels")
+                        help="FASTA records (DNA, RNA, protein) as token rows; labels from --labels")
     source.add_argument("--audio", metavar="DIR",
                         help="WAV files in one sub-folder per class: rows of log-mel frames")
     labelled_options(prep)
@@ -126,9 +126,6 @@ def _check_options(args: argparse.Namespace) -> None:
             raise DataError(f"{flag} only applies with {' or '.join('--' + i for i in inputs)}")
     if args.csv and not args.columns:
         raise DataError("--csv needs --columns A,B naming the header columns to use")
-    if args.fasta and not args.labels:
-        raise DataError("--fasta needs --labels: a CSV id,label (one label per record) or a "
-                        "FASTA file of label letters (one per letter)")
     if args.labels and args.fill:
         raise DataError("--fill applies to series; labelled rows keep their own lengths "
                         "(--lengths): fill missing values before preparing")
@@ -192,7 +189,7 @@ def splits_of(manifest: Manifest) -> list[Manifest]:
 
 def describe(manifest: Manifest) -> list[str]:
     """The lines after the summary: other splits, normalization, the fill report."""
-    if manifest.task_spec.labelled:
+    if manifest.has_lengths:
         from mpirnn.data.row_stats import describe_rows
 
         lines = describe_rows(splits_of(manifest))
@@ -211,7 +208,7 @@ def _normalization_lines(manifest: Manifest) -> list[str]:
         n = manifest.normalization
         shown = ", ".join(f"{m:.4g}\u00b1{s:.4g}" for m, s in zip(n.mean[:4], n.std[:4]))
         more = f" ... ({len(n.mean)} columns)" if len(n.mean) > 4 else ""
-        steps = " (valid steps only)" if manifest.task_spec.labelled else ""
+        steps = " (valid steps only)" if manifest.has_lengths else ""
         lines.append(f"  normalized per column with the train split's mean\u00b1std{steps}: "
                      f"{shown}{more}")
     if manifest.fill is not None:

@@ -5,6 +5,8 @@
                             are not all whole; --task regress for any numbers)
     --labels labels.fasta   a FASTA file of label letters, same ids and lengths -> tag
                             (each letter a class: secondary structure H/E/C, exon/intron ...)
+    no --labels             task next: the records as token rows with their lengths (a
+                            next-letter model; the trainer cannot train it yet)
 
 Every record needs a label and every label a record; either missing is refused by id.
 Try it: python -m mpirnn.data prepare --out /tmp/promoters --fasta seqs.fa --labels y.csv
@@ -33,30 +35,37 @@ from mpirnn.errors import DataError
 log = logging.getLogger("mpirnn.data")
 
 
-def prepare_fasta(file: PathLike, out: PathLike, *, labels: PathLike,
+def prepare_fasta(file: PathLike, out: PathLike, *, labels: PathLike | None = None,
                   alphabet: str | None = None, task: str | None = None,
                   classes: Sequence[str] | None = None,
                   val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SPLIT_SEED,
                   shard_size: int | None = None, force: bool = False) -> Manifest:
-    """FASTA records as token rows with per-record (CSV) or per-letter (FASTA) labels."""
+    """FASTA records as token rows with per-record (CSV) or per-letter (FASTA) labels, or
+    without labels (task next)."""
     check_val_fraction(val_fraction)
-    file, labels = pathlib.Path(file), pathlib.Path(labels)
+    file = pathlib.Path(file)
+    labels = None if labels is None else pathlib.Path(labels)
+    if labels is None and (task or classes):
+        raise DataError("--task and --classes describe labels: give --labels too")
     records = read_fasta(file)
     letters = choose_alphabet(file.name, records, alphabet)
     inputs, lengths = pad_rows([token_ids(r, letters) for r in records],
                                max(len(r.letters) for r in records), np.int64)
-    if is_fasta(labels):
+    if labels is None:
+        encoded, spec = None, TaskSpec("next")
+    elif is_fasta(labels):
         encoded, spec = _step_labels(file.name, records, labels, lengths, classes, task)
     else:
         encoded, spec = _record_labels(file.name, records, labels, classes, task)
-    log.info(f"{labels.name}: {spec.describe()}")
+    log.info(f"{file.name if labels is None else labels.name}: {spec.describe()}")
     rows = Rows(file.name, inputs, lengths, encoded)
     parts, record = split_labelled(rows, spec, val_fraction, seed)
     return write_labelled(out, parts, spec, force=force, shard_size=shard_size,
                           vocab_size=len(letters), alphabet=letters,
                           val_fraction=float(val_fraction), val_split=record,
                           source=f"fasta: {file.name}, {len(records)} records, lengths "
-                                 f"{lengths.min()}-{lengths.max()}, labels {labels.name}")
+                                 f"{lengths.min()}-{lengths.max()}, "
+                                 f"{'no labels' if labels is None else f'labels {labels.name}'}")
 
 
 def _record_labels(name: str, records: list[Record], path: pathlib.Path,

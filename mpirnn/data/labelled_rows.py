@@ -42,7 +42,7 @@ class Rows:
     name: str                # the file, for messages
     inputs: np.ndarray       # [N, T, F] numbers or [N, T] token ids; padded steps ignored
     lengths: np.ndarray      # [N] true lengths
-    labels: np.ndarray       # encoded: [N] or [N, T] int64 class ids, or [N, K] float64 targets
+    labels: np.ndarray | None  # [N] or [N, T] int64 class ids, [N, K] float64 targets; None: next
     rows: np.ndarray | None = None
 
     @property
@@ -59,7 +59,8 @@ class Rows:
         selected = self.selected
         for start in range(0, len(selected), step):
             rows = selected[start:start + step]
-            yield rows, np.asarray(self.inputs[rows]), self.lengths[rows], self.labels[rows]
+            labels = None if self.labels is None else self.labels[rows]
+            yield rows, np.asarray(self.inputs[rows]), self.lengths[rows], labels
 
 
 def pad_rows(rows: list[np.ndarray], seq_len: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -145,9 +146,9 @@ def write_labelled(out: PathLike, parts: dict[str, Rows], task: TaskSpec, *, sou
         warn_missing_classes(task.classes, {split: class_counts(rows, len(task.classes))
                                             for split, rows in parts.items()})
     root = claim_output(out, force)   # after every refusal: an old dataset stays intact
-    side = {LENGTHS: ("int32", (), False),
-            LABELS: (task.label_dtype, task.label_shape(seq_len), task.task == "tag"),
-            INPUT_ROW: ("int64", (), False)}
+    side = {LENGTHS: ("int32", (), False), INPUT_ROW: ("int64", (), False)}
+    if task.labelled:
+        side[LABELS] = (task.label_dtype, task.label_shape(seq_len), task.task == "tag")
     moments = None if tokens else RunningMoments(shape[0])
     targets = RunningMoments(task.targets) if task.task == "regress" else None
     shards = {}

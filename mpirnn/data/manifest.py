@@ -136,6 +136,12 @@ class Manifest:
         return self.kind in TOKEN_KINDS
 
     @property
+    def has_lengths(self) -> bool:
+        """True for rows stored with their true lengths: every labelled dataset, and token
+        rows (FASTA) of any task. Their shards hold `lengths` (and `labels` if labelled)."""
+        return self.task_spec.labelled or self.kind == "token_sequences"
+
+    @property
     def is_stream(self) -> bool:
         """True for one long stream (tokens, series) the trainer cuts into windows."""
         return self.kind in STREAM_KINDS
@@ -170,7 +176,7 @@ class Manifest:
         """The manifest.json object (the on-disk contract): this split as the train split,
         `held_out` (e.g. the val split) under "splits". Labelled datasets add the version-3
         fields; the others are written exactly as version 2."""
-        labelled = self.task_spec.labelled or self.kind == "token_sequences"
+        labelled = self.has_lengths
         obj = {"format": FORMAT, "version": VERSION if labelled else UNLABELLED_VERSION,
                "kind": self.kind,
                 "dataset": self.dataset, "dtype": self.dtype, "vocab_size": self.vocab_size,

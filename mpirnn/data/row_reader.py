@@ -46,9 +46,9 @@ class RowReader:
     """One split of a labelled dataset (the split `manifest` describes), read by global row."""
 
     def __init__(self, manifest: Manifest):
-        if not manifest.task_spec.labelled:
-            raise DataError(f"{manifest.root} holds task 'next' ({manifest.kind}): read it with "
-                            f"mpirnn.data.reader.Reader")
+        if not manifest.has_lengths:
+            raise DataError(f"{manifest.root} holds {manifest.kind} without lengths: read it "
+                            f"with mpirnn.data.reader.Reader")
         self.manifest = manifest
         self._open = ShardFiles(manifest)
         self.lengths = np.concatenate([self._open.file(i)[LENGTHS][...]
@@ -76,7 +76,7 @@ class RowReader:
                 x = m.normalization.normalize(x)
             x = np.where(valid if m.is_tokens else valid[..., None], x, 0)
             x = torch.from_numpy(x).long() if m.is_tokens else torch.from_numpy(x).to(dtype)
-        if labels:
+        if labels and m.task_spec.labelled:   # token rows of task next have none
             y = self._read_labels(rows, t0, t1, dtype)
         return RowBatch(x, y, torch.from_numpy(lengths))
 

@@ -73,6 +73,7 @@ class ShardWriter:
         """Append `block` (shape [k, *row_shape]) and its rows of each side dataset,
         splitting them across shards as needed."""
         block = np.asarray(block, dtype=self.dtype)
+        # Only the datasets this writer was made with (a `next` dataset has no labels).
         side = {name: np.asarray(side[name], dtype=spec[0]) for name, spec in self.side.items()}
         while len(block):
             if self._file is None:

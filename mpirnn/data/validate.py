@@ -44,7 +44,7 @@ def validate_shard(manifest: Manifest, i: int, check_checksum: bool = False,
         with h5py.File(path, "r") as f:
             dataset = _open_dataset(f, manifest, shard.file)
             _check_layout(dataset, manifest, shard.file, shard.length)
-            labelled = manifest.task_spec.labelled
+            labelled = manifest.has_lengths
             if labelled:
                 check_row_layout(f, manifest, shard.file, shard.length)
             if scan_values and labelled:
