@@ -65,15 +65,15 @@ def prepare_labelled_npy(file: PathLike, labels: PathLike, out: PathLike, *,
         encoded, names = class_ids(raw, labels.name, valid, classes)
         spec = TaskSpec(task, names, label_fill=LABEL_FILL if task == "tag" else None)
     log.info(f"{labels.name}: {spec.describe()}")
+    source = (f"npy: {file.name} {list(x.shape)} {x.dtype}, labels {labels.name} "
+              f"{list(y.shape)} {y.dtype}")
     if not tokens and x.ndim == 2:
         x = x[..., None]   # [N, T] numbers: one feature per step (a view of the memory map)
     rows = Rows(file.name, x, lengths, encoded)
     parts, record = split_labelled(rows, spec, val_fraction, seed)
     return write_labelled(out, parts, spec, force=force, shard_size=shard_size,
                           vocab_size=vocab_size, val_fraction=float(val_fraction),
-                          val_split=record,
-                          source=f"npy: {file.name} {list(x.shape)} {x.dtype}, labels "
-                                 f"{labels.name} {list(y.shape)} {y.dtype}")
+                          val_split=record, source=source)
 
 
 def split_labelled(rows: Rows, spec: TaskSpec, val_fraction: float,

@@ -134,7 +134,11 @@ def write_labelled(out: PathLike, parts: dict[str, Rows], task: TaskSpec, *, sou
     tokens = first.inputs.ndim == 2
     seq_len = first.inputs.shape[1]
     high = max(scan_inputs(rows, tokens) for rows in parts.values())
+    if not tokens and vocab_size is not None:
+        raise DataError("--vocab-size applies to token ids; these rows are numbers: drop it")
     if tokens:
+        if high >= 2**31:
+            raise DataError(f"token id {high} does not fit int32 token ids (max 2**31 - 1)")
         if vocab_size is not None and high >= vocab_size:
             raise DataError(f"token id {high} is outside --vocab-size {vocab_size}: pass a larger "
                             f"--vocab-size")
