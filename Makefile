@@ -4,6 +4,8 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 TORCH   ?= torch==2.13.0
+# Real UEA/UCR .ts files (JapaneseVowels ...) ship inside aeon's wheel: see mpirnn/data/bundled.py.
+AEON    ?= aeon==1.6.0
 NP      ?= 4
 MPIEXEC ?= $(VENV)/bin/mpirun
 PY      := $(VENV)/bin/python
@@ -12,13 +14,18 @@ MPI_TEST_TIMEOUT ?= 900
 
 .PHONY: setup demo test test-unit test-mpi test-slurm bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.example-data
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH)
 	$(VENV)/bin/pip install -q -e '.[test,plots,export,tensorboard]'
+	touch $@
+
+# Only aeon's data files are used (never imported), so none of its dependencies are installed.
+$(VENV)/.example-data: $(VENV)/.installed
+	$(VENV)/bin/pip install -q --no-deps $(AEON)
 	touch $@
 
 demo: setup

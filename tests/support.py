@@ -113,3 +113,22 @@ def train_under_mpirun(n: int, settings: dict, cwd: Path, timeout: int = 150):
     return subprocess.run(["timeout", "-k", "10", str(timeout), str(mpirun), "-n", str(n), sys.executable, "-m",
                            "mpirnn.train", *args], cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=timeout + 20)
+
+
+def run_data_cli(*args, timeout: int = 120):
+    """`python -m mpirnn.data ARGS` in a subprocess, as a user runs it (the real exit status)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mpirnn.data", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_refused(result, out: Path, *words: str) -> None:
+    """A refused prepare: exit status 2, one line `mpirnn.data: ...` naming `words`, and
+    nothing written (not even the --out directory)."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("mpirnn.data: "), result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
+    assert "prepared" not in result.stdout and not out.exists(), f"{out} was written"

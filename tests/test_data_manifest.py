@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mpirnn.data import __main__ as data_cli
-from mpirnn.data.manifest import VERSION, load_manifest
+from mpirnn.data.manifest import UNLABELLED_VERSION, VERSION, load_manifest
 from mpirnn.data.prepare import prepare_npy
 from mpirnn.data.reader import Reader
 from mpirnn.data.validate import validate_dataset
@@ -78,8 +78,10 @@ def test_splits_are_listed_and_each_loads(series):
 
 
 def test_version_2_fields_are_written(series):
+    # Unlabelled datasets stay version 2 (older mpirnn reads them); labelled ones are 3.
     obj = json.loads((series.root / "manifest.json").read_text())
-    assert obj["version"] == VERSION == 2
+    assert obj["version"] == UNLABELLED_VERSION == 2 and VERSION == 3
+    assert "task" not in obj
     assert obj["val_fraction"] == 0.1 and obj["fill"] is None
     assert set(obj["normalization"]) == {"mean", "std"} and len(obj["normalization"]["std"]) == 2
     assert obj["length"] == 90 and list(obj["splits"]) == ["val"]

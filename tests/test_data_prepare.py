@@ -250,7 +250,7 @@ def edit_manifest(root: pathlib.Path, **changes) -> None:
 
 @pytest.mark.parametrize("changes, message", [
     ({"format": "other"}, "format is 'other'"),
-    ({"version": 3}, "version 3 is newer than this mpirnn reads.*upgrade mpirnn"),
+    ({"version": 4}, "version 4 is newer than this mpirnn reads.*upgrade mpirnn"),
     ({"version": 0}, "version 0 is not a manifest version.*re-run prepare"),
     ({"kind": "images"}, "unknown kind 'images'"),
     ({"length": 9999}, "shards hold 2560 rows but length is 9999"),

@@ -79,3 +79,21 @@ def test_a_split_normalized_series_trains(tmp_path):
     losses = [r["loss"] for r in records if not r.get("summary")]
     # Normalized targets: a fresh model's mean squared error is of order 1, not of the data's scale.
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses), records
+
+
+def test_a_labelled_dataset_is_refused_in_one_line_before_training(tmp_path):
+    """Labelled tasks land with the engine's part of issue 17; until then, one clear line."""
+    import numpy as np
+
+    from mpirnn.data.labelled_npy import prepare_labelled_npy
+
+    np.save(tmp_path / "x.npy", np.zeros((40, 20, 2), np.float32))
+    np.save(tmp_path / "y.npy", np.arange(40) % 4)
+    prepare_labelled_npy(tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "rows")
+    result = train(tmp_path, tmp_path / "rows")
+    shown = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout, shown
+    ours = [line for line in result.stderr.splitlines() if line.startswith("mpirnn:")]
+    assert len(ours) == 1 and "mpirnn cannot train task 'classify' yet" in ours[0], shown
+    metrics = tmp_path / "m.jsonl"
+    assert not metrics.exists() or not metrics.read_text().strip(), "a step was trained"

@@ -23,6 +23,14 @@ from mpirnn.parallel.plan import Plan, make_plan
 def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     """Refuse a dataset that cannot serve this config, with what to change."""
     d = cfg.data
+    if manifest.has_lengths:
+        # The data layer reads labelled rows (row_reader.py); the heads, losses and masks
+        # that train on them are the engine's part of issue 17 (docs/tasks.md).
+        what = (f"task {manifest.task!r} yet" if manifest.task_spec.labelled else
+                "rows of different lengths (token_sequences) yet")
+        raise DataError(f"data.path {manifest.root} holds a {manifest.task!r} dataset "
+                        f"({manifest.task_spec.describe()}): mpirnn cannot train {what}, only "
+                        f"'next' on text, a series or rows of one length; see docs/tasks.md")
     if d.batch_size < grid.dp:
         raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
                         f"use data.batch_size >= parallel.dp")

@@ -6,7 +6,11 @@ described field by field in docs/data.md; `python -m mpirnn.data info DIR` print
 
 Version 2 added, all optional when reading: each shard's `bytes` and `fingerprint`,
 held-out `splits` (the top-level `length` and `shards` stay the train split, as in
-version 1), `val_fraction`, `normalization` and `fill`. Version-1 manifests still load.
+version 1), `val_fraction`, `normalization` and `fill`. Version 3 added labelled rows of
+different lengths (docs/tasks.md): the kind `token_sequences`, `task`, `classes`, `targets`,
+`target_normalization`, `label_fill`, `alphabet`, `audio` and `val_split`. Prepare writes
+version 3 only for such datasets, so every other dataset stays readable by an older mpirnn.
+Versions 1 and 2 still load (their task is `next`).
 """
 
 from __future__ import annotations
@@ -18,15 +22,22 @@ from dataclasses import dataclass
 
 from mpirnn.data.fill import FillReport, fill_report_from_json
 from mpirnn.data.normalization import Normalization, normalization_from_json
+from mpirnn.data.tasks import TaskSpec, task_from_json
 from mpirnn.errors import DataError
 
 FORMAT = "mpirnn-hdf5"
-VERSION = 2
+VERSION = 3            # the newest version this mpirnn reads
+UNLABELLED_VERSION = 2  # what prepare still writes for streams and unlabelled rows
 MANIFEST_NAME = "manifest.json"
 DATASET_NAME = "data"
-KINDS = ("tokens", "series", "sequences")
+# Labelled rows add, in every shard: true lengths, labels, each row's position in the input.
+LENGTHS, LABELS, INPUT_ROW = "lengths", "labels", "input_row"
+KINDS = ("tokens", "series", "sequences", "token_sequences")
 STREAM_KINDS = ("tokens", "series")
-DTYPES = {"tokens": ("uint8", "int32"), "series": ("float32",), "sequences": ("float32",)}
+ROW_KINDS = ("sequences", "token_sequences")
+TOKEN_KINDS = ("tokens", "token_sequences")
+DTYPES = {"tokens": ("uint8", "int32"), "series": ("float32",), "sequences": ("float32",),
+          "token_sequences": ("uint8", "int32")}
 REQUIRED_KEYS = ("format", "version", "kind", "dataset", "dtype", "vocab_size", "features",
                  "length", "seq_len", "shards", "source")
 PREPARE_HINT = "run python -m mpirnn.data prepare --out DIR ... to create one"
@@ -89,6 +100,10 @@ class Manifest:
     val_fraction: float | None = None
     normalization: Normalization | None = None
     fill: FillReport | None = None
+    task_spec: TaskSpec = TaskSpec()
+    alphabet: str | None = None      # FASTA tokens: the letters, in id order
+    audio: dict | None = None        # audio: the log-mel settings (audio_features.py)
+    val_split: dict | None = None    # labelled rows: how the val split was chosen (row_splits.py)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -106,6 +121,27 @@ class Manifest:
         return values if self.normalization is None else self.normalization.denormalize(values)
 
     @property
+    def task(self) -> str:
+        """next, tag, classify or regress (docs/tasks.md)."""
+        return self.task_spec.task
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The class names in id order (tag, classify), else None."""
+        return self.task_spec.classes
+
+    @property
+    def is_tokens(self) -> bool:
+        """True when the inputs are token ids (a stream or rows)."""
+        return self.kind in TOKEN_KINDS
+
+    @property
+    def has_lengths(self) -> bool:
+        """True for rows stored with their true lengths: every labelled dataset, and token
+        rows (FASTA) of any task. Their shards hold `lengths` (and `labels` if labelled)."""
+        return self.task_spec.labelled or self.kind == "token_sequences"
+
+    @property
     def is_stream(self) -> bool:
         """True for one long stream (tokens, series) the trainer cuts into windows."""
         return self.kind in STREAM_KINDS
@@ -117,6 +153,8 @@ class Manifest:
             return ()
         if self.kind == "series":
             return (self.features,)
+        if self.kind == "token_sequences":
+            return (self.seq_len,)
         return (self.seq_len, self.features)
 
     def shard_path(self, i: int) -> pathlib.Path:
@@ -125,17 +163,22 @@ class Manifest:
 
     def summary(self) -> str:
         """One line: kind, length, shape details, shard count, dtype."""
-        unit = "rows" if self.kind == "sequences" else "steps"
+        unit = "steps" if self.is_stream else "rows"
         extra = {"tokens": f"vocab_size={self.vocab_size}",
                  "series": f"features={self.features}",
-                 "sequences": f"seq_len={self.seq_len} features={self.features}"}[self.kind]
+                 "sequences": f"seq_len={self.seq_len} features={self.features}",
+                 "token_sequences": f"seq_len={self.seq_len} vocab_size={self.vocab_size}"
+                 }[self.kind]
         return (f"{self.kind}: {self.length} {unit}, {extra}, {len(self.shards)} shard(s), "
                 f"dtype {self.dtype}")
 
     def to_json(self, *held_out: Manifest) -> dict:
         """The manifest.json object (the on-disk contract): this split as the train split,
-        `held_out` (e.g. the val split) under "splits"."""
-        return {"format": FORMAT, "version": VERSION, "kind": self.kind,
+        `held_out` (e.g. the val split) under "splits". Labelled datasets add the version-3
+        fields; the others are written exactly as version 2."""
+        labelled = self.has_lengths
+        obj = {"format": FORMAT, "version": VERSION if labelled else UNLABELLED_VERSION,
+               "kind": self.kind,
                 "dataset": self.dataset, "dtype": self.dtype, "vocab_size": self.vocab_size,
                 "features": self.features, "length": self.length, "seq_len": self.seq_len,
                 "shards": [s.to_json() for s in self.shards], "source": self.source,
@@ -144,6 +187,10 @@ class Manifest:
                 "fill": self.fill and self.fill.to_json(),
                 "splits": {m.split: {"length": m.length, "shards": [s.to_json() for s in m.shards]}
                            for m in held_out}}
+        if labelled:
+            obj.update(self.task_spec.to_json(), alphabet=self.alphabet, audio=self.audio,
+                       val_split=self.val_split)
+        return obj
 
 
 def _check_fields(m: Manifest) -> None:
@@ -160,7 +207,13 @@ def _check_fields(m: Manifest) -> None:
     if m.split not in m.splits or m.splits[0] != TRAIN or len(set(m.splits)) != len(m.splits):
         raise DataError(f"{where}: split {m.split!r} is not among the splits {list(m.splits)}: "
                         f"{fix}")
-    if m.normalization is not None and (m.kind == "tokens"
+    if m.task_spec.labelled and m.kind not in ROW_KINDS:
+        raise DataError(f"{where}: task {m.task!r} needs rows (kind sequences or "
+                        f"token_sequences), not kind {m.kind!r}: {fix}")
+    if m.alphabet is not None and (m.kind not in TOKEN_KINDS or len(m.alphabet) != m.vocab_size):
+        raise DataError(f"{where}: alphabet {m.alphabet!r} does not match kind {m.kind!r} with "
+                        f"vocab_size={m.vocab_size}: {fix}")
+    if m.normalization is not None and (m.is_tokens
                                         or len(m.normalization.mean) != m.features):
         raise DataError(f"{where}: normalization does not match kind {m.kind!r} with "
                         f"features={m.features}: {fix}")
@@ -184,7 +237,8 @@ def _check_fields(m: Manifest) -> None:
 def _check_kind_fields(m: Manifest, where: str, fix: str) -> None:
     """vocab_size / features / seq_len present exactly where the kind needs them."""
     wanted = {"tokens": ("vocab_size",), "series": ("features",),
-              "sequences": ("features", "seq_len")}[m.kind]
+              "sequences": ("features", "seq_len"),
+              "token_sequences": ("vocab_size", "seq_len")}[m.kind]
     for name in ("vocab_size", "features", "seq_len"):
         value = getattr(m, name)
         if name in wanted and (value is None or value <= 0):
@@ -291,6 +345,13 @@ def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path, split: str) 
                         f"prepare it with --val-fraction F (e.g. 0.1) to hold out a val split")
     part = obj if split == TRAIN else held_out[split]
     features = integer("features", obj["features"], optional=True)
+    extras = {}
+    for name, kind in (("alphabet", str), ("audio", dict), ("val_split", dict)):
+        value = obj.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise DataError(f"{file}: {name} must be a {'string' if kind is str else 'JSON object'}"
+                            f" or null, got {value!r}: re-run prepare")
+        extras[name] = value
     val_fraction = obj.get("val_fraction")
     if val_fraction is not None and (isinstance(val_fraction, bool) or not isinstance(
             val_fraction, (int, float)) or not 0 <= val_fraction < 1):
@@ -307,7 +368,8 @@ def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path, split: str) 
                     val_fraction=None if val_fraction is None else float(val_fraction),
                     normalization=normalization_from_json(obj.get("normalization"),
                                                           features or 0, str(file)),
-                    fill=fill_report_from_json(obj.get("fill"), str(file)))
+                    fill=fill_report_from_json(obj.get("fill"), str(file)),
+                    task_spec=task_from_json(obj, str(file)), **extras)
 
 
 def write_manifest(train: Manifest, *held_out: Manifest) -> pathlib.Path:

@@ -65,9 +65,11 @@ class RunningMoments:
         self.mean = np.zeros(features, np.float64)
         self.m2 = np.zeros(features, np.float64)
 
-    def add(self, block: np.ndarray) -> None:
-        """Add every row of `block` ([k, F] or [k, T, F]: all axes but the last are steps)."""
-        x = np.asarray(block, np.float64).reshape(-1, self.mean.size)
+    def add(self, block: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add every row of `block` ([k, F] or [k, T, F]: all axes but the last are steps),
+        or with `valid` ([k, T] booleans) only the valid steps: padding is not data."""
+        x = np.asarray(block, np.float64)
+        x = (x if valid is None else x[valid]).reshape(-1, self.mean.size)
         n = len(x)
         if n == 0:
             return

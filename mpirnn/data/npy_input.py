@@ -38,7 +38,7 @@ def prepare_npy(file: PathLike, out: PathLike, *, vocab_size: int | None = None,
     check_val_fraction(val_fraction)
     check_fill(fill)
     file = pathlib.Path(file)
-    array = _load_npy(file)
+    array = load_npy(file)
     kind = choose_kind(file.name, array, kind)
     if vocab_size is not None and kind != "tokens":
         raise DataError(f"--vocab-size applies to tokens; {file.name} is prepared as numbers "
@@ -134,7 +134,7 @@ def _rows_with_nan(array: np.ndarray) -> int:
                for _, block in row_blocks(array))
 
 
-def _load_npy(file: pathlib.Path) -> np.ndarray:
+def load_npy(file: pathlib.Path) -> np.ndarray:
     if not file.is_file():
         raise DataError(f".npy file {file} does not exist: check --npy")
     with open(file, "rb") as f:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mpirnn.data.manifest import Manifest
-from mpirnn.errors import DataError
+from mpirnn.data.shard_files import ShardFiles
 
 
 class Reader:
@@ -27,22 +27,14 @@ class Reader:
         """`stride`: steps between the starts of a stream's windows (None: seq_len, non-overlapping)."""
         self.manifest, self.stride = manifest, stride
         self.normalization = manifest.normalization
-        self._files: dict[int, h5py.File] = {}
-        self._starts = np.array([s.offset for s in manifest.shards], dtype=np.int64)
+        self._open = ShardFiles(manifest)
+        self._starts = self._open.starts
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        self._open.close()
 
     def _shard(self, index: int) -> h5py.Dataset:
-        if index not in self._files:
-            path = self.manifest.shard_path(index)
-            try:
-                self._files[index] = h5py.File(path, "r")
-            except OSError as exc:
-                raise DataError(f"{path.name}: cannot open ({exc}); re-run prepare") from None
-        return self._files[index][self.manifest.dataset]
+        return self._open.file(index)[self.manifest.dataset]
 
     def n_windows(self, seq_len: int) -> int:
         """How many training sequences of seq_len steps (+1 target step) the dataset holds."""

@@ -22,6 +22,10 @@ from mpirnn.errors import DataError
 TOKENS_SHARD_SIZE = 4_194_304     # stream steps per shard for tokens
 FLOAT_SHARD_BYTES = 16 * 1024 * 1024
 STREAM_CHUNK = 65536              # HDF5 chunk rows for streams: long contiguous windows
+# Rows are chunked one row by at most ROW_TIME_CHUNK steps, so a rank that reads its rows
+# and its time segment touches only the chunks holding them.
+ROW_TIME_CHUNK = 1024
+SIDE_CHUNK = 4096                 # rows per chunk of a per-row side dataset (lengths, labels)
 PathLike = str | os.PathLike
 _SHARD_FILE = re.compile(rf"({'|'.join(SHARD_PREFIX.values())})-\d{{5}}\.h5")
 
@@ -33,34 +37,55 @@ def default_shard_size(kind: str, row_shape: tuple[int, ...]) -> int:
     return max(1, FLOAT_SHARD_BYTES // (4 * math.prod(row_shape)))
 
 
+def row_chunks(row_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HDF5 chunks of a row dataset ([n, T] or [n, T, F]): one row, at most ROW_TIME_CHUNK steps."""
+    return (1, min(row_shape[0], ROW_TIME_CHUNK), *row_shape[1:])
+
+
 class ShardWriter:
-    """Append rows along axis 0; a new shard file starts every `shard_size` rows."""
+    """Append rows along axis 0; a new shard file starts every `shard_size` rows.
+
+    `side` names further datasets written beside `data`, one element per row, as
+    {name: (dtype, row_shape, per_step)} (lengths and labels of labelled rows): per-step
+    ones are chunked like the rows, the others in runs of SIDE_CHUNK rows.
+    """
 
     def __init__(self, root: pathlib.Path, kind: str, dtype: str, row_shape: tuple[int, ...],
-                 shard_size: int | None = None, attrs: dict | None = None, split: str = TRAIN):
+                 shard_size: int | None = None, attrs: dict | None = None, split: str = TRAIN,
+                 side: dict[str, tuple[str, tuple[int, ...], bool]] | None = None):
         self.root, self.dtype, self.row_shape = root, np.dtype(dtype), tuple(row_shape)
         self.split = split
         self.shard_size = shard_size or default_shard_size(kind, self.row_shape)
         # Sequences are read row by row; streams in long windows of consecutive steps.
-        rows = 1 if kind == "sequences" else min(STREAM_CHUNK, self.shard_size)
-        self.chunks = (rows, *self.row_shape)
+        rows = kind in ("sequences", "token_sequences")
+        self.chunks = (row_chunks(self.row_shape) if rows
+                       else (min(STREAM_CHUNK, self.shard_size), *self.row_shape))
+        self.side = {name: (np.dtype(dtype), tuple(shape),
+                            row_chunks(shape) if per_step else
+                            (min(SIDE_CHUNK, self.shard_size), *shape))
+                     for name, (dtype, shape, per_step) in (side or {}).items()}
         self.attrs = dict(attrs or {})
         self.shards: list[Shard] = []
         self._file: h5py.File | None = None
         self._filled = 0
 
-    def write(self, block: np.ndarray) -> None:
-        """Append `block` (shape [k, *row_shape]), splitting it across shards as needed."""
+    def write(self, block: np.ndarray, side: dict[str, np.ndarray] | None = None) -> None:
+        """Append `block` (shape [k, *row_shape]) and its rows of each side dataset,
+        splitting them across shards as needed."""
         block = np.asarray(block, dtype=self.dtype)
+        # Only the datasets this writer was made with (a `next` dataset has no labels).
+        side = {name: np.asarray(side[name], dtype=spec[0]) for name, spec in self.side.items()}
         while len(block):
             if self._file is None:
                 self._open()
             take = min(self.shard_size - self._filled, len(block))
-            data = self._file[DATASET_NAME]
-            data.resize(self._filled + take, axis=0)
-            data[self._filled:self._filled + take] = block[:take]
+            for name, values in ((DATASET_NAME, block), *side.items()):
+                data = self._file[name]
+                data.resize(self._filled + take, axis=0)
+                data[self._filled:self._filled + take] = values[:take]
             self._filled += take
             block = block[take:]
+            side = {name: values[take:] for name, values in side.items()}
             if self._filled == self.shard_size:
                 self._close()
 
@@ -84,6 +109,9 @@ class ShardWriter:
                                          chunks=self.chunks)
         data.attrs.update(self.attrs)
         self._file.attrs.update(self.attrs)
+        for name, (dtype, shape, chunks) in self.side.items():
+            self._file.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
+                                      dtype=dtype, chunks=chunks)
         self._filled = 0
 
     def _close(self) -> None:

@@ -115,10 +115,16 @@ def finish(root: pathlib.Path, writer: SplitWriter, *, val_fraction: float,
     if writer.moments is not None:
         names = columns or [str(j) for j in range(writer.moments.mean.size)]
         normalization = writer.moments.result(names)
+    return finish_splits(root, shards, val_fraction=float(val_fraction),
+                         normalization=normalization, fill=fill, **fields)
+
+
+def finish_splits(root: pathlib.Path, shards: dict[str, tuple], **fields) -> Manifest:
+    """Validate the shards of every split ({split: shards}, train first), then write the
+    manifest (last, atomically); `fields` are the dataset's Manifest fields."""
     fields = {"vocab_size": None, "features": None, "seq_len": None, **fields}
     manifests = [Manifest(root=root, length=sum(s.length for s in part), shards=part,
-                          split=name, splits=tuple(shards), val_fraction=float(val_fraction),
-                          normalization=normalization, fill=fill, **fields)
+                          split=name, splits=tuple(shards), **fields)
                  for name, part in shards.items()]
     for manifest in manifests:
         # Just hashed by the writer: scan the values, skip hashing the files again.

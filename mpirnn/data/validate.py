@@ -21,6 +21,7 @@ import numpy as np
 
 from mpirnn.data.fingerprint import file_sha256, verify_file  # noqa: F401 (file_sha256: kept importable here)
 from mpirnn.data.manifest import Manifest, load_manifest
+from mpirnn.data.validate_rows import check_row_layout, scan_rows
 from mpirnn.errors import DataError
 
 BLOCK_ELEMENTS = 4 * 1024 * 1024
@@ -43,7 +44,12 @@ def validate_shard(manifest: Manifest, i: int, check_checksum: bool = False,
         with h5py.File(path, "r") as f:
             dataset = _open_dataset(f, manifest, shard.file)
             _check_layout(dataset, manifest, shard.file, shard.length)
-            if scan_values:
+            labelled = manifest.has_lengths
+            if labelled:
+                check_row_layout(f, manifest, shard.file, shard.length)
+            if scan_values and labelled:
+                scan_rows(f, manifest, shard.file, shard.offset)
+            elif scan_values:
                 _scan_values(dataset, manifest, shard.file, shard.offset)
     except OSError as exc:
         raise DataError(f"{shard.file} is not a readable HDF5 file (truncated or corrupt?): "
@@ -89,7 +95,8 @@ def _check_layout(dataset: h5py.Dataset, manifest: Manifest, name: str, length: 
     if got.kind != want.kind or got.itemsize != want.itemsize:
         raise DataError(f"{name}: dtype is {got}, manifest says {manifest.dtype}: {_REPREPARE}")
     expected = (length, *manifest.row_shape)
-    layout = {"tokens": "[n]", "series": "[n, F]", "sequences": "[n, T, F]"}[manifest.kind]
+    layout = {"tokens": "[n]", "series": "[n, F]", "sequences": "[n, T, F]",
+              "token_sequences": "[n, T]"}[manifest.kind]
     if dataset.ndim != len(expected):
         raise DataError(f"{name}: dataset has {dataset.ndim} dimension(s), a {manifest.kind} "
                         f"dataset has {len(expected)} {layout}: {_REPREPARE}")
@@ -97,7 +104,7 @@ def _check_layout(dataset: h5py.Dataset, manifest: Manifest, name: str, length: 
         raise DataError(f"{name}: dataset shape is {list(dataset.shape)}, manifest.json "
                         f"expects {list(expected)} {layout}: {_REPREPARE}")
     vocab = dataset.attrs.get("vocab_size")
-    if manifest.kind == "tokens" and vocab is not None and int(vocab) != manifest.vocab_size:
+    if manifest.is_tokens and vocab is not None and int(vocab) != manifest.vocab_size:
         raise DataError(f"{name}: vocab_size attribute {int(vocab)} differs from manifest.json "
                         f"({manifest.vocab_size}): {_REPREPARE}")
 
