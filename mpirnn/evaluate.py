@@ -23,7 +23,7 @@ from mpirnn.inference.command import add_checkpoint_arguments
 
 
 def parse_args(argv):
-    from mpirnn.train import RankZeroParser
+    from mpirnn.distributed.launch import RankZeroParser
 
     parser = RankZeroParser(prog="python -m mpirnn.evaluate", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)

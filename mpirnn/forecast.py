@@ -31,7 +31,7 @@ PLOT_FORMATS = ("png", "pdf", "svg")
 
 
 def parse_args(argv):
-    from mpirnn.train import RankZeroParser
+    from mpirnn.distributed.launch import RankZeroParser
 
     parser = RankZeroParser(prog="python -m mpirnn.forecast", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)

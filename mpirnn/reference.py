@@ -18,7 +18,7 @@ from mpirnn.config import load_config
 from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
 from mpirnn.models import build_model
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.parallel.plan import make_plan
 from mpirnn.training.optim import lr_at, make_optimizer, set_lr
 
@@ -34,7 +34,7 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
                         features=manifest.features if manifest.kind != "tokens" else None)
     plan = make_plan(SERIAL, SERIAL_COORDS, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell)
-    loader = BatchLoader(manifest, cfg, plan, "cpu", dtype)
+    loader = BatchLoader(manifest, cfg, plan.reads, "cpu", dtype)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     losses, state = [], None
     for step in range(cfg.train.steps if steps is None else steps):

@@ -1,12 +1,12 @@
 """Calibrate the performance model on this machine: `python -m mpirnn.plan --calibrate [--out FILE]`.
 
-Runs the compute measurements (mpirnn/tools/perf/compute_bench.py) in a fresh process with
+Runs the compute measurements (mpirnn/perf/compute_bench.py) in a fresh process with
 one thread and the benchmark's allocator settings, and the MPI measurements
-(mpirnn/tools/perf/comm_bench.py) under `mpirun -n 2`; fits the intra-node link's α and β
+(mpirnn/perf/comm_bench.py) under `mpirun -n 2`; fits the intra-node link's α and β
 to the point-to-point times and γ (adding up) to the allreduce times; and writes one JSON
 file, by default benchmarks/calibration/<cpu model>-<date>.json. Links between nodes are
 not measurable on one host: the file carries the documented NDR InfiniBand default
-(mpirnn/tools/perf/links.py). About 30 s in full, a few seconds with --quick.
+(mpirnn/perf/links.py). About 30 s in full, a few seconds with --quick.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mpirnn.tools.perf import links
-from mpirnn.tools.perf.calibration import FORMAT, cpu_model, default_path, save
+from mpirnn.perf import links
+from mpirnn.host import cpu_model
+from mpirnn.perf.calibration import FORMAT, default_path, save
+from mpirnn.perf.processes import KEEP_MEMORY, mpiexec
 
 
 def fit_alpha_beta(points: list[list[float]]) -> tuple[float, float]:
@@ -69,7 +71,6 @@ def _run(command: list[str], env: dict, what: str) -> None:
 def calibrate(out: str | Path | None = None, quick: bool = False, device: str = "cpu", cells=None,
               hidden=None, say=print) -> Path:
     """Measure, fit and write a calibration file; returns its path."""
-    from mpirnn.tools.bench import KEEP_MEMORY, mpiexec
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **KEEP_MEMORY}
     started = datetime.datetime.now().astimezone()
     load = [round(x, 2) for x in os.getloadavg()]
@@ -79,10 +80,10 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
         extra += ["--cells", ",".join(cells)] if cells else []
         extra += ["--hidden", ",".join(map(str, hidden))] if hidden else []
         say(f"mpirnn.plan: calibrating compute on {device} ({'quick' if quick else 'full'})")
-        _run([sys.executable, "-m", "mpirnn.tools.calibrate", "--worker", "compute", "--device", device,
+        _run([sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "compute", "--device", device,
               "--result", str(compute_file), *extra], env, "compute")
         say("mpirnn.plan: calibrating communication (mpirun -n 2)")
-        _run([mpiexec(), "-n", "2", sys.executable, "-m", "mpirnn.tools.calibrate", "--worker", "comm",
+        _run([mpiexec(), "-n", "2", sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "comm",
               "--result", str(comm_file), *extra], env, "communication")
         compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
     compute["slowdown"] = comm["slowdown"]
@@ -121,12 +122,12 @@ def worker(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.worker == "compute":
         import torch
-        from mpirnn.tools.perf.compute_bench import measure
+        from mpirnn.perf.compute_bench import measure
         torch.set_num_threads(1)
         result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
                          hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None)
     else:
-        from mpirnn.tools.perf.comm_bench import measure
+        from mpirnn.perf.comm_bench import measure
         result = measure(args.quick)
     if result is not None:
         Path(args.result).write_text(json.dumps(result))
