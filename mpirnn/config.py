@@ -56,8 +56,8 @@ class ParallelConfig:
     chunks: int = doc(0, "time chunks per segment (overlap pp stages even at batch size 1); "
                          "0 = automatic (about 8 units per extra stage, chunks >= 16 steps; 1 without pp)")
     calibration: str = doc("auto", "where automatic microbatches and chunks come from: auto = the performance "
-                                   "model with this CPU's newest calibration in benchmarks/calibration (the fixed "
-                                   "rules when there is none, or on a GPU); a calibration file (python -m "
+                                   "model with this CPU's newest calibration of the model's cell and hidden size, "
+                                   "the user's own or a shipped one (the fixed rules when there is none, or on a GPU); a calibration file (python -m "
                                    "mpirnn.plan --calibrate); rules = the fixed rules")
 
 

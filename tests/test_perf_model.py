@@ -236,8 +236,15 @@ def test_hidden_option_adds_sizes_to_a_calibration(monkeypatch, capsys):
     monkeypatch.setattr(calibrate_module, "calibrate", lambda out, **kw: seen.update(kw))
     assert main(["--calibrate", "--hidden", "2048"]) == 0
     assert seen["hidden"] == [64, 128, 256, 512, 2048]     # beside the default sizes, not instead
-    assert main(["--calibrate", "--quick", "--hidden", "16,48"]) == 0
-    assert seen["hidden"] == [16, 48] and seen["quick"]
+    assert main(["--calibrate", "--set", "model.cell=gru", "--set", "model.hidden=48", "--hidden", "16"]) == 0
+    assert seen["hidden"] == [16, 48] and seen["cells"] == ["gru"]   # only what the config needs (and --hidden)
+
+
+def test_quick_is_refused_with_the_reason(capsys):
+    from mpirnn.tools.planner import main
+    assert main(["--calibrate", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--quick was removed" in err and "6.69 s" in err
 
 
 def test_the_bench_calibrates_every_hidden_size_it_runs():

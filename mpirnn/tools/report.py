@@ -15,7 +15,7 @@ run, then every other run on its own), report.csv, speedup.png and efficiency.pn
 a study, and loss.png with every run's loss. Runs are named by their folder. `--warmup` steps
 are left out of the medians. Every run's measured step time stands beside the one the
 performance model predicts for its grid (mpirnn/tools/report_predictions.py; `--calibration
-FILE`, else the runs' CPU model's newest calibration in benchmarks/calibration/). A bench results
+FILE`, else the runs' CPU model's newest calibration, the user's or a shipped one). A bench results
 file goes to mpirnn/tools/report_bench.py. Exercised by: .venv/bin/python -m pytest -q
 tests/test_scaling_report.py tests/test_report_runs.py tests/test_report_bench.py
 """
@@ -368,7 +368,7 @@ def main(argv=None) -> int:
                                                 "python -m mpirnn.bench results .json (mpirnn/tools/report_bench.py)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the medians")
     parser.add_argument("--calibration", help="performance-model calibration for the predicted step times "
-                                              "(default: the newest of the runs' CPU model in benchmarks/calibration)")
+                                              "(default: the newest of the runs' CPU model, the user's or a shipped one)")
     args = parser.parse_args(argv)
     path = args.path
     if not path.exists():

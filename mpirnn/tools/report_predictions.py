@@ -2,8 +2,8 @@
 
 A run's metrics record what the model needs: the model and data sizes (metrics.config.json),
 the grid, microbatches and chunks, and per rank its node, threads and CPU model (the summary's
-placement). The calibration is `--calibration FILE`, else the newest one in
-benchmarks/calibration/ measured on the runs' CPU model (docs/performance.md). A run the model
+placement). The calibration is `--calibration FILE`, else the newest one measured on the runs'
+CPU model, the user's own before the shipped ones (mpirnn/perf/calibration.py, docs/performance.md). A run the model
 does not describe (a GPU run against a CPU calibration, several threads per rank, an
 unfinished run) gets no prediction, and the report says why.
 """
