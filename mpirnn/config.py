@@ -276,5 +276,10 @@ def _toml(value) -> str:
     return repr(value)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m mpirnn.config`, the console script `mpirnn-config`: every key, its default and its doc."""
     print(describe())
+
+
+if __name__ == "__main__":
+    cli()

@@ -43,5 +43,10 @@ def main(argv=None) -> int:
     return evaluate(args, MPI.COMM_WORLD)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (`mpirnn-evaluate`)."""
     sys.exit(run_guarded(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -68,5 +68,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (`mpirnn-generate`)."""
     sys.exit(run_guarded(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,6 +11,7 @@ with the parallel code.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -55,10 +56,21 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
     return losses
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.reference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for step, loss in enumerate(serial_losses(load_config(args.config, args.overrides)), 1):
         print(step, loss)
+    return 0
+
+
+def cli() -> None:
+    """Console-script entry point (`mpirnn-reference`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
