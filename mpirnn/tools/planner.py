@@ -175,13 +175,22 @@ def calibrate_command(args) -> int:
     return 0
 
 
+def recorded_calibration(path: str | None) -> str | None:
+    """The calibration a bench file names; one named by its old place in benchmarks/calibration/
+    (before the calibrations became package data) is found among the shipped ones by its name."""
+    from pathlib import Path
+    if path and not Path(path).exists() and (calibration_file.SHIPPED_DIR / Path(path).name).exists():
+        return str(calibration_file.SHIPPED_DIR / Path(path).name)
+    return path
+
+
 def validate(args) -> int:
     from pathlib import Path
 
     from mpirnn.tools.bench_predictions import validate as compare
     from mpirnn.tools.bench_predictions import validation_table
     bench = json.loads(Path(args.validate).read_text())
-    cal = load_calibration(args.calibration or bench["meta"].get("calibration"))
+    cal = load_calibration(args.calibration or recorded_calibration(bench["meta"].get("calibration")))
     rows = compare(bench, cal)
     if args.json:
         print(json.dumps(rows, indent=1))
