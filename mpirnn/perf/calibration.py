@@ -9,6 +9,9 @@ linear cells' gates and log-space scan per element; the embedding, the head and 
 token; Adam per parameter; how much slower a rank runs when the node's other ranks are busy;
 and the links (α, β, γ) inside a node and between nodes. Costs between the measured points
 are interpolated: linearly in rows, log-log in hidden size.
+
+Where files live: shipped ones in calibrations/ beside this file (package data), a user's own
+in $MPIRNN_CALIBRATION_DIR or ~/.cache/mpirnn/calibration, searched first (`find_for_host`).
 """
 
 from __future__ import annotations
