@@ -12,7 +12,7 @@ PY      := $(VENV)/bin/python
 # Seconds any one MPI test run may take before it is killed (no hang ever blocks CI).
 MPI_TEST_TIMEOUT ?= 900
 
-.PHONY: setup demo test test-unit test-mpi test-slurm bench clean
+.PHONY: setup demo test lint test-unit test-mpi test-slurm bench clean
 
 setup: $(VENV)/.installed $(VENV)/.example-data
 
@@ -31,7 +31,12 @@ $(VENV)/.example-data: $(VENV)/.installed
 demo: setup
 	$(MPIEXEC) -n $(NP) $(PY) -m mpirnn.train
 
-test: test-unit test-mpi test-slurm
+test: lint test-unit test-mpi test-slurm
+
+# The layers import downward only and no files or packages import each other in a circle:
+# the import-linter contracts of pyproject.toml (docs/design.md, "Layers"). First, as it takes seconds.
+lint: setup
+	$(VENV)/bin/lint-imports
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not mpi and not slurm"

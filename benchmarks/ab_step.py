@@ -29,7 +29,7 @@ from mpi4py import MPI
 from mpirnn.distributed.device import keep_freed_memory
 from mpirnn.distributed.mesh import Comms
 from mpirnn.parallel import wavefront
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.tools.workloads import build_step
 
 ROOT = Path(__file__).resolve().parents[1]

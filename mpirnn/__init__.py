@@ -1,4 +1,4 @@
-"""mpirnn: exact data- and sequence-parallel training of recurrent networks over MPI.
+"""mpirnn: exact parallel training of recurrent networks over MPI (data, sequence, pipeline, tensor).
 
 `mpirnn.load_checkpoint(DIR) -> (model, config)` opens a trained checkpoint by itself
 (mpirnn/inference/load.py). It is imported on first use, so `import mpirnn` (and the

@@ -60,8 +60,8 @@ class ParallelConfig:
     chunks: int = doc(0, "time chunks per segment (overlap pp stages even at batch size 1); "
                          "0 = automatic (about 8 units per extra stage, chunks >= 16 steps; 1 without pp)")
     calibration: str = doc("auto", "where automatic microbatches and chunks come from: auto = the performance "
-                                   "model with this CPU's newest calibration in benchmarks/calibration (the fixed "
-                                   "rules when there is none, or on a GPU); a calibration file (python -m "
+                                   "model with this CPU's newest calibration of the model's cell and hidden size, "
+                                   "the user's own or a shipped one (the fixed rules when there is none, or on a GPU); a calibration file (python -m "
                                    "mpirnn.plan --calibrate); rules = the fixed rules")
 
 
@@ -292,5 +292,10 @@ def _toml(value) -> str:
     return repr(value)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m mpirnn.config`, the console script `mpirnn-config`: every key, its default and its doc."""
     print(describe())
+
+
+if __name__ == "__main__":
+    cli()

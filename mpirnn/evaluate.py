@@ -23,7 +23,7 @@ from mpirnn.inference.command import add_checkpoint_arguments
 
 
 def parse_args(argv):
-    from mpirnn.train import RankZeroParser
+    from mpirnn.distributed.launch import RankZeroParser
 
     parser = RankZeroParser(prog="python -m mpirnn.evaluate", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,5 +43,10 @@ def main(argv=None) -> int:
     return evaluate(args, MPI.COMM_WORLD)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (`mpirnn-evaluate`)."""
     sys.exit(run_guarded(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,7 +25,7 @@ from mpirnn.inference.command import add_checkpoint_arguments, find_checkpoint, 
 
 def parse_args(argv):
     from mpirnn.inference.export import FORMATS
-    from mpirnn.train import RankZeroParser
+    from mpirnn.distributed.launch import RankZeroParser
 
     parser = RankZeroParser(prog="python -m mpirnn.export", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)

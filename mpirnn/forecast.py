@@ -31,7 +31,7 @@ PLOT_FORMATS = ("png", "pdf", "svg")
 
 
 def parse_args(argv):
-    from mpirnn.train import RankZeroParser
+    from mpirnn.distributed.launch import RankZeroParser
 
     parser = RankZeroParser(prog="python -m mpirnn.forecast", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,5 +195,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (`mpirnn-forecast`)."""
     sys.exit(run_guarded(main))
+
+
+if __name__ == "__main__":
+    cli()

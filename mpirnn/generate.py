@@ -29,7 +29,7 @@ from mpirnn.inference.command import add_checkpoint_arguments, find_checkpoint, 
 
 
 def parse_args(argv):
-    from mpirnn.train import RankZeroParser
+    from mpirnn.distributed.launch import RankZeroParser
 
     parser = RankZeroParser(prog="python -m mpirnn.generate", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,5 +94,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (`mpirnn-generate`)."""
     sys.exit(run_guarded(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,5 +4,12 @@ import sys
 
 from mpirnn.tools.planner import main
 
-if __name__ == "__main__":
+
+
+def cli() -> None:
+    """Console-script entry point (`mpirnn-plan`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,6 +11,7 @@ with the parallel code.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -18,7 +19,7 @@ from mpirnn.config import load_config
 from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
 from mpirnn.models import build_model
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.parallel.plan import make_plan
 from mpirnn.training.optim import lr_at, make_optimizer, set_lr
 
@@ -34,7 +35,7 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
                         features=manifest.features if manifest.kind != "tokens" else None)
     plan = make_plan(SERIAL, SERIAL_COORDS, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell)
-    loader = BatchLoader(manifest, cfg, plan, "cpu", dtype)
+    loader = BatchLoader(manifest, cfg, plan.reads, "cpu", dtype)
     optimizer = make_optimizer(model.parameters(), cfg.train)
     losses, state = [], None
     for step in range(cfg.train.steps if steps is None else steps):
@@ -55,10 +56,21 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
     return losses
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.reference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for step, loss in enumerate(serial_losses(load_config(args.config, args.overrides)), 1):
         print(step, loss)
+    return 0
+
+
+def cli() -> None:
+    """Console-script entry point (`mpirnn-reference`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,5 +4,12 @@ import sys
 
 from mpirnn.tools.report import main
 
-if __name__ == "__main__":
+
+
+def cli() -> None:
+    """Console-script entry point (`mpirnn-report`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

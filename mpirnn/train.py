@@ -18,19 +18,9 @@ from mpi4py import MPI
 from mpirnn import __version__
 from mpirnn import config as config_module
 from mpirnn.distributed.agreement import agree
-from mpirnn.parallel.grid import Grid
-from mpirnn.parallel.plan import check_grid_fits
-from mpirnn.distributed.launch import run_guarded
+from mpirnn.distributed.launch import RankZeroParser, run_guarded
+from mpirnn.parallel.plan import make_grid
 from mpirnn.training.tensorboard import check_installed as check_tensorboard
-
-
-class RankZeroParser(argparse.ArgumentParser):
-    """Usage, errors, --help and --version printed by rank 0 only; every rank still exits
-    (status 2 on an error), so `mpirun -n 4` shows one message, not four."""
-
-    def _print_message(self, message, file=None):  # argparse's one funnel for all of those texts
-        if MPI.COMM_WORLD.rank == 0:
-            super()._print_message(message, file)
 
 
 def parse_args(argv):
@@ -41,13 +31,6 @@ def parse_args(argv):
                         help="override one key, e.g. --set train.steps=100 (repeatable)")
     parser.add_argument("--version", action="version", version=f"mpirnn {__version__}")
     return parser.parse_args(argv)
-
-
-def make_grid(cfg, world_size: int) -> Grid:
-    p = cfg.parallel
-    grid = Grid(world_size, p.dp, p.sp, p.pp, p.tp)
-    check_grid_fits(grid, cfg.model.layers, cfg.data.seq_len, cfg.model.hidden)
-    return grid
 
 
 def main(argv=None) -> int:

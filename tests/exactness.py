@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from mpirnn.distributed.mesh import Comms
 from mpirnn.models.model import RecurrentModel
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.parallel.plan import layers_of, make_plan, mode_of
 from mpirnn.parallel.shard import row_blocks, stage_model, take_rows
 from mpirnn.parallel.step import StepRunner

@@ -1,4 +1,4 @@
-"""Tests for crash-safe checkpoints (mpirnn.training.checkpoint): round trip, pruning, corruption, code-free files.
+"""Tests for crash-safe checkpoints (mpirnn.checkpoint): round trip, pruning, corruption, code-free files.
 
 Plain pytest, no MPI: cd /work/main && .venv/bin/python -m pytest -q tests/test_checkpoint.py
 """
@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from mpirnn.training import checkpoint
+from mpirnn import checkpoint
 from mpirnn.errors import CheckpointError
 
 

@@ -12,7 +12,7 @@ import pytest
 from support import assert_refused, run_data_cli
 
 from mpirnn.data.fasta_input import prepare_fasta
-from mpirnn.data.loader import check_fit
+from mpirnn.training.dataset_fit import check_fit
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.row_reader import RowReader
 from mpirnn.errors import DataError

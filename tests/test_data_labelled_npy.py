@@ -16,7 +16,7 @@ from support import assert_refused, reseal_dataset, run_data_cli
 
 from mpirnn.data import __main__ as data_cli
 from mpirnn.data.labelled_npy import prepare_labelled_npy
-from mpirnn.data.loader import check_fit
+from mpirnn.training.dataset_fit import check_fit
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.row_reader import RowReader
 from mpirnn.data.validate import validate_dataset

@@ -27,7 +27,7 @@ from mpirnn.export import main as export
 from mpirnn.inference.load import build, locate
 from mpirnn.inference.model_info import ModelInfo
 from mpirnn.models import build_model
-from mpirnn.training import checkpoint
+from mpirnn import checkpoint
 
 pytest.importorskip("onnxruntime", reason="pip install 'mpirnn[export]'")
 pytest.importorskip("safetensors", reason="pip install 'mpirnn[export]'")

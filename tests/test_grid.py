@@ -1,4 +1,4 @@
-"""Tests for the process grid and ownership arithmetic (mpirnn.parallel.grid): plain integers, no MPI.
+"""Tests for the process grid and ownership arithmetic (mpirnn.grid): plain integers, no MPI.
 
 cd /work/main && .venv/bin/python -m pytest -q tests/test_grid.py
 """
@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from mpirnn.errors import ConfigError
-from mpirnn.parallel.grid import AXES, Grid, chunk, rows_of, segment_of
+from mpirnn.grid import AXES, Grid, chunk, rows_of, segment_of
 
 SIZES = [0, 1, 2, 3, 5, 7, 8, 16, 17, 31, 100, 128, 1000, 1001]
 PARTS = [1, 2, 3, 4, 5, 7, 8, 16, 33]

@@ -26,7 +26,7 @@ from mpirnn.config import load_config
 from mpirnn.data.prepare import prepare_npy
 from mpirnn.inference.model_info import ModelInfo
 from mpirnn.models import build_model
-from mpirnn.training import checkpoint
+from mpirnn import checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,7 +18,7 @@ from mpirnn.errors import CheckpointError
 from mpirnn.inference.load import build, locate
 from mpirnn.inference.model_info import ModelInfo
 from mpirnn.models import build_model
-from mpirnn.training import checkpoint
+from mpirnn import checkpoint
 
 
 def write(directory, step, *, vocab_size=None, features=None, info=None, val_loss=None, seed=0, data="x"):

@@ -14,7 +14,7 @@ from mpirnn.data.manifest import load_manifest
 from mpirnn.data.sampler import sequential_batches
 from mpirnn.errors import DataError
 from mpirnn.inference.scoring import evaluation_plan
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.parallel.plan import make_plan
 
 

@@ -11,11 +11,11 @@ from test_perf_model import toy_calibration
 
 from mpirnn.config import load_config
 from mpirnn.errors import ConfigError
-from mpirnn.parallel.grid import Grid
-from mpirnn.tools.perf import calibration as calibration_file
-from mpirnn.tools.perf.calibration import Calibration
-from mpirnn.tools.perf.step_model import Shape
-from mpirnn.tools.planner import best_microbatches
+from mpirnn.grid import Grid
+from mpirnn.perf import calibration as calibration_file
+from mpirnn.perf.calibration import Calibration
+from mpirnn.perf.step_model import Shape
+from mpirnn.perf.ranking import best_microbatches
 from mpirnn.training.layout import modelled_counts
 
 
@@ -40,11 +40,11 @@ def test_auto_uses_this_cpus_calibration_and_falls_back_to_the_rules(tmp_path, m
     path = toy(tmp_path, step_per_row_s=1e-4, call_s=0.0)
     cfg = load_config(None, ["parallel.sp=2", "data.batch_size=32", "train.device=cpu"])
     assert cfg.parallel.calibration == "auto"
-    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: path)
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu, *scope: path)
     m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
     assert m > 2 and chooser.startswith("the performance model, calibration") and "toy.json" in chooser
 
-    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: None)
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu, *scope: None)
     m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
     assert (m, c) == (0, 0)
     assert "no calibration of this CPU" in chooser and "python -m mpirnn.plan --calibrate" in chooser
@@ -52,14 +52,14 @@ def test_auto_uses_this_cpus_calibration_and_falls_back_to_the_rules(tmp_path, m
 
 def test_auto_on_a_gpu_takes_the_rules_not_a_cpu_calibration(tmp_path, monkeypatch):
     path = toy(tmp_path, step_per_row_s=1e-4, call_s=0.0)
-    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: path)
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu, *scope: path)
     cfg = load_config(None, ["parallel.sp=2", "train.device=cuda"])
     m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
     assert (m, c) == (0, 0) and "no calibration of this GPU" in chooser
 
 
 def test_several_threads_per_rank_take_the_rules_the_calibration_times_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu: toy(tmp_path, step_per_row_s=1e-4))
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu, *scope: toy(tmp_path, step_per_row_s=1e-4))
     cfg = load_config(None, ["parallel.sp=2", "train.device=cpu"])
     m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None, threads=4)
     assert (m, c) == (0, 0) and "this run has 4" in chooser and "train.threads = 1" in chooser

@@ -8,7 +8,7 @@ state (what mpirnn's sp ranks do across processes), gives the serial loss exactl
 import pytest
 import torch
 
-from mpirnn.parallel.grid import chunk
+from mpirnn.grid import chunk
 from mpirnn.models.model import RecurrentModel
 
 

@@ -9,11 +9,12 @@ import math
 
 import pytest
 
-from mpirnn.tools.perf import links
-from mpirnn.tools.perf.calibration import FORMAT, Calibration, _interp, _log_interp
-from mpirnn.tools.perf.schedule import bubble_fraction, chain_time, critical_units
-from mpirnn.tools.perf.step_model import Layout, Shape, bucket_bytes, crossing_hops, invalid, predict, stage_tensors
-from mpirnn.tools.planner import best_microbatches, factorizations, parse_grid, rank_grids, valid_grids
+from mpirnn.perf import links
+from mpirnn.perf.calibration import FORMAT, Calibration, _interp, _log_interp
+from mpirnn.perf.schedule import bubble_fraction, chain_time, critical_units
+from mpirnn.perf.step_model import Layout, Shape, bucket_bytes, crossing_hops, invalid, predict, stage_tensors
+from mpirnn.perf.ranking import best_microbatches, factorizations, rank_grids, valid_grids
+from mpirnn.tools.planner import parse_grid
 
 
 def toy_calibration(step_per_row_s=1e-4, call_s=0.0, adam_param_s=0.0, alpha_s=0.0, beta_s=0.0) -> dict:
@@ -92,7 +93,7 @@ def test_alpha_beta_costs_of_a_known_message():
 
 
 def test_fit_recovers_alpha_and_beta():
-    from mpirnn.tools.calibrate import fit_alpha_beta, fit_gamma
+    from mpirnn.perf.calibrate import fit_alpha_beta, fit_gamma
     alpha, beta, gamma = 2e-6, 1e-10, 3e-10
     points = [[n, alpha + n * beta] for n in (8, 1024, 65536, 1 << 20)]
     fitted = fit_alpha_beta(points)
@@ -120,7 +121,7 @@ def test_interpolation_is_linear_in_rows_and_loglog_in_hidden():
 
 def test_affine_fit_of_a_cost_table():
     torch = pytest.importorskip("torch")  # noqa: F841 - compute_bench imports torch
-    from mpirnn.tools.perf.compute_bench import affine
+    from mpirnn.perf.compute_bench import affine
     assert affine([1, 2, 4, 8], [3.0, 5.0, 9.0, 17.0]) == pytest.approx([3.0, 5.0, 9.0, 17.0])   # 1 + 2·rows
     smoothed = affine([1, 2, 4, 8, 16], [3.0, 5.0, 12.0, 17.0, 33.0])   # one point 33 % high
     assert smoothed[2] < 11.0 and all(b > a for a, b in zip(smoothed, smoothed[1:]))
@@ -223,7 +224,7 @@ def test_parse_grid_fills_dp_with_the_rest():
 
 
 def test_hidden_option_adds_sizes_to_a_calibration(monkeypatch, capsys):
-    import mpirnn.tools.calibrate as calibrate_module
+    import mpirnn.perf.calibrate as calibrate_module
     from mpirnn.tools.planner import main, parse_args
     assert parse_args(["--calibrate", "--hidden", "2048,1024,2048"]).hidden == [1024, 2048]
     assert parse_args(["--calibrate"]).hidden is None
@@ -235,12 +236,19 @@ def test_hidden_option_adds_sizes_to_a_calibration(monkeypatch, capsys):
     monkeypatch.setattr(calibrate_module, "calibrate", lambda out, **kw: seen.update(kw))
     assert main(["--calibrate", "--hidden", "2048"]) == 0
     assert seen["hidden"] == [64, 128, 256, 512, 2048]     # beside the default sizes, not instead
-    assert main(["--calibrate", "--quick", "--hidden", "16,48"]) == 0
-    assert seen["hidden"] == [16, 48] and seen["quick"]
+    assert main(["--calibrate", "--set", "model.cell=gru", "--set", "model.hidden=48", "--hidden", "16"]) == 0
+    assert seen["hidden"] == [16, 48] and seen["cells"] == ["gru"]   # only what the config needs (and --hidden)
+
+
+def test_quick_is_refused_with_the_reason(capsys):
+    from mpirnn.tools.planner import main
+    assert main(["--calibrate", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--quick was removed" in err and "6.69 s" in err
 
 
 def test_the_bench_calibrates_every_hidden_size_it_runs():
-    from mpirnn.tools.perf.bench_predictions import scope
+    from mpirnn.tools.bench_predictions import scope
     from mpirnn.tools.shapes import shape_of
     shapes = [shape_of(w, tiny=False) for w in ("W1", "W3", "W4")]
     assert scope(shapes) == (["lstm", "mingru"], [128, 256, 2048])   # W4's 2048 measured, not extrapolated

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from mpirnn.errors import ConfigError
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.parallel.plan import (CHUNKS_PER_STAGE, MAX_UNITS, MIN_AUTO_CHUNK_STEPS, bubble, check_grid_fits,
                                   layers_of, make_plan, resolve_chunks, resolve_microbatches)
 from mpirnn.parallel.schedule import (Position, Unit, activation_grad_tag, activation_tag, backward_order, draw,
@@ -100,7 +100,7 @@ def test_plans_of_every_rank_tile_rows_time_and_layers(n):
     batch, seq_len, layers = 7, 23, 4
     for dp, sp, pp in every_grid(n):
         if dp > batch:
-            continue  # refused earlier (data.batch_size < parallel.dp: mpirnn/data/loader.py check_fit)
+            continue  # refused earlier (data.batch_size < parallel.dp: mpirnn/training/dataset_fit.py check_fit)
         if pp > layers:
             with pytest.raises(ConfigError):
                 make_plan(Grid(n, dp=dp, sp=sp, pp=pp), Grid(n, dp=dp, sp=sp, pp=pp).coords(0), batch_size=batch,

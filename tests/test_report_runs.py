@@ -17,8 +17,8 @@ from support import make_token_dataset
 from test_perf_model import toy_calibration
 
 from mpirnn.tools import report
-from mpirnn.tools.perf.calibration import Calibration
-from mpirnn.tools.perf.step_model import Layout, Shape, predict
+from mpirnn.perf.calibration import Calibration
+from mpirnn.perf.step_model import Layout, Shape, predict
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

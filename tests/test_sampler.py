@@ -9,7 +9,7 @@ import torch
 from support import make_token_dataset
 
 from mpirnn.data.sampler import lane_batch, lane_restarts, shuffled_batch
-from mpirnn.parallel.grid import Grid, rows_of
+from mpirnn.grid import Grid, rows_of
 
 
 def test_shuffled_batch_is_deterministic():
@@ -135,7 +135,7 @@ def test_loaders_of_any_grid_read_the_serial_batch(tokens, dp, sp, pp, stateful)
 
     def loader(grid, rank):
         plan = make_plan(grid, grid.coords(rank), batch_size=7, seq_len=15, layers=3, cell="lstm", microbatches=1)
-        return BatchLoader(manifest, cfg, plan, "cpu", torch.float32)
+        return BatchLoader(manifest, cfg, plan.reads, "cpu", torch.float32)
 
     serial = loader(Grid(1), 0)
     grid = Grid(dp * sp * pp, dp=dp, sp=sp, pp=pp)
@@ -173,7 +173,8 @@ def test_series_windows_start_at_every_step(short_series):
     """data.windows = auto on a series: window w is steps [w, w + seq_len], so a short series fills
     the batch the user asks for; tokens and stateful runs keep non-overlapping cuts."""
     from mpirnn.config import load_config
-    from mpirnn.data.loader import BatchLoader, check_fit, training_stride
+    from mpirnn.data.loader import BatchLoader, training_stride
+    from mpirnn.training.dataset_fit import check_fit
     from mpirnn.data.manifest import load_manifest
     from mpirnn.data.reader import Reader
     from mpirnn.data.sampler import window_stride

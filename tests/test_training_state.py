@@ -11,7 +11,7 @@ from mpirnn.config import load_config
 from mpirnn.distributed import watchdog
 from mpirnn.errors import CheckpointError
 from mpirnn.models.model import RecurrentModel
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.parallel.plan import make_plan
 from mpirnn.parallel.shard import owns, stage_model
 from mpirnn.training.resume import take_settings

@@ -275,5 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (`mpirnn-data`)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,51 +1,23 @@
 """This rank's batches: the global batch of each step (from the sampler), cut to the
-rank's rows (dp) and time segment (sp), read from HDF5 — and the checks that the
-dataset fits the run, done on every rank and agreed before any compute.
+rank's rows and time segment, read from HDF5.
 
-Under pipeline parallelism only the first stage reads inputs and only the last reads
-targets; a middle stage reads nothing (its inputs arrive from the stage before it).
-`EvaluationLoader` reads a held-out split the same way, in order, for evaluation.
+What a rank reads is a `Reads` (mpirnn/data/reads.py: rows, time steps, inputs and/or
+targets); the parallel plan that decides it lives above this package. Under pipeline
+parallelism only the first stage reads inputs and only the last reads targets; a middle
+stage reads nothing (its inputs arrive from the stage before it). `EvaluationLoader` reads a
+held-out split the same way, in order, for evaluation.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mpirnn.training import faults
+from mpirnn import faults
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
+from mpirnn.data.reads import Reads
 from mpirnn.data.sampler import lane_batch, lane_restarts, sequential_batches, shuffled_batch, window_stride
 from mpirnn.errors import DataError
-from mpirnn.parallel.grid import Grid
-from mpirnn.parallel.plan import Plan, make_plan
-
-
-def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
-    """Refuse a dataset that cannot serve this config, with what to change."""
-    d = cfg.data
-    if manifest.has_lengths:
-        # The data layer reads labelled rows (row_reader.py); the heads, losses and masks
-        # that train on them are the engine's part of issue 17 (docs/tasks.md).
-        what = (f"task {manifest.task!r} yet" if manifest.task_spec.labelled else
-                "rows of different lengths (token_sequences) yet")
-        raise DataError(f"data.path {manifest.root} holds a {manifest.task!r} dataset "
-                        f"({manifest.task_spec.describe()}): mpirnn cannot train {what}, only "
-                        f"'next' on text, a series or rows of one length; see docs/tasks.md")
-    if d.batch_size < grid.dp:
-        raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
-                        f"use data.batch_size >= parallel.dp")
-    if manifest.kind == "sequences" and d.seq_len + 1 > manifest.seq_len:
-        raise DataError(f"data.seq_len = {d.seq_len} needs {d.seq_len + 1} steps per row but the dataset's rows "
-                        f"have {manifest.seq_len}: use data.seq_len <= {manifest.seq_len - 1}")
-    # Microbatches and chunks are refused the same way on every rank (the fewest rows decide).
-    make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
-              cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
-              hidden=cfg.model.hidden)
-    windows = Reader(manifest, training_stride(manifest, cfg)).n_windows(d.seq_len)
-    if windows < d.batch_size:
-        every = " (windows at every step: data.windows = every)" if training_stride(manifest, cfg) == 1 else ""
-        raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps{every}, fewer than one "
-                        f"batch of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
 
 
 def training_stride(manifest: Manifest, cfg) -> int | None:
@@ -56,13 +28,13 @@ def training_stride(manifest: Manifest, cfg) -> int | None:
 
 
 class BatchLoader:
-    def __init__(self, manifest: Manifest, cfg, plan: Plan, device, dtype, rank: int = 0):
+    def __init__(self, manifest: Manifest, cfg, reads: Reads, device, dtype, rank: int = 0):
         self.reader = Reader(manifest, training_stride(manifest, cfg))
         self.rank = rank  # for fault injection in tests only
         self.seq_len, self.batch_size = cfg.data.seq_len, cfg.data.batch_size
         self.seed, self.stateful = cfg.train.seed, cfg.train.stateful
-        self.rows, self.segment = plan.rows, plan.segment
-        self.reads_inputs, self.reads_targets = plan.first_stage, plan.last_stage
+        self.rows, self.segment = reads.rows, reads.segment
+        self.reads_inputs, self.reads_targets = reads.inputs, reads.targets
         self.windows = self.reader.n_windows(self.seq_len)
         self.device, self.dtype = device, dtype
         # Every loss term of the global batch: the serial loss is a mean over these.
@@ -140,7 +112,7 @@ def check_eval_fit(manifest: Manifest, seq_len: int, setting: str = "data.seq_le
 class EvaluationLoader:
     """Sequential batches of one split (every window once, in order) for held-out evaluation.
 
-    Each batch is read for whatever plan the caller scores it with (the last batch may be
+    Each batch is read for whatever share (`Reads`) the caller scores it with (the last batch may be
     smaller than data.batch_size, so its rows are cut differently): the rank reads only its
     rows and its segment, the first stage inputs and the last stage targets.
         python -m pytest -q tests/test_inference_scoring.py
@@ -157,16 +129,16 @@ class EvaluationLoader:
         """Window ids of each batch, in order (`limit` > 0: only the first `limit` batches)."""
         return sequential_batches(self.windows, self.batch_size, limit)
 
-    def read(self, windows, plan: Plan):
-        """(inputs, targets) of this rank's rows (`plan.rows` of `windows`) and segment."""
-        if not (plan.first_stage or plan.last_stage) or plan.local_rows == 0:
+    def read(self, windows, reads: Reads):
+        """(inputs, targets) of this rank's rows (`reads.rows` of `windows`) and segment."""
+        if not (reads.inputs or reads.targets) or reads.local_rows == 0:
             return None, None
-        mine = windows[slice(*plan.rows)]
-        block = read_block(self.reader, mine, self.seq_len, plan.segment, plan.first_stage, plan.last_stage,
+        mine = windows[slice(*reads.rows)]
+        block = read_block(self.reader, mine, self.seq_len, reads.segment, reads.inputs, reads.targets,
                            self.dtype)
         check_token_ids(block, self.manifest, f"{self.manifest.split} split, sequences {int(mine[0])}-"
                                               f"{int(mine[-1])}: token id {{}}")
-        return split_block(block.to(self.device), plan.segment, plan.first_stage, plan.last_stage)
+        return split_block(block.to(self.device), reads.segment, reads.inputs, reads.targets)
 
     def close(self) -> None:
         self.reader.close()

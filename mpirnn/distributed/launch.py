@@ -4,16 +4,28 @@
   rank 0 prints one line, every rank exits 1 normally.
 - Any other exception on any rank: that rank prints one line naming itself, then
   MPI_Abort ends the whole job at once (the peers may be blocked in a collective).
+- Usage errors, --help and --version (RankZeroParser): printed once, by rank 0.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from mpirnn.errors import UsageError, one_line
 
 EXIT_FAILURE = 1
+
+
+class RankZeroParser(argparse.ArgumentParser):
+    """Usage, errors, --help and --version printed by rank 0 only; every rank still exits
+    (status 2 on an error), so `mpirun -n 4` shows one message, not four."""
+
+    def _print_message(self, message, file=None):  # argparse's one funnel for all of those texts
+        from mpi4py import MPI
+        if MPI.COMM_WORLD.rank == 0:
+            super()._print_message(message, file)
 
 
 def _say(text: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from mpi4py import MPI
 
 from mpirnn.distributed.transport import CommTimer
-from mpirnn.parallel.grid import AXES, Grid
+from mpirnn.grid import AXES, Grid
 
 
 @dataclass

@@ -15,7 +15,7 @@ import socket
 import numpy as np
 import torch
 
-from mpirnn.tools.perf.calibration import cpu_model
+from mpirnn.host import cpu_model
 
 RECORD_BYTES = 1024
 

@@ -27,7 +27,7 @@ from mpirnn.errors import ConfigError
 from mpirnn.inference.command import check_model_fits, find_checkpoint, on_rank0, write_whole
 from mpirnn.inference.load import build, model_info, saved_config
 from mpirnn.inference.scoring import SplitScorer
-from mpirnn.parallel.plan import make_plan
+from mpirnn.parallel.plan import make_grid, make_plan
 from mpirnn.parallel.shard import stage_model
 from mpirnn.parallel.tensor import TensorGroup
 
@@ -48,12 +48,6 @@ def evaluation_config(located, overrides: list[str], data: str | None):
     if data is not None:
         cfg.data.path = data
     return cfg
-
-
-def make_grid(cfg, world_size: int):
-    from mpirnn.train import make_grid as trainer_grid
-
-    return trainer_grid(cfg, world_size)
 
 
 def open_split(cfg, split: str, info, checkpoint_path, world):

@@ -24,7 +24,7 @@ from pathlib import Path
 from mpirnn.config import Config, config_from_dict
 from mpirnn.errors import CheckpointError, ConfigError, DataError
 from mpirnn.inference.model_info import ModelInfo, info_from_parameters
-from mpirnn.training import checkpoint
+from mpirnn import checkpoint
 
 FILE = re.compile(r"^ckpt-(\d{8})\.(pt|json)$")
 

@@ -24,7 +24,7 @@ import torch
 from mpi4py import MPI
 
 from mpirnn.errors import ConfigError
-from mpirnn.parallel.grid import rows_of
+from mpirnn.grid import rows_of
 from mpirnn.parallel.plan import Plan, resolve_chunks, resolve_microbatches
 from mpirnn.parallel.step import StepRunner
 
@@ -94,7 +94,7 @@ class SplitScorer:
             plan = runner.plan
             if plan.local_rows == 0:
                 continue  # this data-parallel group has no rows of a short last batch
-            inputs, targets = self.loader.read(windows, plan)
+            inputs, targets = self.loader.read(windows, plan.reads)
             state = self.model.zero_state(plan.local_rows, torch.empty(0, device=self.model.device),
                                           range(*plan.layers))
             # The ranks of a tp group compute the same (replicated) head: its rank 0 counts the errors.

@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mpirnn.data.reads import Reads
 from mpirnn.errors import ConfigError
-from mpirnn.parallel.grid import Grid, chunk, rows_of, segment_of
+from mpirnn.grid import Grid, chunk, rows_of, segment_of
 
 LINEAR_CELLS = ("mingru", "minlstm")
 MAX_AUTO_MICROBATCHES = 8
@@ -172,6 +173,11 @@ class Plan:
         return self.coords["pp"] == self.grid.pp - 1
 
     @property
+    def reads(self) -> Reads:
+        """What this rank reads of every batch (the loaders take this, mpirnn/data/loader.py)."""
+        return Reads(self.rows, self.segment, inputs=self.first_stage, targets=self.last_stage)
+
+    @property
     def first_segment(self) -> bool:
         return self.coords["sp"] == 0
 
@@ -194,6 +200,14 @@ class Plan:
     def chunk_steps(self) -> list[slice]:
         """Each chunk's time steps, relative to this rank's segment."""
         return [slice(*chunk(self.local_steps, self.chunks, c)) for c in range(self.chunks)]
+
+
+def make_grid(cfg, world_size: int) -> Grid:
+    """The run's grid from the config's parallel section, refused when the model cannot be cut along it."""
+    p = cfg.parallel
+    grid = Grid(world_size, p.dp, p.sp, p.pp, p.tp)
+    check_grid_fits(grid, cfg.model.layers, cfg.data.seq_len, cfg.model.hidden)
+    return grid
 
 
 def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers: int, cell: str,

@@ -25,6 +25,7 @@ docs and the tests:
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 
 
@@ -149,8 +150,9 @@ def draw(segments: int, stages: int, microbatches: int, chunks: int, chain: bool
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Print the forward wavefront of a grid (unit costs 1).")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.parallel.schedule",
+                                     description="Print the forward wavefront of a grid (unit costs 1).")
     parser.add_argument("--sp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=2)
     parser.add_argument("--microbatches", type=int, default=1)
@@ -158,5 +160,15 @@ if __name__ == "__main__":
     parser.add_argument("--layers", type=int, default=1,
                         help="layers per stage, run one at a time (what the executor does when sp > 1)")
     parser.add_argument("--scan", action="store_true", help="linear cells with sp > 1: no state chain")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(draw(args.sp, args.pp, args.microbatches, args.chunks, chain=not args.scan, layers=args.layers))
+    return 0
+
+
+def cli() -> None:
+    """Console-script entry point (`mpirnn-schedule`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

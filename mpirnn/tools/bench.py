@@ -7,7 +7,7 @@ Run it on one process: it starts the MPI runs it needs itself (`mpirun -n K pyth
 mpirnn.bench --worker ...`, one torch thread per rank unless a row says otherwise),
 grouping the runs of one rank count into one launch, and the PyTorch DDP peers under
 `torchrun` (mpirnn/tools/ddp_peer.py); then prints a markdown table, with each row's step
-time as the performance model predicts it (mpirnn/tools/perf/, from --calibration or a
+time as the performance model predicts it (mpirnn/perf/, from --calibration or a
 calibration of this machine made first, about 15 s), and writes every number to a JSON
 file. The workloads and what they measure are in benchmarks/README.md;
 mpirnn/tools/workloads.py runs them.
@@ -28,6 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mpirnn.perf.processes import KEEP_MEMORY, mpiexec
 from mpirnn.tools.shapes import W2_MICROBATCHES, WORKLOADS, shape_of
 
 RTOL = 1e-5        # the exactness contract in float32
@@ -139,8 +140,8 @@ def plan(args) -> list[dict]:
 def choose_modelled_counts(runs: list[dict], cal) -> list[dict]:
     """Rows whose microbatch count is "model": the performance model's choice for the shape and grid,
     as a run with parallel.calibration would make (mpirnn/training/layout.py); dropped without a calibration."""
-    from mpirnn.tools.perf.bench_predictions import shape_for
-    from mpirnn.tools.planner import best_microbatches
+    from mpirnn.tools.bench_predictions import shape_for
+    from mpirnn.perf.ranking import best_microbatches
     chosen = []
     for run in runs:
         if "model" in (run["microbatches"], run["chunks"]):
@@ -170,20 +171,6 @@ def launches(runs: list[dict]) -> list[list[dict]]:
 
 
 # ------------------------------------------------------------------ launching
-
-
-def mpiexec() -> str:
-    found = os.environ.get("MPIEXEC") or shutil.which("mpirun", path=str(Path(sys.executable).parent)) \
-        or shutil.which("mpirun") or shutil.which("mpiexec")
-    if not found:
-        raise SystemExit("mpirnn.bench: no mpirun found: `pip install mpich` (or set MPIEXEC)")
-    return found
-
-
-# glibc hands blocks over its mmap threshold (at most 32 MiB) back to the kernel when freed, so
-# every step faults its large activations in again, which costs a 1-rank step far more than
-# the smaller tensors of a segment (benchmarks/README.md). These keep freed memory in the heap.
-KEEP_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**36)}
 
 
 def torchrun() -> list[str]:
@@ -319,7 +306,7 @@ def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
         if row["bound"] and row["speedup"]:
             row["bound_share"] = row["speedup"] / row["bound"]
         if cal is not None and median:
-            from mpirnn.tools.perf.bench_predictions import predicted_step_s
+            from mpirnn.tools.bench_predictions import predicted_step_s
             row["predicted_step_s"] = predicted_step_s(run, shape_of(workload, run["tiny"]), cal)
             if row["predicted_step_s"]:
                 row["prediction_error"] = row["predicted_step_s"] / median - 1
@@ -433,7 +420,7 @@ def markdown(rows: list[dict]) -> str:
 def machine() -> dict:
     from importlib.metadata import version
 
-    from mpirnn.tools.perf.calibration import cpu_model
+    from mpirnn.host import cpu_model
     return {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(), "torch": version("torch"),
             "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
 
@@ -441,7 +428,7 @@ def machine() -> dict:
 def summary_lines(rows: list[dict]) -> list[str]:
     """The DDP ratio, the model's microbatch choice against fixed counts, and how the model's predictions
     compare, one line each."""
-    from mpirnn.tools.perf.bench_predictions import prediction_summary
+    from mpirnn.tools.bench_predictions import prediction_summary
     lines = []
     for workload, ratio in ddp_ratios(rows).items():
         verdict = "met" if ratio <= DDP_TARGET else "missed"
@@ -460,7 +447,7 @@ def main(argv=None) -> int:
     meta = {"command": "python -m mpirnn.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "malloc": args.malloc,
             **machine()}
-    from mpirnn.tools.perf.bench_predictions import calibration_for
+    from mpirnn.tools.bench_predictions import calibration_for
     cal = calibration_for(args, [shape_of(w, args.tiny) for w in {r["workload"] for r in runs}])
     meta["calibration"] = cal.path if cal else None
     runs = choose_modelled_counts(runs, cal)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mpirnn.parallel.grid import Grid, rows_of
+from mpirnn.grid import Grid, rows_of
 from mpirnn.tools.shapes import shape_of
 from mpirnn.tools.workloads import PeakMemory, SavedBytes, busy_cpu_s, make_batch, make_model
 

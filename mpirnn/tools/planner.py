@@ -2,15 +2,18 @@
 
     python -m mpirnn.plan --config FILE.toml [--set section.key=value ...] --ranks N [--nodes K]
                           [--grid dp=2,sp=2] [--json] [--calibration FILE] [--vocab 256]
-    python -m mpirnn.plan --calibrate [--out FILE] [--quick]
+    python -m mpirnn.plan --calibrate [--config FILE.toml] [--out FILE] [--hidden 1024,2048]
     python -m mpirnn.plan --project [--calibration GPU.json] [--gpus-per-node 8] [--max-gpus 1024]
     python -m mpirnn.plan --validate runs/bench/bench.json [--calibration FILE]   # predicted vs measured
 
-The model and its assumptions are in docs/performance.md; the arithmetic in
-mpirnn/tools/perf/. Without --calibration the newest file in benchmarks/calibration/
-measured on this CPU model is used. Each grid gets the microbatch count M (and, with pp,
-the chunk count C) the model predicts fastest: more microbatches shrink the bubble, but
-thinner ones run less efficiently per row and every one pays a fixed cost per call.
+The model and its assumptions are in docs/performance.md; the arithmetic and the ranking in
+mpirnn/perf/. Without --calibration the newest calibration of this CPU model that measured the
+config's cell and hidden size is used: the user's own ($MPIRNN_CALIBRATION_DIR, else
+~/.cache/mpirnn/calibration), else one shipped with mpirnn. On a CPU with neither, the planner
+first calibrates what the config needs (its cell at its hidden size, about 20 s on an idle
+2-core machine), saying so with the expected time, stores that in the user's folder, and
+ranks with it; the next call finds it. `--quick` was removed (its toy sizes predicted 6×
+off); `--calibrate --config X.toml` is the fast calibration now.
 """
 
 from __future__ import annotations
@@ -20,77 +23,14 @@ import json
 import math
 import sys
 
-from mpirnn.tools.perf import calibration as calibration_file
-from mpirnn.tools.perf.calibration import CALIBRATED_HIDDEN, Calibration, CalibrationError
-from mpirnn.tools.perf.step_model import AXES, Layout, Prediction, Shape, invalid, predict
+from mpirnn.host import cpu_model
+from mpirnn.perf import calibration as calibration_file
+from mpirnn.perf.calibration import CALIBRATED_HIDDEN, Calibration, CalibrationError
+from mpirnn.perf.ranking import best_microbatches, rank_grids, serial
+from mpirnn.perf.step_model import AXES, Prediction, Shape
 
-MAX_MICROBATCHES = 64
-MAX_CHUNKS = 16
-
-
-def factorizations(n: int, axes: int = 4) -> list[tuple[int, ...]]:
-    """Every ordered tuple of `axes` positive integers whose product is n."""
-    if axes == 1:
-        return [(n,)]
-    return [(d, *rest) for d in range(1, n + 1) if n % d == 0 for rest in factorizations(n // d, axes - 1)]
-
-
-def valid_grids(shape: Shape, ranks: int) -> list[dict]:
-    """Grids of `ranks` ranks this shape can use: pp ≤ layers, tp dividing hidden, sp ≤ seq_len, dp ≤ batch."""
-    return [dict(zip(AXES, g)) for g in factorizations(ranks)
-            if invalid(shape, Layout(*g)) is None]
-
-
-def _powers_up_to(limit: int) -> list[int]:
-    values, v = [], 1
-    while v <= limit:
-        values.append(v)
-        v *= 2
-    return values + ([limit] if limit not in values else [])
-
-
-def candidates(shape: Shape, grid: dict) -> list[tuple[int, int]]:
-    """(M, C) pairs worth predicting: powers of two (and the row count itself); chunks only for pp with nonlinear cells."""
-    rows = math.ceil(shape.batch / grid["dp"])
-    segment = math.ceil(shape.seq_len / grid["sp"])
-    chained = grid["sp"] > 1 and not shape.linear
-    Ms = _powers_up_to(min(rows, MAX_MICROBATCHES)) if chained or grid["pp"] > 1 else [1]
-    Cs = _powers_up_to(min(segment, MAX_CHUNKS)) if grid["pp"] > 1 and not shape.linear else [1]
-    return [(m, c) for m in Ms for c in Cs]
-
-
-def best_microbatches(shape: Shape, grid: dict, cal: Calibration, nodes: int = 1, bucket_mb: float = 4.0,
-                      microbatches: int = 0, chunks: int = 0) -> Prediction:
-    """The prediction for `grid` with the (M, C) the model finds fastest; M or C fixed when given (> 0).
-
-    This is what a trainer calls for parallel.microbatches = 0: `best_microbatches(...).layout.microbatches`.
-    """
-    best = None
-    for m, c in candidates(shape, grid):
-        m, c = microbatches or m, chunks or c
-        layout = Layout(**grid, microbatches=m, chunks=c, nodes=nodes)
-        if invalid(shape, layout):
-            continue
-        guess = predict(shape, layout, cal, bucket_mb)
-        if best is None or guess.step_s < best.step_s:
-            best = guess
-    if best is None:
-        raise ValueError(f"no valid microbatch count for grid {grid} (microbatches={microbatches}, chunks={chunks})")
-    return best
-
-
-def rank_grids(shape: Shape, ranks: int, cal: Calibration, nodes: int = 1, bucket_mb: float = 4.0) -> list[Prediction]:
-    """Every valid grid for `ranks`, fastest first."""
-    found = []
-    for grid in valid_grids(shape, ranks):
-        if ranks % nodes == 0:
-            found.append(best_microbatches(shape, grid, cal, nodes, bucket_mb))
-    return sorted(found, key=lambda p: p.step_s)
-
-
-def serial(shape: Shape, cal: Calibration, bucket_mb: float = 4.0) -> Prediction:
-    return predict(shape, Layout(), cal, bucket_mb)
-
+QUICK_REMOVED = ("--quick was removed: its toy sizes predicted a minGRU step at 6.69 s that measured 1.01-1.08 s; "
+                 "--calibrate --config X.toml measures only that config's cell and hidden size instead (about 20 s)")
 
 def parse_grid(text: str, ranks: int) -> dict:
     """"dp=2,sp=2" → all four degrees; unnamed ones are 1, except dp, which takes what is left of `ranks`."""
@@ -128,32 +68,54 @@ def table(predictions: list[Prediction], reference: Prediction, ranks: int) -> s
     return "\n".join(lines)
 
 
-def load_calibration(path: str | None) -> Calibration:
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def load_calibration(path: str | None, shape: Shape | None = None) -> Calibration:
+    """--calibration FILE, else this CPU's newest calibration covering the shape's cell and hidden size;
+    with a shape and none found, one measured now for that cell and size (stored in the user's folder)."""
     if path:
         return calibration_file.load(path)
-    cpu = calibration_file.cpu_model()
-    found = calibration_file.find_for_host(cpu)
-    if found is None:
-        raise CalibrationError(f"no calibration for this CPU ({cpu}) in {calibration_file.CALIBRATION_DIR}: run "
+    cpu = cpu_model()
+    cell, hidden = (shape.cell, shape.hidden) if shape else (None, None)
+    found = calibration_file.find_for_host(cpu, cell, hidden)
+    if found is not None:
+        return calibration_file.load(found)
+    if shape is None:
+        raise CalibrationError(f"no calibration for this CPU ({cpu}) in {calibration_file.searched()}: run "
                                f"python -m mpirnn.plan --calibrate, or pass --calibration FILE")
-    return calibration_file.load(found)
+    return calibration_file.load(calibrate_for(cpu, shape.cell, shape.hidden))
+
+
+def calibrate_for(cpu: str, cell: str, hidden: int):
+    """Measure this CPU for one cell and hidden size, saying so first, with the time it should take."""
+    from mpirnn.perf.calibrate import calibrate, expected_seconds, what_is_measured
+    say(f"mpirnn.plan: no calibration of this CPU ({cpu}) for {cell} at hidden {hidden} in "
+        f"{calibration_file.searched()}: calibrating {what_is_measured([cell], [hidden])} now, expected about "
+        f"{expected_seconds([cell], [hidden]):.0f} s; it is stored in {calibration_file.user_dir()} "
+        f"(${calibration_file.USER_DIR_VARIABLE}) and used from then on")
+    return calibrate(cells=[cell], hidden=[hidden], say=say)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mpirnn.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML config (model and data sizes; the grid in it is ignored)")
+    parser.add_argument("--config", help="TOML config (model and data sizes; the grid in it is ignored); with "
+                                         "--calibrate: measure only its cell and hidden size")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--ranks", type=int, help="ranks to plan for")
     parser.add_argument("--nodes", type=int, default=1, help="nodes the ranks are spread over (evenly)")
     parser.add_argument("--grid", help="predict this grid only, e.g. dp=2,sp=2 (unnamed axes 1; dp takes the rest)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    parser.add_argument("--calibration", help="calibration file (default: the newest for this CPU model)")
+    parser.add_argument("--calibration", help="calibration file (default: this CPU model's newest; measured first "
+                                              "when there is none)")
     parser.add_argument("--vocab", type=int, default=256, help="token vocabulary (0: a continuous series)")
     parser.add_argument("--top", type=int, default=0, help="print only the best this many grids")
     parser.add_argument("--calibrate", action="store_true", help="measure this machine and write a calibration file")
-    parser.add_argument("--out", help="with --calibrate: the file (default benchmarks/calibration/<cpu>-<date>.json)")
-    parser.add_argument("--quick", action="store_true", help="with --calibrate: toy sizes, seconds (tests)")
+    parser.add_argument("--out", help="with --calibrate: the file (default: the user's calibration folder, "
+                                      "$MPIRNN_CALIBRATION_DIR or ~/.cache/mpirnn/calibration)")
+    parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)   # removed: refused with why
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="with --calibrate: device measured")
     parser.add_argument("--hidden", type=hidden_sizes, help="with --calibrate: hidden sizes to measure besides "
                                                              "64,128,256,512, e.g. 2048 (larger ones are otherwise "
@@ -180,15 +142,14 @@ def hidden_sizes(text: str) -> list[int]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.quick:
+        print(f"mpirnn.plan: error: {QUICK_REMOVED}", file=sys.stderr)
+        return 2
     try:
         if args.calibrate:
-            from mpirnn.tools.calibrate import calibrate
-            calibrate(args.out, quick=args.quick, device=args.device, say=lambda s: print(s, file=sys.stderr),
-                      hidden=sorted(set(args.hidden) | set(CALIBRATED_HIDDEN)) if args.hidden and not args.quick
-                      else args.hidden)
-            return 0
+            return calibrate_command(args)
         if args.project:
-            from mpirnn.tools.perf.projection import main as project
+            from mpirnn.tools.projection import main as project
             return project(args.calibration, args.gpus_per_node, args.max_gpus, args.json)
         if args.validate:
             return validate(args)
@@ -200,13 +161,36 @@ def main(argv=None) -> int:
         return 1
 
 
+def calibrate_command(args) -> int:
+    """--calibrate: every cell at the default sizes (plus --hidden), or only a config's cell and hidden size."""
+    from mpirnn.perf.calibrate import calibrate, expected_seconds, what_is_measured
+    cells, hidden = None, sorted(set(args.hidden) | set(CALIBRATED_HIDDEN)) if args.hidden else None
+    if args.config or args.overrides:
+        from mpirnn.config import load_config
+        cfg = load_config(args.config, args.overrides)
+        cells, hidden = [cfg.model.cell], sorted({cfg.model.hidden, *(args.hidden or [])})
+    say(f"mpirnn.plan: calibrating {what_is_measured(cells, hidden)}, expected about "
+        f"{expected_seconds(cells, hidden):.0f} s")
+    calibrate(args.out, device=args.device, cells=cells, hidden=hidden, say=say)
+    return 0
+
+
+def recorded_calibration(path: str | None) -> str | None:
+    """The calibration a bench file names; one named by its old place in benchmarks/calibration/
+    (before the calibrations became package data) is found among the shipped ones by its name."""
+    from pathlib import Path
+    if path and not Path(path).exists() and (calibration_file.SHIPPED_DIR / Path(path).name).exists():
+        return str(calibration_file.SHIPPED_DIR / Path(path).name)
+    return path
+
+
 def validate(args) -> int:
     from pathlib import Path
 
-    from mpirnn.tools.perf.bench_predictions import validate as compare
-    from mpirnn.tools.perf.bench_predictions import validation_table
+    from mpirnn.tools.bench_predictions import validate as compare
+    from mpirnn.tools.bench_predictions import validation_table
     bench = json.loads(Path(args.validate).read_text())
-    cal = load_calibration(args.calibration or bench["meta"].get("calibration"))
+    cal = load_calibration(args.calibration or recorded_calibration(bench["meta"].get("calibration")))
     rows = compare(bench, cal)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -222,7 +206,7 @@ def plan(args) -> int:
     from mpirnn.config import load_config
     cfg = load_config(args.config, args.overrides)
     shape = Shape.from_config(cfg, args.vocab)
-    cal = load_calibration(args.calibration)
+    cal = load_calibration(args.calibration, shape)
     bucket = cfg.train.bucket_mb
     reference = serial(shape, cal, bucket)
     if args.grid:

@@ -15,7 +15,7 @@ run, then every other run on its own), report.csv, speedup.png and efficiency.pn
 a study, and loss.png with every run's loss. Runs are named by their folder. `--warmup` steps
 are left out of the medians. Every run's measured step time stands beside the one the
 performance model predicts for its grid (mpirnn/tools/report_predictions.py; `--calibration
-FILE`, else the runs' CPU model's newest calibration in benchmarks/calibration/). A bench results
+FILE`, else the runs' CPU model's newest calibration, the user's or a shipped one). A bench results
 file goes to mpirnn/tools/report_bench.py. Exercised by: .venv/bin/python -m pytest -q
 tests/test_scaling_report.py tests/test_report_runs.py tests/test_report_bench.py
 """
@@ -28,6 +28,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from mpirnn.tools.report_format import markdown, pyplot, save_figure
 
 AXES = ("dp", "sp", "pp", "tp")
 COLUMNS = ["run", "study", "strategy", "mode", "nodes", "ranks", "grid", "step_time_s", "predicted_step_s",
@@ -195,40 +197,6 @@ def add_scaling(study: list[dict]) -> None:
 
 # -- writing -----------------------------------------------------------------------------
 
-def markdown(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
-def pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("mpirnn.report: matplotlib not installed (pip install 'mpirnn[plots]'): no plots", file=sys.stderr)
-        return None
-    return plt
-
-
-def _save(plt, figure, axes, path: Path) -> Path:
-    axes.grid(alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
 def plot_curves(run: dict, prefix: str) -> list[Path]:
     """One PNG per metric the run's lines have, beside its metrics file."""
     plt = pyplot()
@@ -246,7 +214,7 @@ def plot_curves(run: dict, prefix: str) -> list[Path]:
         axes.set_xlabel("step")
         axes.set_ylabel(figure_name)
         axes.set_title(run["run"], fontsize=9)
-        written.append(_save(plt, figure, axes, run["metrics"].with_name(f"{prefix}{figure_name}.png")))
+        written.append(save_figure(plt, figure, axes, run["metrics"].with_name(f"{prefix}{figure_name}.png")))
     return written
 
 
@@ -268,7 +236,7 @@ def plot_studies(studies: list[tuple[str, list[dict]]], out: Path) -> list[Path]
         axes.set_xlabel("ranks")
         axes.set_ylabel(metric)
         axes.set_xticks(ranks)
-        written.append(_save(plt, figure, axes, out / f"{metric}.png"))
+        written.append(save_figure(plt, figure, axes, out / f"{metric}.png"))
     return written
 
 
@@ -283,7 +251,7 @@ def plot_losses(rows: list[dict], out: Path) -> list[Path]:
                   label=row["run"] + ("" if row["summary"] else " (unfinished)"))
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
-    return [_save(plt, figure, axes, out / "loss.png")]
+    return [save_figure(plt, figure, axes, out / "loss.png")]
 
 
 def single_summary(run: dict, plots: list[Path], warmup: int, prediction_note: str = "") -> str:
@@ -400,7 +368,7 @@ def main(argv=None) -> int:
                                                 "python -m mpirnn.bench results .json (mpirnn/tools/report_bench.py)")
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the medians")
     parser.add_argument("--calibration", help="performance-model calibration for the predicted step times "
-                                              "(default: the newest of the runs' CPU model in benchmarks/calibration)")
+                                              "(default: the newest of the runs' CPU model, the user's or a shipped one)")
     args = parser.parse_args(argv)
     path = args.path
     if not path.exists():

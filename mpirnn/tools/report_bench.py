@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mpirnn.tools.report_format import markdown as table
+from mpirnn.tools.report_format import pyplot, save_figure
+
 COLUMNS = ["workload", "config", "cores", "median_step_s", "predicted_step_s", "speedup", "efficiency", "target"]
 
 
@@ -42,7 +45,6 @@ def bench_rows(data: dict) -> list[dict]:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    from mpirnn.tools.report import markdown as table
     lines = [f"# Benchmark: {meta.get('command', '')}", "",
              f"{meta.get('date', '')}, {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, torch "
              f"{meta.get('torch', '?')}; speedup against each workload's baseline row, efficiency = speedup / "
@@ -53,7 +55,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def plot(rows: list[dict], metric: str, ideal, out: Path) -> Path | None:
-    from mpirnn.tools.report import _save, pyplot
     plt = pyplot()
     if plt is None:
         return None
@@ -66,7 +67,7 @@ def plot(rows: list[dict], metric: str, ideal, out: Path) -> Path | None:
     axes.scatter([ideal(r) for r in shown], positions, marker="|", s=200, color="k", label="ideal", zorder=3)
     axes.set_yticks(positions, labels, fontsize=7)
     axes.set_xlabel(metric)
-    return _save(plt, figure, axes, out)
+    return save_figure(plt, figure, axes, out)
 
 
 def report_bench(path: Path) -> int:

@@ -2,16 +2,16 @@
 
 A run's metrics record what the model needs: the model and data sizes (metrics.config.json),
 the grid, microbatches and chunks, and per rank its node, threads and CPU model (the summary's
-placement). The calibration is `--calibration FILE`, else the newest one in
-benchmarks/calibration/ measured on the runs' CPU model (docs/performance.md). A run the model
+placement). The calibration is `--calibration FILE`, else the newest one measured on the runs'
+CPU model, the user's own before the shipped ones (mpirnn/perf/calibration.py, docs/performance.md). A run the model
 does not describe (a GPU run against a CPU calibration, several threads per rank, an
 unfinished run) gets no prediction, and the report says why.
 """
 
 from __future__ import annotations
 
-from mpirnn.tools.perf import calibration as calibration_file
-from mpirnn.tools.perf.calibration import Calibration, CalibrationError
+from mpirnn.perf import calibration as calibration_file
+from mpirnn.perf.calibration import Calibration, CalibrationError
 
 
 def load_for(runs: list[dict], path: str | None) -> tuple[Calibration | None, str]:
@@ -30,7 +30,7 @@ def load_for(runs: list[dict], path: str | None) -> tuple[Calibration | None, st
     cpu = cpus.pop()
     found = calibration_file.find_for_host(cpu)
     if found is None:
-        return None, (f"no predicted step times: no calibration of {cpu} in benchmarks/calibration/ "
+        return None, (f"no predicted step times: no calibration of {cpu} in {calibration_file.searched()} "
                       f"(python -m mpirnn.plan --calibrate on that machine, or --calibration FILE)")
     try:
         return calibration_file.load(found), f"calibration {calibration_file.shown_path(found)}"
@@ -42,7 +42,7 @@ def predicted_step_s(run: dict, cal: Calibration) -> tuple[float | None, str]:
     """The model's step time for a finished run, or (None, why not)."""
     from mpirnn.config import config_from_dict
     from mpirnn.errors import ConfigError
-    from mpirnn.tools.perf.step_model import Layout, Shape, predict
+    from mpirnn.perf.step_model import Layout, Shape, predict
 
     summary, config = run["summary"] or {}, run["config"]
     if not summary or not config:

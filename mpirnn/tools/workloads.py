@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from mpirnn.config import Config
 from mpirnn.distributed.device import choose_device
 from mpirnn.models import build_model
-from mpirnn.parallel.grid import Grid
+from mpirnn.grid import Grid
 from mpirnn.tools.shapes import shape_of
 
 # MPI (mpi4py, the mesh, the step runner) is imported inside the functions that need it:

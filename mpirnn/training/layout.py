@@ -2,9 +2,10 @@
 
 By default (`parallel.calibration = auto`) the automatic microbatch and chunk counts
 (`parallel.microbatches = 0`, `parallel.chunks = 0`) of a run with sp or pp come from the
-performance model (docs/performance.md) with the newest calibration of this CPU model in
-benchmarks/calibration/: the counts it predicts fastest for this model, batch and grid on this
-machine, trading the schedule's bubble against thinner, less efficient kernels. A file path
+performance model (docs/performance.md) with the newest calibration of this CPU model that
+measured this cell and hidden size (the user's own, else one shipped in mpirnn/perf/calibrations/;
+mpirnn/perf/calibration.py): the counts it predicts fastest for this model, batch and grid on
+this machine, trading the schedule's bubble against thinner, less efficient kernels. A file path
 names a calibration; `rules`, or a machine with no calibration (a GPU, an uncalibrated CPU),
 gets the plan's fixed rules (mpirnn/parallel/plan.py), and so does a run with more than one
 thread per rank (the calibration times one). The start of the run says which chose. Counts set
@@ -26,10 +27,10 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None, threads:
     path, why_not = _calibration_path(cfg, threads)
     if path is None:
         return p.microbatches, p.chunks, f"the fixed rules ({why_not})"
-    from mpirnn.tools.perf import calibration as calibration_file
-    from mpirnn.tools.perf.calibration import CalibrationError
-    from mpirnn.tools.perf.step_model import Shape
-    from mpirnn.tools.planner import best_microbatches
+    from mpirnn.perf import calibration as calibration_file
+    from mpirnn.perf.calibration import CalibrationError
+    from mpirnn.perf.ranking import best_microbatches
+    from mpirnn.perf.step_model import Shape
 
     try:
         cal = calibration_file.load(path)
@@ -52,7 +53,8 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None, threads:
 
 def _calibration_path(cfg, threads: int) -> tuple[str | None, str]:
     """(the calibration file to plan with, or None and why the fixed rules apply)."""
-    from mpirnn.tools.perf import calibration as calibration_file
+    from mpirnn.host import cpu_model
+    from mpirnn.perf import calibration as calibration_file
     setting = cfg.parallel.calibration
     if setting in ("", "rules"):
         return None, "parallel.calibration = rules"
@@ -63,11 +65,11 @@ def _calibration_path(cfg, threads: int) -> tuple[str | None, str]:
         return setting, ""
     if _on_gpu(cfg):   # a CPU calibration says nothing about a GPU's kernels
         return None, "no calibration of this GPU: python -m mpirnn.plan --calibrate measures one"
-    cpu = calibration_file.cpu_model()
-    found = calibration_file.find_for_host(cpu)
+    cpu = cpu_model()
+    found = calibration_file.find_for_host(cpu, cfg.model.cell, cfg.model.hidden)
     if found is None:
-        return None, (f"no calibration of this CPU ({cpu}) in {calibration_file.shown_path(calibration_file.CALIBRATION_DIR)}: "
-                      f"python -m mpirnn.plan --calibrate measures one")
+        return None, (f"no calibration of this CPU ({cpu}) for {cfg.model.cell} at hidden {cfg.model.hidden} in "
+                      f"{calibration_file.searched()}: python -m mpirnn.plan --calibrate measures one")
     return str(found), ""
 
 

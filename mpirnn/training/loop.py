@@ -22,7 +22,8 @@ from mpirnn.distributed import reductions
 from mpirnn.distributed.agreement import AgreedError, agree
 from mpirnn.distributed import transport
 from mpirnn.distributed.watchdog import Watchdog
-from mpirnn.training import checkpoint, faults, optim, sample
+from mpirnn import checkpoint, faults
+from mpirnn.training import optim, sample
 from mpirnn.training.metrics import MetricsWriter
 from mpirnn.training.reports import TrainerReports
 from mpirnn.training.signals import StopSignals

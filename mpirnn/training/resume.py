@@ -23,7 +23,7 @@ import numpy as np
 
 from mpirnn.distributed.agreement import agree
 from mpirnn.errors import CheckpointError
-from mpirnn.training import checkpoint
+from mpirnn import checkpoint
 
 # Settings that define what a checkpoint holds or which batches it continues with.
 ADOPTED = ("model.", "data.path", "data.seq_len", "data.batch_size", "train.seed", "train.stateful",

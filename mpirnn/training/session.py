@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mpirnn import config as config_module
-from mpirnn.data.loader import BatchLoader, check_fit
+from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.notes import usage_notes
 from mpirnn.data.validate import validate_dataset
@@ -35,6 +35,7 @@ from mpirnn.parallel.plan import make_plan
 from mpirnn.parallel.shard import stage_model
 from mpirnn.parallel.tensor import TensorGroup
 from mpirnn.training import resume
+from mpirnn.training.dataset_fit import check_fit
 from mpirnn.training.layout import modelled_counts
 from mpirnn.training.loop import Trainer
 from mpirnn.training.metrics import refuse_another_runs
@@ -194,7 +195,7 @@ def train(cfg, grid) -> int:
         tp_group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None
         model = stage_model(model, plan, tp_group)
         broadcast_parameters(model, comms)
-        loader = BatchLoader(manifest, cfg, plan, device, getattr(torch, cfg.model.dtype), world.rank)
+        loader = BatchLoader(manifest, cfg, plan.reads, device, getattr(torch, cfg.model.dtype), world.rank)
         validator = (agree(world, Validator, cfg, comms, plan, model, val_split, device)
                      if val_split is not None else None)
         trainer = Trainer(cfg, comms, plan, model, loader, ModelInfo.from_manifest(manifest), validator)

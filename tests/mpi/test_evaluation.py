@@ -27,7 +27,7 @@ from mpirnn.data.manifest import load_manifest
 from mpirnn.data.reader import Reader
 from mpirnn.reference import serial_losses
 from mpirnn.train import main as train
-from mpirnn.training import faults
+from mpirnn import faults
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(300)]
 

@@ -1,12 +1,15 @@
 """Calibrate the performance model on this machine: `python -m mpirnn.plan --calibrate [--out FILE]`.
 
-Runs the compute measurements (mpirnn/tools/perf/compute_bench.py) in a fresh process with
+Runs the compute measurements (mpirnn/perf/compute_bench.py) in a fresh process with
 one thread and the benchmark's allocator settings, and the MPI measurements
-(mpirnn/tools/perf/comm_bench.py) under `mpirun -n 2`; fits the intra-node link's α and β
+(mpirnn/perf/comm_bench.py) under `mpirun -n 2`; fits the intra-node link's α and β
 to the point-to-point times and γ (adding up) to the allreduce times; and writes one JSON
-file, by default benchmarks/calibration/<cpu model>-<date>.json. Links between nodes are
-not measurable on one host: the file carries the documented NDR InfiniBand default
-(mpirnn/tools/perf/links.py). About 30 s in full, a few seconds with --quick.
+file, by default into the user's calibration folder ($MPIRNN_CALIBRATION_DIR, else
+~/.cache/mpirnn/calibration: mpirnn/perf/calibration.py). Links between nodes are not
+measurable on one host: the file carries the documented NDR InfiniBand default
+(mpirnn/perf/links.py). About 50 s in full on an idle 2-core machine; restricted to one
+config's cell and hidden size (`python -m mpirnn.plan --calibrate --config X.toml`, and what
+the planner does by itself on an uncalibrated CPU) about 20 s.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from mpirnn.tools.perf import links
-from mpirnn.tools.perf.calibration import FORMAT, cpu_model, default_path, save
+from mpirnn.perf import links
+from mpirnn.host import cpu_model
+from mpirnn.perf.calibration import CALIBRATED_HIDDEN, FORMAT, default_path, save
+from mpirnn.perf.processes import KEEP_MEMORY, mpiexec
 
 
 def fit_alpha_beta(points: list[list[float]]) -> tuple[float, float]:
@@ -66,10 +72,45 @@ def _run(command: list[str], env: dict, what: str) -> None:
         raise SystemExit(f"mpirnn.plan: calibration ({what}) failed, exit {done.returncode}:\n{tail}")
 
 
+# What a calibration took on the project's 2-core development machine when it was idle (the
+# shipped calibrations record their compute time; docs/performance.md): the MPI measurements,
+# the compute measurements every calibration makes once per pass, and one (cell, hidden) table,
+# whose long runs grow with the weights (hidden²) past 512.
+IDLE_COMM_S = 10.0
+IDLE_FIXED_S = 2.5
+IDLE_TABLE_S = 1.0
+IDLE_TABLE_512_S = 1.5
+PASSES = 2
+
+
+def expected_seconds(cells=None, hidden=None, busy: float | None = None) -> float:
+    """Roughly how long `calibrate(cells=..., hidden=...)` takes here: the idle machine's time,
+    stretched by the load average per core when other processes share the cores."""
+    from mpirnn.perf.calibration import CALIBRATED_HIDDEN, GATES
+    fused = [cell for cell in GATES if cells is None or cell in cells]
+    tables = sum(IDLE_TABLE_S + IDLE_TABLE_512_S * (h / 512) ** 2 for h in (hidden or CALIBRATED_HIDDEN)) * len(fused)
+    idle = IDLE_COMM_S + PASSES * (IDLE_FIXED_S + tables)
+    if busy is None:
+        busy = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return idle * max(1.0, busy)
+
+
+def what_is_measured(cells=None, hidden=None) -> str:
+    """The calibration's scope in words: "every cell at hidden 64, 128, 256, 512", "lstm at hidden 32"."""
+    from mpirnn.perf.calibration import CALIBRATED_HIDDEN
+    sizes = ", ".join(map(str, hidden or CALIBRATED_HIDDEN))
+    return f"{'every cell' if not cells else ', '.join(cells)} at hidden {sizes}"
+
+
 def calibrate(out: str | Path | None = None, quick: bool = False, device: str = "cpu", cells=None,
               hidden=None, say=print) -> Path:
-    """Measure, fit and write a calibration file; returns its path."""
-    from mpirnn.tools.bench import KEEP_MEMORY, mpiexec
+    """Measure, fit and write a calibration file (by default into the user's calibration folder,
+    mpirnn/perf/calibration.py `user_dir`); returns its path.
+
+    cells, hidden: measure only these (a config's or a benchmark's); the file records them as its
+    "scope", and the lookup uses it only for models of those cells at those sizes.
+    quick: toy sizes whose numbers mean little, for the benchmark's --tiny smoke test only.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **KEEP_MEMORY}
     started = datetime.datetime.now().astimezone()
     load = [round(x, 2) for x in os.getloadavg()]
@@ -78,23 +119,31 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
         extra = ["--quick"] if quick else []
         extra += ["--cells", ",".join(cells)] if cells else []
         extra += ["--hidden", ",".join(map(str, hidden))] if hidden else []
-        say(f"mpirnn.plan: calibrating compute on {device} ({'quick' if quick else 'full'})")
-        _run([sys.executable, "-m", "mpirnn.tools.calibrate", "--worker", "compute", "--device", device,
+        what = "toy sizes" if quick else what_is_measured(cells, hidden)
+        say(f"mpirnn.plan: calibrating: [1/2] compute on {device}, {what} ...")
+        phase = time.perf_counter()
+        _run([sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "compute", "--device", device,
               "--result", str(compute_file), *extra], env, "compute")
-        say("mpirnn.plan: calibrating communication (mpirun -n 2)")
-        _run([mpiexec(), "-n", "2", sys.executable, "-m", "mpirnn.tools.calibrate", "--worker", "comm",
+        say(f"mpirnn.plan: calibrating: [1/2] compute done in {time.perf_counter() - phase:.0f} s; "
+            f"[2/2] communication (mpirun -n 2) ...")
+        phase = time.perf_counter()
+        _run([mpiexec(), "-n", "2", sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "comm",
               "--result", str(comm_file), *extra], env, "communication")
+        say(f"mpirnn.plan: calibrating: [2/2] communication done in {time.perf_counter() - phase:.0f} s")
         compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
     compute["slowdown"] = comm["slowdown"]
     intra, errors = fit_links(comm)
     from importlib.metadata import version
     cpu = cpu_model()
+    restricted = cells is not None or (hidden is not None and not set(CALIBRATED_HIDDEN) <= set(hidden))
     data = {
         "format": FORMAT,
         "host": {"cpu": cpu, "cores": os.cpu_count(), "device": device, "threads_per_rank": 1,
                  "torch": version("torch"), "date": started.isoformat(timespec="seconds"),
                  "load_avg_start": load, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
-        "source": "python -m mpirnn.plan --calibrate" + (" --quick (toy sizes: the numbers mean little)" if quick else ""),
+        "source": "python -m mpirnn.plan --calibrate" + (" (toy sizes: the numbers mean little)" if quick else ""),
+        "scope": {"cells": sorted(cells or compute["fused"]), "hidden": sorted(hidden or CALIBRATED_HIDDEN)}
+                 if restricted else None,
         "compute": compute,
         "links": {"intra": intra.to_dict(), "inter": links.NDR_INFINIBAND.to_dict(),
                   "staging": links.HOST_STAGING.to_dict() if device == "cuda" else None},
@@ -103,7 +152,7 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
         "comm_measured": comm["ops"],
         "comm_model_over_measured": errors,
     }
-    path = save(data, out or default_path(cpu, device, started.date()))
+    path = save(data, out or default_path(cpu, device, started))
     say(f"mpirnn.plan: calibration written to {path} ({(datetime.datetime.now().astimezone() - started).total_seconds():.0f} s)")
     return path
 
@@ -121,12 +170,12 @@ def worker(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.worker == "compute":
         import torch
-        from mpirnn.tools.perf.compute_bench import measure
+        from mpirnn.perf.compute_bench import measure
         torch.set_num_threads(1)
         result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
                          hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None)
     else:
-        from mpirnn.tools.perf.comm_bench import measure
+        from mpirnn.perf.comm_bench import measure
         result = measure(args.quick)
     if result is not None:
         Path(args.result).write_text(json.dumps(result))

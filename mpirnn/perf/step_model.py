@@ -3,13 +3,13 @@
     python -m mpirnn.plan --config inputs/lstm-sp.toml --ranks 4 --grid dp=2,sp=2
     python -m pytest -q tests/test_perf_model.py
 
-A step is: the wavefront of units over this rank's stage (mpirnn/tools/perf/schedule.py),
+A step is: the wavefront of units over this rank's stage (mpirnn/perf/schedule.py),
 each unit running its layers over one chunk of one microbatch plus, on the first stage, the
 embedding and, on the last, the head and loss; the messages of the sequence (sp), pipeline
 (pp) and tensor (tp) axes; the gradient allreduce over the ranks holding the same
 parameters (dp × sp), overlapped with backward except its last bucket; and Adam. Compute
 runs slower when the node's other ranks are busy too (the calibration's slowdown).
-Rank layout follows mpirnn.parallel.grid: tp varies fastest, then pp, sp, dp, so an
+Rank layout follows mpirnn.grid: tp varies fastest, then pp, sp, dp, so an
 axis's messages cross nodes only when its ranks are spread over more than one node.
 """
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from mpirnn.tools.perf import links
-from mpirnn.tools.perf.calibration import GATES, PROJECTIONS, STATE_PARTS, Calibration
-from mpirnn.tools.perf.schedule import bubble_fraction, chain_time
+from mpirnn.perf import links
+from mpirnn.perf.calibration import GATES, PROJECTIONS, STATE_PARTS, Calibration
+from mpirnn.perf.schedule import bubble_fraction, chain_time
 
 AXES = ("dp", "sp", "pp", "tp")
 
@@ -223,7 +223,7 @@ def unit_s(shape: Shape, layout: Layout, cal: Calibration, stage: int, slowdown:
 
 
 def segment_hop_share(shape: Shape, layout: Layout, cal: Calibration) -> float:
-    """The share of a unit the next segment waits for (mpirnn/tools/perf/schedule.py): the stage's
+    """The share of a unit the next segment waits for (mpirnn/perf/schedule.py): the stage's
     first layer in forward and its last in backward, taken as half of each one's forward+backward.
     The largest over stages."""
     if layout.sp == 1 or shape.linear:

@@ -1,6 +1,6 @@
 """A calibration file and the compute and link costs read from it.
 
-    python -m mpirnn.plan --calibrate [--out FILE]     # writes one (mpirnn/tools/calibrate.py)
+    python -m mpirnn.plan --calibrate [--out FILE]     # writes one (mpirnn/perf/calibrate.py)
 
 A calibration is a JSON object (format "mpirnn-calibration/1") holding what one rank of a
 machine costs: a fused nn.LSTM/GRU/RNN layer's forward+backward per time step and per call,
@@ -9,6 +9,9 @@ linear cells' gates and log-space scan per element; the embedding, the head and 
 token; Adam per parameter; how much slower a rank runs when the node's other ranks are busy;
 and the links (α, β, γ) inside a node and between nodes. Costs between the measured points
 are interpolated: linearly in rows, log-log in hidden size.
+
+Where files live: shipped ones in calibrations/ beside this file (package data), a user's own
+in $MPIRNN_CALIBRATION_DIR or ~/.cache/mpirnn/calibration, searched first (`find_for_host`).
 """
 
 from __future__ import annotations
@@ -17,17 +20,17 @@ import bisect
 import datetime
 import json
 import math
+import os
 import re
 from pathlib import Path
 
-from mpirnn.tools.perf.links import NDR_INFINIBAND, Link
+from mpirnn.perf.links import NDR_INFINIBAND, Link
 
 FORMAT = "mpirnn-calibration/1"
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}               # weight blocks of a fused layer
 PROJECTIONS = {"mingru": 2, "minlstm": 3}             # gate projections of a linear cell (mpirnn.models.linear_cells)
 STATE_PARTS = {"lstm": 2}                             # (h, c); every other cell carries h only
 CALIBRATED_HIDDEN = (64, 128, 256, 512)               # hidden sizes a full calibration measures by default
-CALIBRATION_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "calibration"
 
 
 class CalibrationError(ValueError):
@@ -215,23 +218,77 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def default_path(cpu: str, device: str = "cpu", when: datetime.date | None = None) -> Path:
-    """benchmarks/calibration/<device or cpu model>-<date>.json."""
-    when = when or datetime.date.today()
-    return CALIBRATION_DIR / f"{slug(device if device != 'cpu' else cpu)}-{when.isoformat()}.json"
+# ------------------------------------------------------------------ where calibrations live
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "calibrations"   # package data: measured by the project
+USER_DIR_VARIABLE = "MPIRNN_CALIBRATION_DIR"
+# "0" hides the shipped calibrations: for a cluster whose CPU has the same model name as the
+# project's machine but not its speed, and for tests of an uncalibrated CPU.
+SHIPPED_VARIABLE = "MPIRNN_SHIPPED_CALIBRATIONS"
 
 
-def find_for_host(cpu: str, folder: Path = CALIBRATION_DIR) -> Path | None:
-    """The newest calibration in `folder` measured on this CPU model (CPU calibrations only)."""
+def user_dir() -> Path:
+    """Where a user's own calibrations go: $MPIRNN_CALIBRATION_DIR, else ~/.cache/mpirnn/calibration.
+
+    Never the package directory, which is read-only in a site-packages install."""
+    chosen = os.environ.get(USER_DIR_VARIABLE)
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "mpirnn" / "calibration"
+
+
+def search_dirs() -> list[Path]:
+    """The folders searched for a calibration, in order: the user's, then the shipped ones."""
+    shipped = [] if os.environ.get(SHIPPED_VARIABLE, "1") == "0" else [SHIPPED_DIR]
+    return [user_dir(), *shipped]
+
+
+def default_path(cpu: str, device: str = "cpu", when: datetime.datetime | None = None) -> Path:
+    """<user dir>/<device or cpu model>-<date>-<time>.json (a new name for every calibration)."""
+    when = when or datetime.datetime.now()
+    return user_dir() / f"{slug(device if device != 'cpu' else cpu)}-{when:%Y-%m-%d-%H%M%S}.json"
+
+
+def covers(data: dict, cell: str | None, hidden: int | None) -> bool:
+    """Whether a calibration measured what a model of this cell and hidden size needs.
+
+    A full calibration measures every cell at several hidden sizes and is read between and
+    beyond them; one restricted to a config's sizes (its "scope") only at those sizes."""
+    compute = data.get("compute", {})
+    if cell is not None and cell not in compute.get("fused", {}) and cell not in compute.get("linear", {}):
+        return False
+    scope = data.get("scope")
+    if not scope or hidden is None:
+        return True
+    return min(scope["hidden"]) <= hidden <= max(scope["hidden"])
+
+
+def calibrations_for_host(cpu: str, folder: Path, cell: str | None = None, hidden: int | None = None) -> list[Path]:
+    """Calibrations in `folder` measured on this CPU model (CPU calibrations only) covering the
+    cell and hidden size when given, newest first."""
     found = []
     for path in folder.glob("*.json") if folder.is_dir() else ():
         try:
-            host = json.loads(path.read_text()).get("host", {})
+            data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if host.get("cpu") == cpu and host.get("device", "cpu") == "cpu":
+        host = data.get("host", {})
+        if host.get("cpu") == cpu and host.get("device", "cpu") == "cpu" and covers(data, cell, hidden):
             found.append((host.get("date", ""), path))
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def find_for_host(cpu: str, cell: str | None = None, hidden: int | None = None) -> Path | None:
+    """The calibration to plan with on this CPU model: the newest of the user's own that covers the
+    cell and hidden size, else the newest shipped one (docs/performance.md, "Calibrations")."""
+    for folder in search_dirs():
+        found = calibrations_for_host(cpu, folder, cell, hidden)
+        if found:
+            return found[0]
+    return None
+
+
+def searched() -> str:
+    """The searched folders, as a message names them."""
+    return " and ".join(shown_path(folder) for folder in search_dirs())
 
 
 def shown_path(path) -> str:
@@ -240,15 +297,3 @@ def shown_path(path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "unknown"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mpirnn.training import faults
+from mpirnn import faults
 from mpirnn.errors import CheckpointError
 
 NAME = re.compile(r"^ckpt-(\d{8})\.json$")

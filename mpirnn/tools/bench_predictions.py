@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mpirnn.tools.perf import calibration
-from mpirnn.tools.perf.calibration import Calibration
-from mpirnn.tools.perf.step_model import Layout, Shape, predict
+from mpirnn.perf import calibration
+from mpirnn.perf.calibration import Calibration
+from mpirnn.perf.step_model import Layout, Shape, predict
 
 DEFAULT_METHODS = (None, "auto", "chunked")   # the scan the calibration times (log_scan's default)
 
@@ -41,7 +41,7 @@ def calibration_for(args, shapes: list[dict]) -> Calibration | None:
         return calibration.load(args.calibration)
     if (args.device or "cpu") != "cpu":
         return None   # calibrating here would time this CPU: give --calibration for GPU predictions
-    from mpirnn.tools.calibrate import calibrate
+    from mpirnn.perf.calibrate import calibrate
     cells, hidden = scope(shapes)
     out = Path(args.out).with_name(Path(args.out).stem + "-calibration.json")
     path = calibrate(out, quick=args.tiny, cells=cells, hidden=hidden,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpirnn.tools.perf.calibration import CALIBRATED_HIDDEN, GATES, PROJECTIONS
+from mpirnn.perf.calibration import CALIBRATED_HIDDEN, GATES, PROJECTIONS
 
 FUSED = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 SIZES = {  # (full, quick): the quick set only exercises the machinery

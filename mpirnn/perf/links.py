@@ -7,7 +7,7 @@ collective formulas are the textbook ones MPI libraries approach for large messa
 (Thakur, Rabenseifner and Gropp, "Optimization of Collective Communication Operations in
 MPICH", IJHPCA 2005): recursive halving/doubling rounds for latency, (p−1)/p of the data
 over each link for bandwidth. Intra-node figures of a CPU host come from a measurement
-(mpirnn/tools/perf/comm_bench.py); the GPU and cluster figures below are documented
+(mpirnn/perf/comm_bench.py); the GPU and cluster figures below are documented
 defaults, each with its source beside it.
 """
 

@@ -2,11 +2,12 @@
 
     python -m mpirnn.plan --project [--calibration GPU.json] [--gpus-per-node 8] [--max-gpus 1024] [--json]
 
-Uses a GPU calibration: the newest benchmarks/calibration/*.json measured on a GPU
+Uses a GPU calibration: the newest one measured on a GPU in the calibration folders
+(mpirnn/perf/calibration.py search_dirs)
 (`python -m mpirnn.plan --calibrate --device cuda` on the GPU machine), else the one derived
 here from what was measured on an H100 (`h100_calibration`, every figure with its source).
 Links: NVLink 4 inside a node, NDR InfiniBand between nodes, and mpirnn's host staging of
-GPU messages (MPICH from PyPI is not CUDA-aware) on top of both (mpirnn/tools/perf/links.py).
+GPU messages (MPICH from PyPI is not CUDA-aware) on top of both (mpirnn/perf/links.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from mpirnn.tools.perf import calibration as calibration_file
-from mpirnn.tools.perf.calibration import FORMAT, GATES, Calibration
-from mpirnn.tools.perf.links import HOST_STAGING, NDR_INFINIBAND, NVLINK4
-from mpirnn.tools.perf.step_model import Shape
+from mpirnn.perf import calibration as calibration_file
+from mpirnn.perf.calibration import FORMAT, GATES, Calibration
+from mpirnn.perf.links import HOST_STAGING, NDR_INFINIBAND, NVLINK4
+from mpirnn.perf.step_model import Shape
 
 # ---------------------------------------------------------------- an H100 from measured step times
 
@@ -64,7 +65,7 @@ def h100_calibration() -> dict:
     return {"format": FORMAT,
             "host": {"cpu": "NVIDIA H100 80GB HBM3 (derived)", "device": "cuda", "cores": 16, "date": "2026-11-26",
                      "threads_per_rank": 1},
-            "source": "derived by mpirnn.tools.perf.projection.h100_calibration from the H100 bench runs of "
+            "source": "derived by mpirnn.tools.projection.h100_calibration from the H100 bench runs of "
                       "2026-11-26 (W1 and W3 1-rank steps) and datasheet figures; not a measurement of every entry",
             "compute": compute,
             "links": {"intra": NVLINK4.to_dict(), "inter": NDR_INFINIBAND.to_dict(), "staging": HOST_STAGING.to_dict()},
@@ -75,7 +76,7 @@ def gpu_calibration(path: str | None = None) -> Calibration:
     if path:
         return calibration_file.load(path)
     measured = []
-    for candidate in sorted(calibration_file.CALIBRATION_DIR.glob("*.json")):
+    for candidate in sorted(path for folder in calibration_file.search_dirs() for path in folder.glob("*.json")):
         data = json.loads(candidate.read_text())
         if data.get("host", {}).get("device") == "cuda":
             measured.append((data["host"].get("date", ""), candidate))
@@ -88,7 +89,7 @@ def gpu_calibration(path: str | None = None) -> Calibration:
 
 
 def shapes() -> dict[str, Shape]:
-    from mpirnn.tools.perf.bench_predictions import shape_for
+    from mpirnn.tools.bench_predictions import shape_for
     from mpirnn.tools.shapes import SHAPES
     w1 = shape_for(SHAPES["W1"])
     return {"W1": w1, "W2": shape_for(SHAPES["W2"]), "W1 weak (batch 32 per GPU)": w1}
@@ -104,7 +105,7 @@ def gpu_counts(most: int) -> list[int]:
 
 def project(shape: Shape, cal: Calibration, gpus: int, per_node: int, weak: bool = False) -> dict:
     """The best grid for `gpus` GPUs, `per_node` to a node (fewer on one node)."""
-    from mpirnn.tools.planner import rank_grids, serial
+    from mpirnn.perf.ranking import rank_grids, serial
     scaled = replace(shape, batch=shape.batch * gpus) if weak else shape
     nodes = max(1, gpus // per_node)
     best = rank_grids(scaled, gpus, cal, nodes)[0]

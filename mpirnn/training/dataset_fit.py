@@ -1,0 +1,46 @@
+"""Whether a dataset can serve a run: enough rows for every data-parallel rank, long enough rows,
+microbatches and chunks the grid can run, at least one batch of sequences.
+
+Checked on every rank and agreed before any compute (mpirnn/training/session.py `open_data`).
+It needs both the data and the parallel plan, so it lives here, above both; the loaders
+themselves know only what a rank reads (mpirnn/data/reads.py).
+"""
+
+from __future__ import annotations
+
+from mpirnn.data.loader import training_stride
+from mpirnn.data.manifest import Manifest
+from mpirnn.data.reader import Reader
+from mpirnn.errors import DataError
+from mpirnn.grid import Grid
+from mpirnn.parallel.plan import make_plan
+
+
+def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
+    """Refuse a dataset that cannot serve this config, with what to change."""
+    d = cfg.data
+    if manifest.has_lengths:
+        # The data layer reads labelled rows (mpirnn/data/row_reader.py); the heads, losses and
+        # masks that train on them are the engine's part of issue 17 (docs/tasks.md).
+        what = (f"task {manifest.task!r} yet" if manifest.task_spec.labelled else
+                "rows of different lengths (token_sequences) yet")
+        raise DataError(f"data.path {manifest.root} holds a {manifest.task!r} dataset "
+                        f"({manifest.task_spec.describe()}): mpirnn cannot train {what}, only "
+                        f"'next' on text, a series or rows of one length; see docs/tasks.md")
+    if d.batch_size < grid.dp:
+        raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
+                        f"use data.batch_size >= parallel.dp")
+    if manifest.kind == "sequences" and d.seq_len + 1 > manifest.seq_len:
+        raise DataError(f"data.seq_len = {d.seq_len} needs {d.seq_len + 1} steps per row but the dataset's rows "
+                        f"have {manifest.seq_len}: use data.seq_len <= {manifest.seq_len - 1}")
+    # Microbatches and chunks are refused the same way on every rank (the fewest rows decide).
+    make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
+              cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
+              hidden=cfg.model.hidden)
+    stride = training_stride(manifest, cfg)
+    windows = Reader(manifest, stride).n_windows(d.seq_len)
+    if windows < d.batch_size:
+        every = " (windows at every step: data.windows = every)" if stride == 1 else ""
+        raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps{every}, fewer than one "
+                        f"batch of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
+
