@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ROOT
+from support import ROOT, make_series_dataset, make_token_dataset
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
 if not MPIRUN.exists():
@@ -261,3 +261,10 @@ def assert_losses_match(path: Path, expected: list[float], first: int = 1) -> No
     assert max(step for step, _ in got) <= len(expected), "the reference run is too short for this comparison"
     assert [loss for _, loss in got] == [expected[step - 1] for step, _ in got], \
         f"resumed losses differ from the uninterrupted run: {got}"
+
+
+def small_datasets(root: Path) -> Path:
+    """`root/tokens` (bytes) and `root/series` (3 features): the datasets the launcher tests train on."""
+    make_token_dataset(root / "tokens")
+    make_series_dataset(root / "series")
+    return root

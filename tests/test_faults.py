@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 import pytest
+from launcher import small_datasets
 from launcher import (MPICH_ABORT, Job, assert_intact, assert_losses_match, assert_one_line, checkpoint_steps,
                       record_case, records)
 from launcher import _no_job_left_behind  # noqa: F401  (an autouse fixture: kills what a failed test left running)
-from support import ROOT, make_series_dataset, make_token_dataset
+from support import ROOT
 
 FAULT_EXIT_S = 10     # issue 4: an exception or bad batch on one rank ends every rank within 10 s
 HANG_EXIT_S = 10      # train.comm_timeout_s = 3, checked every 0.75 s, plus the abort
@@ -45,10 +46,7 @@ pytestmark = pytest.mark.timeout(200)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults-data")
-    make_token_dataset(root / "tokens")
-    make_series_dataset(root / "series")
-    return root
+    return small_datasets(tmp_path_factory.mktemp("faults-data"))
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,15 @@ the progress bar keeps to stderr. Mounting needs root: those two tests skip, say
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from launcher import SMALL, Job, assert_intact, assert_one_line, checkpoint_steps, records
+from launcher import SMALL, Job, small_datasets, assert_intact, assert_one_line, checkpoint_steps, records
 from launcher import _no_job_left_behind  # noqa: F401  (an autouse fixture: kills what a failed test left running)
-from support import ROOT, make_series_dataset, make_token_dataset
+from support import ROOT
 
 pytestmark = pytest.mark.timeout(240)
 BEFORE_STEP_1_S = 40  # start-up, data checks and the refusal; far less than a run
@@ -30,10 +29,7 @@ BEFORE_STEP_1_S = 40  # start-up, data checks and the refusal; far less than a r
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lost-run-data")
-    make_token_dataset(root / "tokens")
-    make_series_dataset(root / "series")
-    return root
+    return small_datasets(tmp_path_factory.mktemp("lost-run-data"))
 
 
 def run(n: int, data: Path, out: Path, fault: str | None = None, **settings) -> Job:
@@ -132,12 +128,15 @@ def test_resuming_copied_checkpoints_branches_and_leaves_the_original_alone(data
         (tmp_path / "copy" / f"ckpt-00000006.{suffix}").unlink()
 
     # A branch told to write the original's metrics file is refused before any step.
-    clash = Job(2, {"checkpoint.dir": tmp_path / "copy", "checkpoint.resume": "true", "train.steps": 8,
-                    "output.run_name": "k1"}, cwd=tmp_path)
-    assert clash.wait() == 1, clash.report()
-    assert_one_line(clash, r"^mpirnn: error: these checkpoints were copied from run k1 .* give the branch its own "
-                           r"output.run_name")
-    assert metrics.read_bytes() == before
+    def refused(settings: dict, pattern: str) -> None:
+        job = Job(2, settings, cwd=tmp_path)
+        assert job.wait() == 1, job.report()
+        assert_one_line(job, pattern)
+        assert metrics.read_bytes() == before
+
+    refused({"checkpoint.dir": tmp_path / "copy", "checkpoint.resume": "true", "train.steps": 8,
+             "output.run_name": "k1"},
+            r"^mpirnn: error: these checkpoints were copied from run k1 .* give the branch its own output.run_name")
 
     branch = Job(2, {"checkpoint.dir": tmp_path / "copy", "checkpoint.resume": "true", "train.steps": 8}, cwd=tmp_path)
     assert branch.wait() == 0, branch.report()
@@ -149,11 +148,8 @@ def test_resuming_copied_checkpoints_branches_and_leaves_the_original_alone(data
     assert [r["step"] for r in records(folders[0] / "metrics.jsonl")] == [4, 5, 6, 7, 8]
 
     # Any run but the same one continuing refuses a metrics file that holds another run's lines.
-    again = Job(2, {"data.path": data / "tokens", "output.run_name": "k1", "train.steps": 2}, cwd=tmp_path)
-    assert again.wait() == 1, again.report()
-    assert_one_line(again, r"^mpirnn: error: output.metrics runs/k1/metrics.jsonl already holds another run's "
-                           r"metrics \(steps 1-6\)")
-    assert metrics.read_bytes() == before
+    refused({"data.path": data / "tokens", "output.run_name": "k1", "train.steps": 2},
+            r"^mpirnn: error: output.metrics runs/k1/metrics.jsonl already holds another run's metrics \(steps 1-6\)")
 
     # The same run, resumed in place, continues its own file.
     same = Job(2, {"checkpoint.dir": original / "ckpt", "checkpoint.resume": "true", "train.steps": 8}, cwd=tmp_path)
