@@ -45,8 +45,8 @@ class DataConfig:
     batch_size: int = doc(32, "global batch: sequences per step over all ranks")
     validate: bool = doc(True, "scan every value (NaN, ids past the vocabulary) before training; shard sizes and checksums are checked either way")
     windows: str = doc("auto", "where a long stream's training windows start: every = at any step (seeded), cut = "
-                               "non-overlapping cuts of seq_len; auto = every for a series, cut for tokens and "
-                               "for train.stateful (evaluation always scores non-overlapping cuts)")
+                               "non-overlapping cuts of seq_len; auto = cut, or every for a series too short to "
+                               "fill a batch with cuts (evaluation always scores non-overlapping cuts)")
 
 
 @dataclass

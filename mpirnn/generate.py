@@ -37,7 +37,8 @@ def parse_args(argv):
     given = parser.add_mutually_exclusive_group(required=True)
     given.add_argument("--prompt", help="text to start from (its bytes, as given, are the first tokens)")
     given.add_argument("--prompt-bytes", metavar="HEX", help="the first tokens as hex bytes, e.g. 00010203")
-    given.add_argument("--prompt-file", metavar="FILE", help="the first tokens: this file's bytes")
+    given.add_argument("--prompt-file", metavar="FILE", help="the first tokens: this file's bytes (read on every rank: under mpirun on several nodes, "
+                            "put it on shared storage)")
     parser.add_argument("--bytes", type=int, default=300, metavar="N", help="tokens to generate (default 300)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")

@@ -170,8 +170,8 @@ def short_series(tmp_path_factory):
 
 
 def test_series_windows_start_at_every_step(short_series):
-    """data.windows = auto on a series: window w is steps [w, w + seq_len], so a short series fills
-    the batch the user asks for; tokens and stateful runs keep non-overlapping cuts."""
+    """data.windows = auto on a series too short for a batch of cuts: window w is steps
+    [w, w + seq_len], so it fills the batch the user asks for."""
     from mpirnn.config import load_config
     from mpirnn.data.loader import BatchLoader, training_stride
     from mpirnn.training.dataset_fit import check_fit
@@ -180,16 +180,20 @@ def test_series_windows_start_at_every_step(short_series):
     from mpirnn.data.sampler import window_stride
     from mpirnn.parallel.plan import make_plan
 
-    assert window_stride("auto", "series", False, 44) == 1
-    assert window_stride("auto", "tokens", False, 44) == 44 and window_stride("every", "tokens", False, 44) == 1
-    assert window_stride("auto", "series", True, 44) == 44 and window_stride("cut", "series", False, 44) == 44
+    # auto: every step only for a series whose cuts cannot fill one batch (300 steps: 6 cuts of 44 < 16).
+    assert window_stride("auto", "series", False, 44, 300, 16) == 1
+    assert window_stride("auto", "series", False, 44, 300, 4) == 44
+    assert window_stride("auto", "tokens", False, 44, 300, 16) == 44
+    assert window_stride("every", "tokens", False, 44, 300, 16) == 1
+    assert window_stride("auto", "series", True, 44, 300, 16) == 44
+    assert window_stride("cut", "series", False, 44, 300, 16) == 44
     manifest = load_manifest(short_series)
     cfg = load_config(None, ["data.seq_len=44", "data.batch_size=16", "train.seed=2"])
     check_fit(manifest, cfg, Grid(1))  # refused before: "holds 6 sequences of 44 steps, fewer than one batch of 16"
     assert Reader(manifest, training_stride(manifest, cfg)).n_windows(44) == manifest.length - 44
     assert Reader(manifest).n_windows(44) == (manifest.length - 1) // 44  # evaluation: non-overlapping
     plan = make_plan(Grid(1), Grid(1).coords(0), batch_size=16, seq_len=44, layers=2, cell="lstm", microbatches=1)
-    loader = BatchLoader(manifest, cfg, plan, "cpu", torch.float64)
+    loader = BatchLoader(manifest, cfg, plan.reads, "cpu", torch.float64)
     raw = Reader(manifest)
     try:
         starts = loader.global_windows(3)
@@ -213,11 +217,12 @@ def test_every_step_windows_are_the_same_on_any_grid(short_series, dp, sp, pp):
     from mpirnn.parallel.plan import make_plan
 
     manifest = load_manifest(short_series)
-    cfg = load_config(None, ["data.seq_len=44", "data.batch_size=12", "train.seed=4", "model.layers=2"])
+    cfg = load_config(None, ["data.seq_len=44", "data.batch_size=12", "train.seed=4", "model.layers=2",
+                             "data.windows=every"])
 
     def loader(grid, rank):
         plan = make_plan(grid, grid.coords(rank), batch_size=12, seq_len=44, layers=2, cell="lstm", microbatches=1)
-        return BatchLoader(manifest, cfg, plan, "cpu", torch.float32)
+        return BatchLoader(manifest, cfg, plan.reads, "cpu", torch.float32)
 
     serial, grid = loader(Grid(1), 0), Grid(dp * sp * pp, dp=dp, sp=sp, pp=pp)
     loaders = [loader(grid, r) for r in range(grid.world_size)]

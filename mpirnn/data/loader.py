@@ -24,7 +24,8 @@ def training_stride(manifest: Manifest, cfg) -> int | None:
     """Steps between the starts of training windows (None: rows, not a stream)."""
     if not manifest.is_stream:
         return None
-    return window_stride(cfg.data.windows, manifest.kind, cfg.train.stateful, cfg.data.seq_len)
+    return window_stride(cfg.data.windows, manifest.kind, cfg.train.stateful, cfg.data.seq_len, manifest.length,
+                         cfg.data.batch_size)
 
 
 class BatchLoader:

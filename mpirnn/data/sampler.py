@@ -4,10 +4,9 @@ Because the global batch does not depend on the grid, a dp=4 run and a 1-rank ru
 the same samples in the same step; each rank then takes its own rows of it. Evaluation
 (`sequential_batches`) takes every window of a split once, in order.
 
-A long stream's windows start every `stride` steps (`window_stride`): at every step for a
-series (data.windows = every, the default for series: a short series still fills a batch, and
-the model sees each season at every phase), or non-overlapping cuts of seq_len (tokens, and
-stateful runs, whose rows continue where they stopped).
+A long stream's windows start every `stride` steps (`window_stride`): non-overlapping cuts of
+seq_len, or at every step (data.windows = every; by default only for a series too short to fill
+a batch with cuts, which was refused before).
 
     python -m pytest -q tests/test_sampler.py tests/test_inference_scoring.py
 """
@@ -17,10 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_stride(setting: str, kind: str, stateful: bool, seq_len: int) -> int:
-    """Steps between the starts of consecutive training windows of a stream (data.windows)."""
-    every = setting == "every" or (setting == "auto" and kind == "series" and not stateful)
-    return 1 if every else seq_len
+def window_stride(setting: str, kind: str, stateful: bool, seq_len: int, length: int, batch_size: int) -> int:
+    """Steps between the starts of consecutive training windows of a stream of `length` steps
+    (data.windows). `auto` cuts non-overlapping windows, and starts them at every step only for a
+    series too short to fill one batch that way: measured, every-step windows fit the next step
+    better but forecast long horizons worse (docs/data.md)."""
+    if setting == "every":
+        return 1
+    if setting == "cut" or stateful or kind != "series":
+        return seq_len
+    return 1 if (length - 1) // seq_len < batch_size else seq_len
 
 
 def shuffled_batch(step: int, batch_size: int, n_windows: int, seed: int) -> np.ndarray:

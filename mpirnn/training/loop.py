@@ -63,7 +63,8 @@ class Trainer(TrainerReports):
         """Continue from checkpoint `step` (found and agreed on by the session)."""
         directory = self.cfg.checkpoint.dir
         path = f"{directory}/ckpt-{step:08d}.pt"
-        self.owned = [s for s in checkpoint.steps(directory) if s <= step]
+        # A branch never prunes the run it came from (docs/checkpoints.md).
+        self.owned = [] if self.cfg.branched_from else [s for s in checkpoint.steps(directory) if s <= step]
         state, _ = checkpoint.load(directory, step)
         state = upgrade(state, list(self.model.serial_shapes))
         check_compatible(self.model, state, path)
@@ -193,20 +194,23 @@ class Trainer(TrainerReports):
         finally:
             if bar is not None:
                 bar.close()
+        self.watchdog.begin(self.step, "writing the run's summary (gathering each rank's placement)", checkpoint=True)
         summary = self._summary(records, time.perf_counter() - started)
         if cfg.output.trace:
             self.comms.timer.tracer.write(cfg.output.trace)
             summary["trace"] = cfg.output.trace
         metrics.write(summary)
         metrics.close()
+        self.watchdog.end()
         if stopped:
             self._say_stopped(stopped)
             return self._stop_status(stopped)
         if self.rank0 and records:
             self._report(summary)
-        if records and not math.isfinite(records[-1]["loss"]):
-            raise AgreedError(f"the final loss (step {self.step}) is not finite ({records[-1]['loss']}): the model "
-                              f"has not trained; lower train.lr, set train.grad_clip, or check the data")
+        kept = [r for r in records if not r.get("skipped")]
+        if records and (not kept or not math.isfinite(kept[-1]["loss"])):
+            raise AgreedError(f"no finite loss at the end of the run (step {self.step}): the model has not trained; "
+                              f"lower train.lr, set train.grad_clip, or check the data")
         if self.unsaved_step is not None:
             raise AgreedError(f"the last checkpoint (step {self.unsaved_step}) could not be written to "
                               f"{cfg.checkpoint.dir} (the warning above says why); {self._newest_on_disk()}")

@@ -67,7 +67,9 @@ class TrainerReports:
         rank writes it, so the batch host (which runs ranks too) sees it at once even on a network
         file system; if it cannot be written, 128 + signal still tells job.sh."""
         marker = os.environ.get("MPIRNN_STOP_FILE")
-        if not marker or not self.cfg.checkpoint.dir or self.unsaved_step is not None:
+        if self.unsaved_step is not None:
+            return 1  # its checkpoint failed: not a clean stop that slurm/job.sh may requeue
+        if not marker or not self.cfg.checkpoint.dir:
             return 128 + signum
         wrote = True
         if self.comms.local_rank == 0:

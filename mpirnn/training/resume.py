@@ -26,7 +26,7 @@ from mpirnn.errors import CheckpointError
 from mpirnn import checkpoint
 
 # Settings that define what a checkpoint holds or which batches it continues with.
-ADOPTED = ("model.", "data.path", "data.seq_len", "data.batch_size", "train.seed", "train.stateful",
+ADOPTED = ("model.", "data.path", "data.seq_len", "data.batch_size", "data.windows", "train.seed", "train.stateful",
            "output.run_name", "output.metrics")
 # Of those, the ones a checkpoint cannot be used with when they differ (the parameter shapes).
 MODEL = "model."
@@ -80,9 +80,9 @@ def _refuse_shared_metrics(cfg, saved: dict, original: str) -> None:
         return
     if theirs and _resolved(ours) == _resolved(theirs):
         raise CheckpointError(
-            f"these checkpoints were copied from run {original} (checkpoint.dir {cfg.checkpoint.dir} is not the "
-            f"directory it wrote), and this run would write that run's metrics file {theirs}: give the branch its "
-            f"own output.run_name (or leave it out for a new one)")
+            f"these checkpoints were copied from run {original} or are resumed under another name (a branch), and "
+            f"this run would write that run's metrics file {theirs}: give the branch its own output.run_name (or "
+            f"leave it out for a new one)")
 
 
 def take_settings(cfg, saved: dict) -> tuple[list[str], list[str], str | None]:

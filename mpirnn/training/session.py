@@ -173,8 +173,8 @@ def train(cfg, grid) -> int:
                       f"{cfg.train.steps}: nothing to do (raise train.steps to train further)", flush=True)
             return 0
         name_the_run(cfg, world)
-        continuing = start is not None and cfg.branched_from is None
-        agree(world, lambda: refuse_another_runs(cfg.output.metrics, continuing) if world.rank == 0 else None)
+        if cfg.branched_from:  # a new run rerun under its own name replaces its own file, as before
+            agree(world, lambda: refuse_another_runs(cfg.output.metrics, False) if world.rank == 0 else None)
         if cfg.branched_from and world.rank == 0:
             original, step = cfg.branched_from
             print(f"mpirnn: run {cfg.output.run_name} branches from run {original} at step {step}: its metrics "
