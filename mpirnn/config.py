@@ -44,6 +44,9 @@ class DataConfig:
     seq_len: int = doc(128, "time steps per training sequence (the target is the next step)")
     batch_size: int = doc(32, "global batch: sequences per step over all ranks")
     validate: bool = doc(True, "scan every value (NaN, ids past the vocabulary) before training; shard sizes and checksums are checked either way")
+    bucket: bool = doc(True, "rows of different lengths (labelled tasks): group rows of similar length into each "
+                             "step's global batch, so little padding is computed (still a function of train.seed "
+                             "and the step, never of the grid); no effect where rows have one length")
     windows: str = doc("auto", "where a long stream's training windows start: every = at any step (seeded), cut = "
                                "non-overlapping cuts of seq_len; auto = cut, or every for a series too short to "
                                "fill a batch with cuts (evaluation always scores non-overlapping cuts)")
@@ -87,6 +90,9 @@ class TrainConfig:
     bucket_mb: float = doc(4.0, "gradient allreduce bucket size in MiB (overlapped with backward)")
     eval_every: int = doc(0, "every this many steps (and at the last), val_loss over the val split (in the "
                              "loss's unit); 0 = off")
+    class_weights: str | list = doc("", "classes (tag, classify): weight each class's loss terms: \"balanced\" "
+                                        "(n / (classes x count) on the train split), a list of one weight per "
+                                        "class, or \"\" = equal weights")
     eval_batches: int = doc(0, "batches of data.batch_size val sequences per evaluation, in order; 0 = the whole val split")
 
 
@@ -148,7 +154,8 @@ def _coerce(where: str, value, kind):
     if kind is bool and not isinstance(value, bool) or kind is not bool and isinstance(value, bool):
         raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
     if not isinstance(value, kind):
-        raise ConfigError(f"{where} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+        names = " or ".join(k.__name__ for k in typing.get_args(kind)) or kind.__name__
+        raise ConfigError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -268,6 +275,15 @@ def check(cfg: Config) -> None:
                           "continue where it stopped; use data.windows = cut (or auto)")
     if not 0 <= t.max_skipped <= 1:
         raise ConfigError(f"train.max_skipped = {t.max_skipped}: give a share of the run's steps, from 0 to 1")
+    if isinstance(t.class_weights, str) and t.class_weights not in ("", "balanced"):
+        raise ConfigError(f"train.class_weights = {t.class_weights!r}: use \"balanced\", a list of one weight "
+                          f"per class, or \"\" (equal weights)")
+    if isinstance(t.class_weights, list) and not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in t.class_weights):
+        raise ConfigError(f"train.class_weights = {t.class_weights!r}: the weights must be numbers >= 0")
+    if d.bucket and t.stateful and "data.bucket" in cfg.explicit:
+        raise ConfigError("data.bucket = true with train.stateful = true: bucketing regroups rows at every step, "
+                          "while a carried state needs each row to continue where it stopped; set one of them off")
     if c.resume and not c.dir:
         raise ConfigError("checkpoint.resume = true needs checkpoint.dir")
 

@@ -45,7 +45,7 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
         optimizer.zero_grad()
         set_lr(optimizer, lr_at(step + 1, cfg.train))
         loss, final = model(inputs, targets, state)
-        loss = loss / loader.elements
+        loss = loss / loader.norm(step)
         loss.backward()
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

@@ -81,19 +81,35 @@ def test_a_split_normalized_series_trains(tmp_path):
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses), records
 
 
-def test_a_labelled_dataset_is_refused_in_one_line_before_training(tmp_path):
-    """Labelled tasks land with the engine's part of issue 17; until then, one clear line."""
+def _labelled_rows(tmp_path):
     import numpy as np
 
     from mpirnn.data.labelled_npy import prepare_labelled_npy
 
-    np.save(tmp_path / "x.npy", np.zeros((40, 20, 2), np.float32))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((40, 20, 2)).astype(np.float32))
     np.save(tmp_path / "y.npy", np.arange(40) % 4)
-    prepare_labelled_npy(tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "rows")
-    result = train(tmp_path, tmp_path / "rows")
+    np.save(tmp_path / "l.npy", rng.integers(3, 21, 40))
+    prepare_labelled_npy(tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "rows", lengths=tmp_path / "l.npy")
+    return tmp_path / "rows"
+
+
+def test_a_labelled_dataset_trains_with_its_rows_lengths(tmp_path):
+    result = train(tmp_path, _labelled_rows(tmp_path))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    steps = [r for r in records if not r.get("summary")]
+    assert steps and all(0 <= r["padding_fraction"] < 1 for r in steps), records
+    assert records[-1]["loss_unit"] == "nats per sequence", records[-1]
+    # data.seq_len was set (16) but a labelled row is read whole: one note says so.
+    assert "data.seq_len = 16 is not used" in result.stderr, result.stderr
+
+
+def test_stateful_training_on_labelled_rows_is_refused_in_one_line(tmp_path):
+    result = train(tmp_path, _labelled_rows(tmp_path), **{"train.stateful": "true"})
     shown = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout, shown
-    ours = [line for line in result.stderr.splitlines() if line.startswith("mpirnn:")]
-    assert len(ours) == 1 and "mpirnn cannot train task 'classify' yet" in ours[0], shown
+    ours = [line for line in result.stderr.splitlines() if line.startswith("mpirnn: error")]
+    assert len(ours) == 1 and "train.stateful = true" in ours[0] and "labelled rows" in ours[0], shown
     metrics = tmp_path / "m.jsonl"
     assert not metrics.exists() or not metrics.read_text().strip(), "a step was trained"

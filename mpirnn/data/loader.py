@@ -64,6 +64,14 @@ class BatchLoader:
                         f"{self.rows[1] - 1} of the global batch)")
         return split_block(block.to(self.device), self.segment, self.reads_inputs, self.reads_targets)
 
+    def norm(self, step: int) -> float:
+        """What step `step`'s summed loss is divided by: every value of the global batch."""
+        return float(self.elements)
+
+    def lengths(self, step: int):
+        """Every row fills its window: no lengths (labelled rows: mpirnn/data/labelled_loader.py)."""
+        return None
+
     def close(self) -> None:
         self.reader.close()
 

@@ -80,6 +80,10 @@ class RowReader:
             y = self._read_labels(rows, t0, t1, dtype)
         return RowBatch(x, y, torch.from_numpy(lengths))
 
+    def all_labels(self) -> np.ndarray:
+        """Every row's labels of the split, as stored (for class-weighted counts)."""
+        return self._gather(LABELS, np.arange(self.manifest.length), ())
+
     def _read_labels(self, rows: np.ndarray, t0: int, t1: int, dtype) -> torch.Tensor:
         spec = self.manifest.task_spec
         if spec.task == "tag":

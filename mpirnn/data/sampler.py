@@ -65,3 +65,36 @@ def sequential_batches(n_windows: int, batch_size: int, limit: int = 0) -> list[
     if limit > 0:
         starts = starts[:limit]
     return [np.arange(start, min(start + batch_size, n_windows)) for start in starts]
+
+
+# Bucketing sorts rows by length within pools of this many batches: enough that neighbours in a
+# pool have close lengths, few enough that a batch still draws from a random tenth of a large split.
+BUCKET_POOL_BATCHES = 50
+
+
+def bucketed_epoch(epoch: int, batch_size: int, lengths: np.ndarray, seed: int) -> list[np.ndarray]:
+    """Row ids of every batch of one epoch, rows of similar length together (data.bucket).
+
+    The epoch's permutation (the one `shuffled_batch` uses) is cut into pools of
+    BUCKET_POOL_BATCHES batches; each pool is sorted by length (longest first) and cut into
+    batches, and the batches are shuffled. A function of (seed, epoch) and the lengths only.
+    """
+    lengths = np.asarray(lengths)
+    per_epoch = len(lengths) // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{len(lengths)} rows cannot fill a batch of {batch_size}")
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))[:per_epoch * batch_size]
+    pool = BUCKET_POOL_BATCHES * batch_size
+    batches = []
+    for start in range(0, len(order), pool):
+        piece = order[start:start + pool]
+        piece = piece[np.argsort(-lengths[piece], kind="stable")]
+        batches += [piece[i:i + batch_size] for i in range(0, len(piece), batch_size)]
+    return [batches[i] for i in rng.permutation(per_epoch)]
+
+
+def longest_first(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A batch's rows, longest first (ties in row order): each microbatch's longest row then
+    bounds its neighbours, so a unit's steps past it are skipped (mpirnn/parallel/wavefront.py)."""
+    return rows[np.argsort(-np.asarray(lengths)[rows], kind="stable")]

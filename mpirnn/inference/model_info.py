@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from mpirnn.data.normalization import Normalization, normalization_from_json
+from mpirnn.data.tasks import TaskSpec, task_from_json
 
 BYTE_VOCAB = 256
 LN2 = math.log(2.0)
@@ -22,22 +23,36 @@ LN2 = math.log(2.0)
 
 @dataclass(frozen=True)
 class ModelInfo:
-    kind: str                          # tokens, series or sequences (the dataset's kind)
+    kind: str                          # tokens, series, sequences or token_sequences (the dataset's kind)
     vocab_size: int | None             # tokens
     features: int | None               # series and sequences
     normalization: Normalization | None
+    task_spec: TaskSpec = TaskSpec()   # what the head predicts: the next step, or a labelled task's
 
     @property
     def tokens(self) -> bool:
-        return self.kind == "tokens"
+        """The model reads token ids (text, or labelled token rows such as DNA)."""
+        return self.kind in ("tokens", "token_sequences")
+
+    @property
+    def task(self) -> str:
+        return self.task_spec.task
 
     @property
     def loss_name(self) -> str:
-        return "cross-entropy" if self.tokens else "mean squared error"
+        if self.task == "regress":
+            return "mean squared error"
+        return "cross-entropy" if self.tokens or self.task_spec.classes else "mean squared error"
 
     @property
     def loss_unit(self) -> str:
         """What one unit of `loss` is: the trainer's loss is a mean over every predicted value."""
+        if self.task == "tag":
+            return "nats per valid step"
+        if self.task == "classify":
+            return "nats per sequence"
+        if self.task == "regress":
+            return "per normalized target value (train split mean 0, std 1 per target)"
         if self.tokens:
             return "nats per token"
         return "per value of the normalized next step (train split mean 0, std 1 per feature)"
@@ -51,6 +66,9 @@ class ModelInfo:
         return loss / LN2 if self.byte_tokens and loss is not None else None
 
     def describe(self) -> str:
+        if self.task_spec.labelled:
+            reads = f"tokens (vocab_size={self.vocab_size})" if self.tokens else f"{self.features} feature(s)"
+            return f"a {self.task} model reading {reads}; {self.task_spec.describe()}"
         if self.tokens:
             return f"a token model (vocab_size={self.vocab_size})"
         return f"a {self.kind} model ({self.features} feature(s))"
@@ -58,19 +76,20 @@ class ModelInfo:
     def to_json(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "features": self.features,
                 "normalization": self.normalization and self.normalization.to_json(),
-                "loss": self.loss_name, "loss_unit": self.loss_unit}
+                "loss": self.loss_name, "loss_unit": self.loss_unit, **self.task_spec.to_json()}
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> "ModelInfo":
         features = obj.get("features")
         return cls(obj["kind"], obj.get("vocab_size"), features,
-                   normalization_from_json(obj.get("normalization"), features or 0, where))
+                   normalization_from_json(obj.get("normalization"), features or 0, where),
+                   task_from_json(obj, where))
 
     @classmethod
     def from_manifest(cls, manifest) -> "ModelInfo":
-        tokens = manifest.kind == "tokens"
+        tokens = manifest.is_tokens
         return cls(manifest.kind, manifest.vocab_size if tokens else None,
-                   None if tokens else manifest.features, manifest.normalization)
+                   None if tokens else manifest.features, manifest.normalization, manifest.task_spec)
 
 
 def info_from_parameters(model_state: dict) -> tuple[int | None, int | None]:

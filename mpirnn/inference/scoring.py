@@ -70,7 +70,8 @@ class SplitScorer:
         """`plan`: the run's plan on this rank; `model`: already cut to it (its stage)."""
         self.cfg, self.comms, self.base, self.model, self.loader = cfg, comms, plan, model, loader
         self.runners: dict[int, StepRunner] = {}
-        self.features = None if model.vocab_size else model.features
+        self.labelled = model.outputs is not None  # a labelled task (docs/tasks.md)
+        self.features = None if model.vocab_size or self.labelled else model.features
         scale = normalization.scale if normalization is not None else (1.0,) * (self.features or 0)
         self.scale = torch.tensor(scale, dtype=torch.float64)
         for rows in sorted({len(windows) for windows in loader.batches()}):
@@ -87,22 +88,30 @@ class SplitScorer:
     def score(self, limit: int = 0) -> Score:
         """The loss (and, for series, RMSE/MAE) over the split (`limit` > 0: its first batches); every rank."""
         totals = np.zeros(1 + 2 * (self.features or 0), dtype=np.float64)
-        sequences = 0
+        sequences, labelled_elements = 0, 0.0
         for windows in self.loader.batches(limit):
             sequences += len(windows)
             runner = self._runner(len(windows))
             plan = runner.plan
+            if self.labelled:  # every rank counts the batch's valid elements, its rows or not
+                labelled_elements += self.loader.norm(windows)
             if plan.local_rows == 0:
                 continue  # this data-parallel group has no rows of a short last batch
-            inputs, targets = self.loader.read(windows, plan.reads)
+            lengths = None
+            if self.labelled:
+                inputs, targets, lengths = self.loader.read(windows, plan.reads)
+            else:
+                inputs, targets = self.loader.read(windows, plan.reads)
             state = self.model.zero_state(plan.local_rows, torch.empty(0, device=self.model.device),
                                           range(*plan.layers))
             # The ranks of a tp group compute the same (replicated) head: its rank 0 counts the errors.
             observe = self._observer(totals) if self.features and plan.coords["tp"] == 0 else None
             # norm = 1: raw sums here, divided once by the split's element count below.
-            share, _ = runner.evaluate(inputs, targets, state, 1.0, observe)
+            share, _ = runner.evaluate(inputs, targets, state, 1.0, observe, lengths)
             totals[0] += float(share)
         self.comms.world.Allreduce(MPI.IN_PLACE, totals, MPI.SUM)
+        if self.labelled:
+            return Score(totals[0] / labelled_elements, int(labelled_elements), sequences)
         per_value = self.cfg.data.seq_len * sequences
         elements = per_value * (self.features or 1)
         score = Score(totals[0] / elements, elements, sequences)

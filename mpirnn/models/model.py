@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpirnn.models.linear_cells import MinGRU, MinLSTM, log_state
+from mpirnn.models.objectives import labelled_loss_sum
 
 FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 LINEAR = {"mingru": MinGRU, "minlstm": MinLSTM}
@@ -30,20 +31,23 @@ class Absent(nn.Module):
 
 
 class RecurrentModel(nn.Module):
-    """Tokens (vocab_size) or continuous features (features) in; next-step predictions out."""
+    """Tokens (vocab_size) or continuous features (features) in; next-step predictions out, or
+    with `outputs` the predictions of a labelled task: classes per step or per sequence, or
+    regression values (mpirnn/models/objectives.py)."""
 
     def __init__(self, cell: str, hidden: int, layers: int, embed: int,
-                 vocab_size: int | None = None, features: int | None = None):
+                 vocab_size: int | None = None, features: int | None = None, outputs: int | None = None):
         super().__init__()
         if (vocab_size is None) == (features is None):
             raise ValueError("give exactly one of vocab_size (tokens) or features (series)")
         self.cell, self.hidden, self.vocab_size, self.features = cell, hidden, vocab_size, features
+        self.outputs = outputs  # a labelled task's head width (classes or targets); None: next step
         self.linear = cell in LINEAR
         self.parts = 2 if cell == "lstm" else 1
         self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(features, embed)
         make = LINEAR.get(cell) or (lambda i, h: FUSED[cell](i, h, batch_first=True))
         self.layers = nn.ModuleList(make(embed if i == 0 else hidden, hidden) for i in range(layers))
-        self.head = nn.Linear(hidden, vocab_size or features)
+        self.head = nn.Linear(hidden, outputs or vocab_size or features)
         self._owned = (0, layers)
         self.state_width = hidden  # hidden units per layer this copy holds (H/K under tensor parallelism)
 
@@ -136,8 +140,12 @@ class RecurrentModel(nn.Module):
         self._owned = (layers.start, layers.stop)
         return self
 
-    def loss_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Summed (not averaged) loss, so segments and rows add up to the serial total."""
+    def loss_sum(self, outputs: torch.Tensor, targets) -> torch.Tensor:
+        """Summed (not averaged) loss, so segments and rows add up to the serial total.
+
+        `targets`: the next steps (a tensor), or a labelled task's LabelledTargets."""
+        if not isinstance(targets, torch.Tensor):
+            return labelled_loss_sum(self.head, outputs, targets)
         prediction = self.head(outputs)
         if self.vocab_size:
             return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
@@ -165,11 +173,11 @@ class RecurrentModel(nn.Module):
         return torch.tensor(produced, dtype=torch.long)
 
 
-def build_model(cfg, vocab_size=None, features=None, device="cpu") -> RecurrentModel:
+def build_model(cfg, vocab_size=None, features=None, device="cpu", outputs=None) -> RecurrentModel:
     """The same parameters on every rank for the same seed, whatever the grid."""
     dtype = getattr(torch, cfg.model.dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = RecurrentModel(cfg.model.cell, cfg.model.hidden, cfg.model.layers, cfg.model.embed,
-                               vocab_size=vocab_size, features=features)
+                               vocab_size=vocab_size, features=features, outputs=outputs)
     return model.to(device=device, dtype=dtype)

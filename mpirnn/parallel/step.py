@@ -23,20 +23,21 @@ class StepRunner:
         self.units = plan.microbatches * plan.chunks
         self.reducer = GradientReducer(model.parameters(), comms.replicas, bucket_mb, comms.timer)
 
-    def __call__(self, inputs, targets, state, norm: float):
+    def __call__(self, inputs, targets, state, norm: float, lengths=None):
         """(this rank's share of the loss, the final states of its rows at the end of its segment).
 
         inputs are read on the first stage and targets on the last (None elsewhere); `state`
-        holds the initial states of this stage's layers for this rank's rows.
+        holds the initial states of this stage's layers for this rank's rows; `lengths` each
+        row's length where rows differ (labelled tasks), else None.
         """
         self.reducer.begin(self.units)
-        loss, final = self.wavefront(inputs, targets, state, norm)
+        loss, final = self.wavefront(inputs, targets, state, norm, lengths)
         self.reducer.finish()
         return self._counted(loss), final
 
-    def evaluate(self, inputs, targets, state, norm: float, observe=None):
+    def evaluate(self, inputs, targets, state, norm: float, observe=None, lengths=None):
         """Forward only, through the same parallel paths: (loss share, final states)."""
-        loss, final = self.wavefront.evaluate(inputs, targets, state, norm, observe)
+        loss, final = self.wavefront.evaluate(inputs, targets, state, norm, observe, lengths)
         return self._counted(loss), final
 
     def _counted(self, loss):

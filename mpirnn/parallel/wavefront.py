@@ -11,6 +11,12 @@ stage p+1, or its loss on the last stage) and of its final state (from the next 
 segment s+1), and sends the gradients of its leaves back. Each unit's loss is a sum divided
 by the global element count, so the units' losses add up to the serial loss exactly.
 
+Rows of different lengths (labelled tasks): a unit runs its layers only up to the last valid
+step of its longest row inside its chunk, and none at all for a chunk that is all padding for
+its rows (its final state is then its incoming one). The outputs past that point are zeros that
+nothing scores, so no padded step costs a recurrent step and none changes a result
+(docs/tasks.md, "Variable lengths"). The scan mode runs whole segments.
+
 Where states pass between segments (the chain with sp > 1), a unit runs its layers one at a
 time, each its own autograd graph, and sends each layer's final state as soon as that layer
 is done: the next segment starts a microbatch as soon as the first layer of its last chunk is
@@ -105,23 +111,25 @@ class Wavefront:
 
     # -- one step ------------------------------------------------------------------------
 
-    def __call__(self, inputs, targets, state, norm: float):
+    def __call__(self, inputs, targets, state, norm: float, lengths=None):
         """Forward and backward of this rank's units.
 
         inputs: this rank's rows and segment (stage 0 only, else None); targets likewise on the
         last stage; state: the initial states [stage layers, parts, rows, hidden] (used on
-        segment 0). Returns (this rank's share of the loss as a float64 CPU scalar, the final
-        states of its rows at the end of its segment — the step's final states on the last segment).
+        segment 0); lengths: each of this rank's rows' length (every stage), or None where every
+        row fills the sequence. Returns (this rank's share of the loss as a float64 CPU scalar,
+        the final states of its rows at the end of its segment — the step's final states on the
+        last segment).
         """
         self._like = state  # device and dtype of what arrives
-        graphs, sends, finals, _ = self._forward(inputs, targets, state, norm)
+        graphs, sends, finals, _ = self._forward(inputs, targets, state, norm, lengths)
         total = self._backward(graphs, sends)
         for send in sends:
             send.wait()
         return total, torch.cat(finals, dim=2)
 
     @torch.no_grad()
-    def evaluate(self, inputs, targets, state, norm: float, observe=None):
+    def evaluate(self, inputs, targets, state, norm: float, observe=None, lengths=None):
         """Forward only (validation, evaluation): the same units, edges and sends, no graphs.
 
         Returns (this rank's share of the loss, the final states at the end of its segment).
@@ -129,12 +137,12 @@ class Wavefront:
         stage's top outputs and the chunk's targets, to accumulate other measures.
         """
         self._like = state
-        _, sends, finals, total = self._forward(inputs, targets, state, norm, observe=observe, train=False)
+        _, sends, finals, total = self._forward(inputs, targets, state, norm, lengths, observe=observe, train=False)
         for send in sends:
             send.wait()
         return total, torch.cat(finals, dim=2)
 
-    def _forward(self, inputs, targets, state, norm, observe=None, train=True):
+    def _forward(self, inputs, targets, state, norm, lengths=None, observe=None, train=True):
         pos, C, G, timer = self.position, self.plan.chunks, len(self.groups), self.comms.timer
         states_in = {(u.microbatch, g): irecv(self.sp, self._state_like(u.microbatch, g), pos.segment - 1,
                                               state_tag(u, g, G), timer,
@@ -156,6 +164,7 @@ class Wavefront:
         embedded = {unit: embed(unit) for unit in self.units} if ahead else {}
         for unit in self.units:
             m, rows, steps = unit.microbatch, self.rows[unit.microbatch], self.steps[unit.chunk]
+            limit = self._valid_steps(lengths, rows, steps)
             if pos.inputs_from_peer():
                 received = leaf(inputs_in.pop(unit).wait())
                 features = received
@@ -172,7 +181,8 @@ class Wavefront:
                     start = state[first:stop, :, rows]
                 below = leaf(features.detach()) if g and train else None
                 with timer.tracer.span(self._span("forward", unit, g)):
-                    outputs, final = self._run(features if below is None else below, start, self._layers_of(g))
+                    outputs, final = self._run(features if below is None else below, start, self._layers_of(g),
+                                               limit)
                 # Send at once: the next segment waits for this layer's state, not for the layers above.
                 if pos.state_to_peer(unit, C):
                     sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit, g, G), timer, "send state"))
@@ -196,10 +206,27 @@ class Wavefront:
                 graphs[unit] = UnitGraph(groups, received, loss, head_in)
         return graphs, sends, finals, total
 
-    def _run(self, features, start, layers):
+    def _valid_steps(self, lengths, rows: slice, steps: slice) -> int:
+        """Steps of the chunk `steps` worth running for `rows`: up to the last valid step of the
+        longest row (all of them where lengths are not given, or in the scan mode, whose
+        segments exchange summaries of every step)."""
+        width = steps.stop - steps.start
+        if lengths is None or self.plan.mode == "scan":
+            return width
+        start = self.plan.segment[0] + steps.start
+        return max(0, min(width, int(lengths[rows].max()) - start)) if rows.stop > rows.start else width
+
+    def _run(self, features, start, layers, limit: int):
         if self.plan.mode == "scan":
             return scan_layers(self.model, layers, features, start, self.sp, self.comms.timer)
-        return self.model.run_layers(features, start, layers)
+        width = features.shape[1]
+        if limit == width:
+            return self.model.run_layers(features, start, layers)
+        rows = features.shape[0]
+        if limit == 0:  # all padding for these rows: nothing to run, the state passes through
+            return features.new_zeros(rows, width, self.model.hidden), start
+        outputs, final = self.model.run_layers(features[:, :limit], start, layers)
+        return torch.cat([outputs, outputs.new_zeros(rows, width - limit, outputs.shape[2])], dim=1), final
 
     def _backward(self, graphs, sends):
         pos, C, G, timer = self.position, self.plan.chunks, len(self.groups), self.comms.timer
@@ -246,8 +273,11 @@ class Wavefront:
                 if final_grad is not None:
                     roots.append(group.final)
                     grads.append(final_grad)
+                # A unit that skipped an all-padding chunk has outputs that depend on nothing.
+                live = [(r, d) for r, d in zip(roots, grads) if r.requires_grad]
                 with timer.tracer.span(self._span("backward", unit, g)):
-                    torch.autograd.backward(roots, grads)
+                    if live:
+                        torch.autograd.backward(*map(list, zip(*live)))
                 if pos.state_from_peer(unit):
                     sends.append(isend(self.sp, _grad_of(group.start), pos.segment - 1, state_grad_tag(unit, g, G),
                                        timer, "send state gradient"))

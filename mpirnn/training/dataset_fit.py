@@ -19,14 +19,13 @@ from mpirnn.parallel.plan import make_plan
 def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     """Refuse a dataset that cannot serve this config, with what to change."""
     d = cfg.data
-    if manifest.has_lengths:
-        # The data layer reads labelled rows (mpirnn/data/row_reader.py); the heads, losses and
-        # masks that train on them are the engine's part of issue 17 (docs/tasks.md).
-        what = (f"task {manifest.task!r} yet" if manifest.task_spec.labelled else
-                "rows of different lengths (token_sequences) yet")
-        raise DataError(f"data.path {manifest.root} holds a {manifest.task!r} dataset "
-                        f"({manifest.task_spec.describe()}): mpirnn cannot train {what}, only "
-                        f"'next' on text, a series or rows of one length; see docs/tasks.md")
+    if manifest.has_lengths and not manifest.task_spec.labelled:
+        raise DataError(f"data.path {manifest.root} holds token rows of different lengths without labels "
+                        f"(token_sequences): mpirnn trains tag, classify and regress on such rows, and 'next' on "
+                        f"text, a series or rows of one length; give the rows labels (docs/tasks.md)")
+    if manifest.task_spec.labelled:
+        check_labelled_fit(manifest, cfg, grid)
+        return
     if d.batch_size < grid.dp:
         raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
                         f"use data.batch_size >= parallel.dp")
@@ -44,3 +43,20 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
         raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps{every}, fewer than one "
                         f"batch of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
 
+
+
+def check_labelled_fit(manifest: Manifest, cfg, grid: Grid) -> None:
+    """Labelled rows: each row is one sequence (data.seq_len is the rows' length by now)."""
+    d = cfg.data
+    if cfg.train.stateful:
+        raise DataError(f"train.stateful = true but {manifest.root} holds labelled rows ({manifest.task_spec.describe()}): "
+                        f"each row is a whole sequence and no state carries into the next; set train.stateful = false")
+    if d.batch_size < grid.dp:
+        raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
+                        f"use data.batch_size >= parallel.dp")
+    if manifest.length < d.batch_size:
+        raise DataError(f"{manifest.root} holds {manifest.length} rows, fewer than one batch of {d.batch_size}: use a "
+                        f"smaller data.batch_size")
+    make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
+              cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
+              hidden=cfg.model.hidden)

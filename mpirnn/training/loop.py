@@ -214,7 +214,8 @@ class Trainer(TrainerReports):
         if self.unsaved_step is not None:
             raise AgreedError(f"the last checkpoint (step {self.unsaved_step}) could not be written to "
                               f"{cfg.checkpoint.dir} (the warning above says why); {self._newest_on_disk()}")
-        if records and self.sample and self.cfg.output.sample_bytes and self.model.vocab_size:
+        if records and self.sample and self.cfg.output.sample_bytes and self.model.vocab_size \
+                and self.model.outputs is None:  # a language model (not a labelled task's)
             # Every rank takes part (the stages and tensor slices are gathered first) and waits for
             # rank 0 to finish, all under the watchdog: a hang here would otherwise never end.
             self.watchdog.begin(self.step, "printing the generated sample (output.sample_bytes)", checkpoint=True)
@@ -237,7 +238,7 @@ class Trainer(TrainerReports):
         lr = optim.lr_at(self.step + 1, cfg.train)
         optim.set_lr(self.optimizer, lr)
         self.watchdog.phase("in forward/backward (state and activation exchanges, gradient sums)")
-        loss, final = self.runner(inputs, targets, state, float(loader.elements))
+        loss, final = self.runner(inputs, targets, state, loader.norm(self.step), loader.lengths(self.step))
         self.watchdog.phase("agreeing on the gradient norm and the loss")
         grad_norm = reductions.gradient_norm(self.params, self.comms)
         finite = bool(torch.isfinite(loss)) and grad_norm == grad_norm and grad_norm != float("inf")
@@ -261,6 +262,8 @@ class Trainer(TrainerReports):
                   "tokens_per_s": cfg.data.batch_size * cfg.data.seq_len / elapsed,
                   "comm_time_s": self.comms.timer.take(), **split, "grad_norm": grad_norm, "lr": lr,
                   **({"skipped": True} if skipped else {})}
+        if hasattr(loader, "padding_fraction"):  # rows of different lengths
+            record["padding_fraction"] = loader.padding_fraction(self.step - 1)
         return record, stop
 
     def _validate(self, record: dict, due: bool = True) -> bool:

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from mpirnn import config as config_module
-from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.notes import usage_notes
 from mpirnn.data.validate import validate_dataset
@@ -34,7 +33,7 @@ from mpirnn.models import build_model
 from mpirnn.parallel.plan import make_plan
 from mpirnn.parallel.shard import stage_model
 from mpirnn.parallel.tensor import TensorGroup
-from mpirnn.training import resume
+from mpirnn.training import resume, tasks
 from mpirnn.training.dataset_fit import check_fit
 from mpirnn.training.layout import modelled_counts
 from mpirnn.training.loop import Trainer
@@ -67,6 +66,7 @@ def open_data(cfg, grid, world):
     """
     manifest = load_manifest(cfg.data.path)
     validate_dataset(manifest, part=world.rank, parts=world.size, scan_values=cfg.data.validate)
+    tasks.adopt_row_length(cfg, manifest, say=world.rank == 0)
     check_fit(manifest, cfg, grid)
     return manifest
 
@@ -187,16 +187,19 @@ def train(cfg, grid) -> int:
                 print(note, file=sys.stderr, flush=True)
         val_split = agree(world, open_val_split, cfg, world) if cfg.train.eval_every else None
         sample = agree(world, sample_fits, cfg, manifest, world)
-        tokens = manifest.kind == "tokens"
+        tokens = manifest.is_tokens
         plan = plan_the_run(cfg, grid, comms, manifest.vocab_size if tokens else None,
                             None if tokens else manifest.features)
+        weights = agree(world, tasks.class_weights, cfg, manifest)
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
-                            features=None if tokens else manifest.features, device=device)
+                            features=None if tokens else manifest.features, device=device,
+                            outputs=tasks.head_outputs(manifest))
         tp_group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None
         model = stage_model(model, plan, tp_group)
         broadcast_parameters(model, comms)
-        loader = BatchLoader(manifest, cfg, plan.reads, device, getattr(torch, cfg.model.dtype), world.rank)
-        validator = (agree(world, Validator, cfg, comms, plan, model, val_split, device)
+        loader = tasks.make_loader(manifest, cfg, plan.reads, device, getattr(torch, cfg.model.dtype), world.rank,
+                                   weights)
+        validator = (agree(world, Validator, cfg, comms, plan, model, val_split, device, weights)
                      if val_split is not None else None)
         trainer = Trainer(cfg, comms, plan, model, loader, ModelInfo.from_manifest(manifest), validator)
         trainer.sample = sample

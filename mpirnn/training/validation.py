@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mpirnn.data.loader import EvaluationLoader
+from mpirnn.data.labelled_loader import evaluation_loader
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.validate import validate_dataset
 from mpirnn.errors import DataError
@@ -43,10 +43,11 @@ def open_val_split(cfg, world):
 class Validator:
     """When to evaluate, the val loss, and the best step (lowest val_loss) of the run."""
 
-    def __init__(self, cfg, comms, plan, model, manifest, device):
+    def __init__(self, cfg, comms, plan, model, manifest, device, weights=None):
+        """`weights`: a labelled task's class weights (as in training), or None."""
         self.every, self.limit, self.last = cfg.train.eval_every, cfg.train.eval_batches, cfg.train.steps
-        self.loader = EvaluationLoader(manifest, cfg.data.seq_len, cfg.data.batch_size, device,
-                                       getattr(torch, cfg.model.dtype))
+        self.loader = evaluation_loader(manifest, cfg.data.seq_len, cfg.data.batch_size, device,
+                                        getattr(torch, cfg.model.dtype), weights)
         self.scorer = SplitScorer(cfg, comms, plan, model, self.loader)
         self.best_loss: float | None = None
         self.best_step: int | None = None
