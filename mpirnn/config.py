@@ -36,6 +36,8 @@ class ModelConfig:
     layers: int = doc(2, "stacked recurrent layers")
     embed: int = doc(64, "embedding size (tokens) or input projection size (series)")
     dtype: str = doc("float32", "parameter and activation dtype: float32 or float64")
+    dropout: float = doc(0.0, "dropout on the inputs of every layer but the first, in training (as nn.LSTM's "
+                              "dropout); its masks are the same on every grid (docs/design.md, \"Dropout\"); 0 = off")
 
 
 @dataclass
@@ -273,6 +275,8 @@ def check(cfg: Config) -> None:
     if d.windows == "every" and t.stateful:
         raise ConfigError("data.windows = every with train.stateful = true: a carried state needs each row to "
                           "continue where it stopped; use data.windows = cut (or auto)")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout = {m.dropout}: give a probability from 0 up to (not including) 1")
     if not 0 <= t.max_skipped <= 1:
         raise ConfigError(f"train.max_skipped = {t.max_skipped}: give a share of the run's steps, from 0 to 1")
     if isinstance(t.class_weights, str) and t.class_weights not in ("", "balanced"):

@@ -16,11 +16,12 @@ import sys
 import torch
 
 from mpirnn.config import load_config
-from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
 from mpirnn.models import build_model
+from mpirnn.models.dropout import DropoutKey
 from mpirnn.grid import Grid
 from mpirnn.parallel.plan import make_plan
+from mpirnn.training import tasks
 from mpirnn.training.optim import lr_at, make_optimizer, set_lr
 
 SERIAL = Grid(1)
@@ -30,12 +31,14 @@ SERIAL_COORDS = {"dp": 0, "sp": 0, "pp": 0, "tp": 0}
 def serial_losses(cfg, steps: int | None = None) -> list[float]:
     """Losses of `steps` optimizer steps of the serial run of `cfg`."""
     manifest = load_manifest(cfg.data.path)
+    tasks.adopt_row_length(cfg, manifest, say=False)
     dtype = getattr(torch, cfg.model.dtype)
-    model = build_model(cfg, vocab_size=manifest.vocab_size if manifest.kind == "tokens" else None,
-                        features=manifest.features if manifest.kind != "tokens" else None)
+    model = build_model(cfg, vocab_size=manifest.vocab_size if manifest.is_tokens else None,
+                        features=manifest.features if not manifest.is_tokens else None,
+                        outputs=tasks.head_outputs(manifest))
     plan = make_plan(SERIAL, SERIAL_COORDS, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell)
-    loader = BatchLoader(manifest, cfg, plan.reads, "cpu", dtype)
+    loader = tasks.make_loader(manifest, cfg, plan.reads, "cpu", dtype, 0, tasks.class_weights(cfg, manifest))
     optimizer = make_optimizer(model.parameters(), cfg.train)
     losses, state = [], None
     for step in range(cfg.train.steps if steps is None else steps):
@@ -44,7 +47,8 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
             state = model.zero_state(inputs.shape[0], inputs)
         optimizer.zero_grad()
         set_lr(optimizer, lr_at(step + 1, cfg.train))
-        loss, final = model(inputs, targets, state)
+        noise = DropoutKey(cfg.model.dropout, cfg.train.seed, step) if cfg.model.dropout else None
+        loss, final = model(inputs, targets, state, noise)
         loss = loss / loader.norm(step)
         loss.backward()
         if cfg.train.grad_clip > 0:

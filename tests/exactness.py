@@ -13,6 +13,7 @@ import torch
 from mpi4py import MPI
 
 from mpirnn.distributed.mesh import Comms
+from mpirnn.models.dropout import DropoutKey
 from mpirnn.models.model import RecurrentModel
 from mpirnn.grid import Grid
 from mpirnn.parallel.plan import layers_of, make_plan, mode_of
@@ -60,16 +61,21 @@ def initial_state(model, dtype, random, layers=None):
     return state
 
 
-def serial(cell, dtype, layers, tokens, random_state, steps):
+def dropout_key(dropout):
+    """Step 3 of seed 11's dropout masks (None: no dropout)."""
+    return DropoutKey(dropout, seed=11, step=3) if dropout else None
+
+
+def serial(cell, dtype, layers, tokens, random_state, steps, dropout=0.0):
     model = make_model(cell, dtype, layers, tokens)
     inputs, targets = make_batch(dtype, tokens, steps)
-    loss, final = model(inputs, targets, initial_state(model, dtype, random_state))
+    loss, final = model(inputs, targets, initial_state(model, dtype, random_state), dropout_key(dropout))
     loss = loss / targets.numel()
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, final.detach()
 
 
-def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches, steps, chunks=0):
+def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches, steps, chunks=0, dropout=0.0):
     dp, sp, pp, tp = grid_shape
     comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp))
     try:
@@ -87,11 +93,14 @@ def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches
         # Forward only (validation) first: the same loss, the same final states, no gradients.
         evaluated, evaluated_final = runner.evaluate(local_inputs, local_targets, state, float(targets.numel()))
         assert all(p.grad is None for p in model.parameters())
-        loss, final = runner(local_inputs, local_targets, state, float(targets.numel()))
+        loss, final = runner(local_inputs, local_targets, state, float(targets.numel()), noise=dropout_key(dropout))
         # Equal to rounding: the loss shares are summed in the other order, and without autograd
         # PyTorch may pick another kernel for the fused cells.
-        torch.testing.assert_close(evaluated, loss.to(evaluated.dtype), **TOLERANCE[dtype])
-        torch.testing.assert_close(evaluated_final, final, **TOLERANCE[dtype])
+        if dropout:  # evaluation never drops: its loss is the model's without dropout
+            assert float(evaluated) != float(loss) or float(loss) == 0.0
+        else:
+            torch.testing.assert_close(evaluated, loss.to(evaluated.dtype), **TOLERANCE[dtype])
+            torch.testing.assert_close(evaluated_final, final, **TOLERANCE[dtype])
         total = torch.tensor([float(loss)], dtype=torch.float64)
         comms.world.Allreduce(MPI.IN_PLACE, total.numpy(), MPI.SUM)
         runner.reducer.remove()
@@ -102,14 +111,14 @@ def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches
 
 
 def check(cell, dtype=torch.float64, layers=2, tokens=True, random_state=False, microbatches=0, steps=STEPS,
-          chunks=0, grid_list=None):
-    expected_loss, expected_grads, expected_final = serial(cell, dtype, layers, tokens, random_state, steps)
+          chunks=0, grid_list=None, dropout=0.0):
+    expected_loss, expected_grads, expected_final = serial(cell, dtype, layers, tokens, random_state, steps, dropout)
     for grid_shape in grid_list or grids(layers):
         if grid_shape[0] > ROWS or microbatches > ROWS // grid_shape[0]:
             continue  # data.batch_size < dp and microbatches > rows are refused before compute (tests/test_plan.py)
         chained = mode_of(cell, grid_shape[1]) == "chain"
         loss, grads, final, plan = parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches,
-                                            steps, chunks if chained else 0)
+                                            steps, chunks if chained else 0, dropout)
         where = (f"rank {world.rank}, dp×sp×pp×tp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {cell}, "
                  f"{dtype}, {layers} layers")
         assert loss == pytest.approx(expected_loss, rel=TOLERANCE[dtype]["rtol"], abs=TOLERANCE[dtype]["atol"]), where

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mpirnn.models.dropout import DropoutKey
 from mpirnn.models.linear_cells import MinGRU, MinLSTM, log_state
 from mpirnn.models.objectives import labelled_loss_sum
 
@@ -94,19 +95,25 @@ class RecurrentModel(nn.Module):
         out, h = layer(x, state.contiguous())
         return out, h
 
-    def run_layers(self, features: torch.Tensor, state: torch.Tensor, layers: range | None = None):
+    def layer_input(self, index: int, x: torch.Tensor, noise: DropoutKey | None) -> torch.Tensor:
+        """What layer `index` reads: `x`, with dropout in training above the first layer
+        (`noise` places x in the step: mpirnn/models/dropout.py; None: no dropout)."""
+        return x if noise is None or index == 0 else noise.apply(index, x)
+
+    def run_layers(self, features: torch.Tensor, state: torch.Tensor, layers: range | None = None,
+                   noise: DropoutKey | None = None):
         """Consecutive `layers` (default: all) from states [len(layers), parts, B, H];
         returns (top outputs, final states of the same shape)."""
         layers = range(self.depth) if layers is None else layers
         finals = []
         for offset, index in enumerate(layers):
-            features, last = self.run_layer(index, features, state[offset])
+            features, last = self.run_layer(index, self.layer_input(index, features, noise), state[offset])
             finals.append(last)
         return features, torch.stack(finals)
 
-    def run_stack(self, features: torch.Tensor, state: torch.Tensor):
+    def run_stack(self, features: torch.Tensor, state: torch.Tensor, noise: DropoutKey | None = None):
         """All layers; returns (top outputs, final states [layers, parts, B, H])."""
-        return self.run_layers(features, state)
+        return self.run_layers(features, state, noise=noise)
 
     def log_gates(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear cells: layer `index`'s recurrence h_t = a_t h_{t-1} + b_t as (log a, log b) [B, T, H]."""
@@ -151,11 +158,12 @@ class RecurrentModel(nn.Module):
             return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
         return F.mse_loss(prediction, targets, reduction="sum")
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, state: torch.Tensor | None = None):
+    def forward(self, inputs: torch.Tensor, targets, state: torch.Tensor | None = None,
+                noise: DropoutKey | None = None):
         """Serial reference: (summed loss, final states) of the whole batch and sequence."""
         if state is None:
             state = self.zero_state(inputs.shape[0], inputs)
-        outputs, final = self.run_stack(self.input(inputs), state)
+        outputs, final = self.run_stack(self.input(inputs), state, noise)
         return self.loss_sum(outputs, targets), final
 
     @torch.no_grad()

@@ -92,16 +92,17 @@ class SegmentScan(torch.autograd.Function):
         return grad_a, grad_b, mine[2], None, None, None
 
 
-def scan_layers(model, layers: range, features, state, comm, timer=None):
+def scan_layers(model, layers: range, features, state, comm, timer=None, noise=None):
     """Linear layers `layers` over this rank's segment of `features` [B, T, D] with the cross-rank scan.
 
     `state` [len(layers), 1, B, H] is the true initial state; only segment 0's is used (every
     rank passes one, and the Allgather carries segment 0's to the others). Returns the top
-    outputs and each layer's final state at the end of this segment, like `model.run_layers`.
+    outputs and each layer's final state at the end of this segment, like `model.run_layers`
+    (`noise`: where the segment sits in the step, for dropout between layers, or None).
     """
     finals = []
     for offset, index in enumerate(layers):
-        log_a, log_b = model.log_gates(index, features)
+        log_a, log_b = model.log_gates(index, model.layer_input(index, features, noise))
         log_h0 = model.log_state(state[offset, 0])
         log_h = SegmentScan.apply(log_a, log_b, log_h0, comm, timer, default_chunk(log_a.shape[1]))
         mine = torch.exp(log_h)

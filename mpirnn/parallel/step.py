@@ -23,15 +23,16 @@ class StepRunner:
         self.units = plan.microbatches * plan.chunks
         self.reducer = GradientReducer(model.parameters(), comms.replicas, bucket_mb, comms.timer)
 
-    def __call__(self, inputs, targets, state, norm: float, lengths=None):
+    def __call__(self, inputs, targets, state, norm: float, lengths=None, noise=None):
         """(this rank's share of the loss, the final states of its rows at the end of its segment).
 
         inputs are read on the first stage and targets on the last (None elsewhere); `state`
         holds the initial states of this stage's layers for this rank's rows; `lengths` each
-        row's length where rows differ (labelled tasks), else None.
+        row's length where rows differ (labelled tasks), else None; `noise` the step's dropout
+        key (mpirnn/models/dropout.py), or None.
         """
         self.reducer.begin(self.units)
-        loss, final = self.wavefront(inputs, targets, state, norm, lengths)
+        loss, final = self.wavefront(inputs, targets, state, norm, lengths, noise)
         self.reducer.finish()
         return self._counted(loss), final
 

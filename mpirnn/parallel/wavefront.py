@@ -111,18 +111,19 @@ class Wavefront:
 
     # -- one step ------------------------------------------------------------------------
 
-    def __call__(self, inputs, targets, state, norm: float, lengths=None):
+    def __call__(self, inputs, targets, state, norm: float, lengths=None, noise=None):
         """Forward and backward of this rank's units.
 
         inputs: this rank's rows and segment (stage 0 only, else None); targets likewise on the
         last stage; state: the initial states [stage layers, parts, rows, hidden] (used on
         segment 0); lengths: each of this rank's rows' length (every stage), or None where every
-        row fills the sequence. Returns (this rank's share of the loss as a float64 CPU scalar,
+        row fills the sequence; noise: the step's dropout key (mpirnn/models/dropout.py) or None.
+        Returns (this rank's share of the loss as a float64 CPU scalar,
         the final states of its rows at the end of its segment — the step's final states on the
         last segment).
         """
         self._like = state  # device and dtype of what arrives
-        graphs, sends, finals, _ = self._forward(inputs, targets, state, norm, lengths)
+        graphs, sends, finals, _ = self._forward(inputs, targets, state, norm, lengths, noise=noise)
         total = self._backward(graphs, sends)
         for send in sends:
             send.wait()
@@ -142,7 +143,7 @@ class Wavefront:
             send.wait()
         return total, torch.cat(finals, dim=2)
 
-    def _forward(self, inputs, targets, state, norm, lengths=None, observe=None, train=True):
+    def _forward(self, inputs, targets, state, norm, lengths=None, observe=None, train=True, noise=None):
         pos, C, G, timer = self.position, self.plan.chunks, len(self.groups), self.comms.timer
         states_in = {(u.microbatch, g): irecv(self.sp, self._state_like(u.microbatch, g), pos.segment - 1,
                                               state_tag(u, g, G), timer,
@@ -165,6 +166,8 @@ class Wavefront:
         for unit in self.units:
             m, rows, steps = unit.microbatch, self.rows[unit.microbatch], self.steps[unit.chunk]
             limit = self._valid_steps(lengths, rows, steps)
+            # Dropout masks are keyed on global rows and steps, so every grid draws the same ones.
+            here = None if noise is None else noise.at(self.plan.rows[0] + rows.start, self.plan.segment[0] + steps.start)
             if pos.inputs_from_peer():
                 received = leaf(inputs_in.pop(unit).wait())
                 features = received
@@ -182,7 +185,7 @@ class Wavefront:
                 below = leaf(features.detach()) if g and train else None
                 with timer.tracer.span(self._span("forward", unit, g)):
                     outputs, final = self._run(features if below is None else below, start, self._layers_of(g),
-                                               limit)
+                                               limit, here)
                 # Send at once: the next segment waits for this layer's state, not for the layers above.
                 if pos.state_to_peer(unit, C):
                     sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit, g, G), timer, "send state"))
@@ -216,16 +219,16 @@ class Wavefront:
         start = self.plan.segment[0] + steps.start
         return max(0, min(width, int(lengths[rows].max()) - start)) if rows.stop > rows.start else width
 
-    def _run(self, features, start, layers, limit: int):
+    def _run(self, features, start, layers, limit: int, noise=None):
         if self.plan.mode == "scan":
-            return scan_layers(self.model, layers, features, start, self.sp, self.comms.timer)
+            return scan_layers(self.model, layers, features, start, self.sp, self.comms.timer, noise)
         width = features.shape[1]
         if limit == width:
-            return self.model.run_layers(features, start, layers)
+            return self.model.run_layers(features, start, layers, noise)
         rows = features.shape[0]
         if limit == 0:  # all padding for these rows: nothing to run, the state passes through
             return features.new_zeros(rows, width, self.model.hidden), start
-        outputs, final = self.model.run_layers(features[:, :limit], start, layers)
+        outputs, final = self.model.run_layers(features[:, :limit], start, layers, noise)
         return torch.cat([outputs, outputs.new_zeros(rows, width - limit, outputs.shape[2])], dim=1), final
 
     def _backward(self, graphs, sends):

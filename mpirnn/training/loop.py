@@ -28,6 +28,7 @@ from mpirnn.training.metrics import MetricsWriter
 from mpirnn.training.reports import TrainerReports
 from mpirnn.training.signals import StopSignals
 from mpirnn.training.state import carried_piece, check_compatible, gather_state, load_state, upgrade
+from mpirnn.models.dropout import DropoutKey
 from mpirnn.parallel.step import StepRunner
 
 CARRY_TAG = 32767  # the largest tag MPI guarantees; the schedule's tags are far below it
@@ -238,7 +239,8 @@ class Trainer(TrainerReports):
         lr = optim.lr_at(self.step + 1, cfg.train)
         optim.set_lr(self.optimizer, lr)
         self.watchdog.phase("in forward/backward (state and activation exchanges, gradient sums)")
-        loss, final = self.runner(inputs, targets, state, loader.norm(self.step), loader.lengths(self.step))
+        noise = DropoutKey(cfg.model.dropout, cfg.train.seed, self.step) if cfg.model.dropout else None
+        loss, final = self.runner(inputs, targets, state, loader.norm(self.step), loader.lengths(self.step), noise)
         self.watchdog.phase("agreeing on the gradient norm and the loss")
         grad_norm = reductions.gradient_norm(self.params, self.comms)
         finite = bool(torch.isfinite(loss)) and grad_norm == grad_norm and grad_norm != float("inf")

@@ -83,3 +83,10 @@ def test_loss_backward_ahead_or_as_units_come(arrived, monkeypatch):
         return arrived
     monkeypatch.setattr(transport.Transfer, "arrived", arrived_now)
     check("lstm", layers=3, chunks=2, microbatches=2, random_state=True)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_masks_are_the_same_on_every_grid(cell):
+    # Dropout between 3 layers, keyed on global rows and steps (mpirnn/models/dropout.py): every
+    # grid draws the serial run's masks, so loss and gradients stay exact; chunks cut the segments.
+    check(cell, layers=3, dropout=0.4, chunks=2 if cell in ("rnn", "lstm", "gru") else 0)
