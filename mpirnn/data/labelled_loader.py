@@ -88,10 +88,16 @@ class LabelledBatchLoader:
     def restarts(self, step: int) -> bool:
         return False   # rows are whole sequences: nothing carries from one step to the next
 
-    def batch(self, step: int):
-        """(inputs, targets) of this rank's rows and segment of step `step`; `lengths(step)` after it."""
-        rows = self.global_rows(step)[slice(*self.reads.rows)]
-        inputs, targets, self._lengths = self.data.read(rows, self.reads)
+    def step_length(self, step: int) -> int:
+        """The longest row of step `step`'s global batch: no step after it needs computing."""
+        return int(self.data.lengths[self.global_rows(step)].max())
+
+    def batch(self, step: int, reads: Reads | None = None):
+        """(inputs, targets) of this rank's rows and segment of step `step` (`reads`: this step's
+        share where it differs from the run's, as for a batch of short rows); `lengths(step)` after it."""
+        reads = reads or self.reads
+        rows = self.global_rows(step)[slice(*reads.rows)]
+        inputs, targets, self._lengths = self.data.read(rows, reads)
         if inputs is not None:
             inputs = faults.corrupt_batch(self.rank, step + 1, inputs)
         return inputs, targets

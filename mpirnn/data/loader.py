@@ -50,9 +50,13 @@ class BatchLoader:
         """Stateful lanes wrapped round: carried states must start from zero again."""
         return self.stateful and lane_restarts(step, self.batch_size, self.windows)
 
-    def batch(self, step: int):
+    def step_length(self, step: int) -> None:
+        """Every window is seq_len steps long (labelled rows: mpirnn/data/labelled_loader.py)."""
+        return None
+
+    def batch(self, step: int, reads: Reads | None = None):
         """(inputs, targets) for this rank's rows and segment of step `step` (0-based); each is
-        None where this rank's pipeline stage does not need it."""
+        None where this rank's pipeline stage does not need it. `reads` is always the run's here."""
         if not (self.reads_inputs or self.reads_targets):
             return None, None
         windows = self.global_windows(step)[slice(*self.rows)]

@@ -17,7 +17,7 @@ of the stack and hidden units [k*H/K, (k+1)*H/K) of each of those layers. It cut
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mpirnn.data.reads import Reads
 from mpirnn.errors import ConfigError
@@ -192,6 +192,16 @@ class Plan:
     @property
     def local_steps(self) -> int:
         return self.segment[1] - self.segment[0]
+
+    def for_length(self, length: int) -> "Plan":
+        """This plan for a step whose rows all end by step `length` (labelled rows of different
+        lengths): the segments split those steps instead of the whole padded sequence, so every
+        sequence-parallel rank gets a share of a batch of short rows (the rest is padding, which
+        changes no result). Every rank computes the same from the same global batch."""
+        steps = max(length, self.grid.sp)   # every segment keeps at least one step
+        shortest = steps // self.grid.sp
+        return replace(self, segment=segment_of(steps, self.grid, self.coords["sp"]),
+                       chunks=min(self.chunks, shortest))
 
     def microbatch_rows(self) -> list[slice]:
         """Each microbatch's rows, relative to this rank's rows."""

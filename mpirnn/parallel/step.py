@@ -20,19 +20,21 @@ class StepRunner:
     def __init__(self, model, plan, comms, bucket_mb: float):
         self.model, self.plan, self.comms = model, plan, comms
         self.wavefront = Wavefront(model, plan, comms)
-        self.units = plan.microbatches * plan.chunks
+        self._by_length: dict[tuple, Wavefront] = {}   # wavefronts of shorter steps (Plan.for_length)
         self.reducer = GradientReducer(model.parameters(), comms.replicas, bucket_mb, comms.timer)
 
-    def __call__(self, inputs, targets, state, norm: float, lengths=None, noise=None):
+    def __call__(self, inputs, targets, state, norm: float, lengths=None, noise=None, plan=None):
         """(this rank's share of the loss, the final states of its rows at the end of its segment).
 
         inputs are read on the first stage and targets on the last (None elsewhere); `state`
         holds the initial states of this stage's layers for this rank's rows; `lengths` each
         row's length where rows differ (labelled tasks), else None; `noise` the step's dropout
-        key (mpirnn/models/dropout.py), or None.
+        key (mpirnn/models/dropout.py), or None; `plan` this step's plan where it differs from
+        the run's (rows that all end early: Plan.for_length).
         """
-        self.reducer.begin(self.units)
-        loss, final = self.wavefront(inputs, targets, state, norm, lengths, noise)
+        wavefront = self._wavefront(plan)
+        self.reducer.begin(wavefront.plan.microbatches * wavefront.plan.chunks)
+        loss, final = wavefront(inputs, targets, state, norm, lengths, noise)
         self.reducer.finish()
         return self._counted(loss), final
 
@@ -40,6 +42,16 @@ class StepRunner:
         """Forward only, through the same parallel paths: (loss share, final states)."""
         loss, final = self.wavefront.evaluate(inputs, targets, state, norm, observe, lengths)
         return self._counted(loss), final
+
+    def _wavefront(self, plan) -> Wavefront:
+        if plan is None or (plan.segment, plan.chunks) == (self.plan.segment, self.plan.chunks):
+            return self.wavefront
+        key = (plan.segment, plan.chunks)
+        if key not in self._by_length:
+            if len(self._by_length) > 256:   # one per distinct step length; cheap to rebuild
+                self._by_length.clear()
+            self._by_length[key] = Wavefront(self.model, plan, self.comms)
+        return self._by_length[key]
 
     def _counted(self, loss):
         """The ranks of a tp group all compute the same (replicated) loss: only tp rank 0's counts."""

@@ -232,15 +232,19 @@ class Trainer(TrainerReports):
         self.watchdog.begin(self.step + 1, "reading the batch")
         self.comms.timer.take()
         faults.at_step(self.comms.rank, self.step + 1)
+        # A batch whose rows all end early is cut over the segments by its own length.
+        length = loader.step_length(self.step)
+        plan = None if length is None else self.plan.for_length(length)
         with self.comms.timer.tracer.span("read batch"):
-            inputs, targets = loader.batch(self.step)
+            inputs, targets = loader.batch(self.step, None if plan is None else plan.reads)
         state = self._initial_state()
         self.optimizer.zero_grad(set_to_none=True)
         lr = optim.lr_at(self.step + 1, cfg.train)
         optim.set_lr(self.optimizer, lr)
         self.watchdog.phase("in forward/backward (state and activation exchanges, gradient sums)")
         noise = DropoutKey(cfg.model.dropout, cfg.train.seed, self.step) if cfg.model.dropout else None
-        loss, final = self.runner(inputs, targets, state, loader.norm(self.step), loader.lengths(self.step), noise)
+        loss, final = self.runner(inputs, targets, state, loader.norm(self.step), loader.lengths(self.step), noise,
+                                  plan)
         self.watchdog.phase("agreeing on the gradient norm and the loss")
         grad_norm = reductions.gradient_norm(self.params, self.comms)
         finite = bool(torch.isfinite(loss)) and grad_norm == grad_norm and grad_norm != float("inf")

@@ -34,6 +34,7 @@ def shared_dir():
     if world.rank == 0:
         make_token_dataset(path / "tokens")
         make_series_dataset(path / "series")
+        make_labelled_rows(path / "labelled")
     world.Barrier()
     yield path
     world.Barrier()
@@ -108,6 +109,36 @@ def test_twenty_steps_match_serial(shared_dir, cell):
         shared = grid["parallel.dp"] * grid["parallel.sp"] * grid["parallel.tp"] > 1
         collectives = [r["comm_collective_s"] for r in lines]
         assert (max(collectives) > 0) == shared, (grid, collectives)
+
+
+def make_labelled_rows(out: Path) -> None:
+    """60 rows of up to 19 steps, lengths 1-19, 3 classes per sequence decided by the last valid step."""
+    import numpy as np
+
+    from mpirnn.data.labelled_npy import prepare_labelled_npy
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((60, 19, 2)).astype(np.float32)
+    lengths = rng.integers(1, 20, 60)
+    y = np.digitize(x[np.arange(60), lengths - 1, 0], [-0.5, 0.5])
+    for name, array in (("x", x), ("y", y), ("l", lengths)):
+        np.save(out.parent / f"{name}.npy", array)
+    prepare_labelled_npy(out.parent / "x.npy", out.parent / "y.npy", out, lengths=out.parent / "l.npy",
+                         val_fraction=0.0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "minlstm"])
+def test_labelled_rows_of_different_lengths_match_serial(shared_dir, cell):
+    # Every grid, with the defaults of labelled rows (bucketing; each step's segments cut by its
+    # longest row, Plan.for_length), balanced class weights and dropout between the layers.
+    for index, grid in enumerate(grids()):
+        run = f"labelled-{cell}-{index}"
+        args = small_run(shared_dir, "labelled", run, **{"model.cell": cell, "train.steps": 8, "model.dropout": 0.3,
+                                                         "train.class_weights": '"balanced"', **grid})
+        assert main(args) == 0
+        got = records(shared_dir, run)
+        assert [r["loss"] for r in got] == pytest.approx(reference(args), rel=1e-10, abs=1e-12), f"{grid}"
+        assert all(0 <= r["padding_fraction"] < 0.5 for r in got), got
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "mingru", "minlstm"])
