@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from mpirnn.distributed.transport import irecv, isend
+from mpirnn.models.precision import FLOAT32
 from mpirnn.parallel.linear_scan import scan_layers
 from mpirnn.parallel.schedule import (Position, Unit, activation_grad_tag, activation_tag, backward_order,
                                       forward_order, state_grad_tag, state_tag)
@@ -60,8 +61,9 @@ class UnitGraph:
 class Wavefront:
     """One rank's part of a step for a given plan; reusable from step to step."""
 
-    def __init__(self, model, plan, comms):
+    def __init__(self, model, plan, comms, precision=FLOAT32):
         self.model, self.plan, self.comms = model, plan, comms
+        self.precision = precision  # what runs in reduced precision (mpirnn/models/precision.py)
         self.sp, self.pp = comms.axis["sp"], comms.axis["pp"]
         self.position = Position(plan.coords["sp"], plan.grid.sp, plan.coords["pp"], plan.grid.pp,
                                  chain=plan.mode == "chain")
@@ -114,7 +116,8 @@ class Wavefront:
         states of its rows at the end of its segment — the step's final states on the last segment).
         """
         self._like = state  # device and dtype of what arrives
-        graphs, sends, finals, _ = self._forward(inputs, targets, state, norm)
+        with self.precision.autocast():  # the forward only: backward runs in each op's forward dtype
+            graphs, sends, finals, _ = self._forward(inputs, targets, state, norm)
         total = self._backward(graphs, sends)
         for send in sends:
             send.wait()
@@ -129,7 +132,8 @@ class Wavefront:
         stage's top outputs and the chunk's targets, to accumulate other measures.
         """
         self._like = state
-        _, sends, finals, total = self._forward(inputs, targets, state, norm, observe=observe, train=False)
+        with self.precision.autocast():
+            _, sends, finals, total = self._forward(inputs, targets, state, norm, observe=observe, train=False)
         for send in sends:
             send.wait()
         return total, torch.cat(finals, dim=2)
@@ -198,8 +202,10 @@ class Wavefront:
 
     def _run(self, features, start, layers):
         if self.plan.mode == "scan":
-            return scan_layers(self.model, layers, features, start, self.sp, self.comms.timer)
-        return self.model.run_layers(features, start, layers)
+            run = lambda x, s: scan_layers(self.model, layers, x, s, self.sp, self.comms.timer)  # noqa: E731
+        else:
+            run = lambda x, s: self.model.run_layers(x, s, layers)  # noqa: E731
+        return self.precision.run_layers(self.model.cell, run, features, start)
 
     def _backward(self, graphs, sends):
         pos, C, G, timer = self.position, self.plan.chunks, len(self.groups), self.comms.timer
