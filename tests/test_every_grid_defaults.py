@@ -50,7 +50,7 @@ def test_every_grid_ends_with_its_sample(workdir, n, shape):
 
 def test_bf16_on_two_ranks_trains_or_is_refused_in_one_line(workdir):
     """`--set train.precision=bf16` with every default on a 2-rank grid (sp = 2): a CPU with native bf16
-    trains and prints its sample; one without (bf16 emulated, measured 8x slower) refuses before
+    trains and prints its sample; one without (bf16 emulated, measured 8-20x slower) refuses before
     step 1 with one line, as an agreed config error does (status 1; docs/precision.md)."""
     from mpirnn.host import native_bf16
     job = Job(2, {"parallel.sp": 2, "train.steps": 2, "train.precision": "bf16"}, base={}, cwd=workdir)

@@ -87,7 +87,7 @@ def refusal(name: str, device: torch.device | str) -> str | None:
                 "on a CPU use train.precision = bf16 (with native bf16) or float32")
     if name == "bf16" and kind == "cpu" and not native_bf16():
         return (f"train.precision = bf16: this CPU ({cpu_model()}) has no native bf16 (neither avx512_bf16 nor "
-                f"amx_bf16), so every bf16 matmul would be emulated, measured 8x slower than float32 "
+                f"amx_bf16), so every bf16 matmul would be emulated, measured 8-20x slower than float32 "
                 f"(docs/precision.md); use train.precision = float32 here")
     return None
 
