@@ -21,6 +21,7 @@ CELLS = ("rnn", "lstm", "gru", "mingru", "minlstm")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("float32", "bf16", "fp16")  # train.precision (mpirnn/models/precision.py)
 WINDOWS = ("auto", "every", "cut")
 
 
@@ -96,6 +97,9 @@ class TrainConfig:
                                         "(n / (classes x count) on the train split), a list of one weight per "
                                         "class, or \"\" = equal weights")
     eval_batches: int = doc(0, "batches of data.batch_size val sequences per evaluation, in order; 0 = the whole val split")
+    precision: str = doc("float32", "float32, or bf16 (matmuls under autocast, weights, gradients, optimizer state, "
+                                    "states and messages in float32; on a CPU only with native bf16: avx512_bf16 or "
+                                    "amx_bf16), or fp16 (the same, loss scaled; CUDA only): docs/precision.md")
 
 
 @dataclass
@@ -236,6 +240,13 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"model.cell = {m.cell!r} is not a known cell{_suggest(m.cell, CELLS)}; choose one of {', '.join(CELLS)}")
     if m.dtype not in DTYPES:
         raise ConfigError(f"model.dtype = {m.dtype!r}: choose float32 or float64")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision = {t.precision!r}: choose one of {', '.join(PRECISIONS)}"
+                          f"{_suggest(t.precision, PRECISIONS)}")
+    if t.precision != "float32" and m.dtype != "float32":
+        raise ConfigError(f"train.precision = {t.precision} keeps float32 master weights: set model.dtype = float32")
+    if t.precision == "fp16" and t.device == "cpu":
+        raise ConfigError("train.precision = fp16 runs on CUDA only; on a CPU use bf16 (with native bf16) or float32")
     positive = {"model.hidden": m.hidden, "model.layers": m.layers, "model.embed": m.embed,
                 "data.seq_len": d.seq_len, "data.batch_size": d.batch_size,
                 "output.log_every": o.log_every, "checkpoint.keep": c.keep}

@@ -17,3 +17,25 @@ def cpu_model() -> str:
         pass
     import platform
     return platform.processor() or "unknown"
+
+
+# What oneDNN needs to run bf16 matmuls and its fused bf16 LSTM in hardware (docs/precision.md).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(flags: set[str] | None = None) -> list[str]:
+    """The flags among NATIVE_BF16_FLAGS this CPU has: empty where bf16 would be emulated."""
+    flags = cpu_flags() if flags is None else flags
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]

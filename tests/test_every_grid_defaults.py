@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launcher import SMALL, Job
+from launcher import SMALL, Job, assert_one_line
 from launcher import _no_job_left_behind  # noqa: F401  (an autouse fixture: kills what a failed test left running)
 from support import factorizations, grid_settings, make_token_dataset
 
@@ -46,6 +46,21 @@ def test_every_grid_ends_with_its_sample(workdir, n, shape):
     assert "sample:\ndef " in job.stdout, f"no generated sample printed\n{job.report()}"
     assert "loss " in job.stdout and " over the 2 steps run" in job.stdout, job.report()
     assert "Traceback" not in job.stdout + "\n".join(job.stderr_lines), job.report()
+
+
+def test_bf16_on_two_ranks_trains_or_is_refused_in_one_line(workdir):
+    """`--set train.precision=bf16` with every default on a 2-rank grid (sp = 2): a CPU with native bf16
+    trains and prints its sample; one without (bf16 emulated, measured 8-20x slower) refuses before
+    step 1 with one line, as an agreed config error does (status 1; docs/precision.md)."""
+    from mpirnn.host import native_bf16
+    job = Job(2, {"parallel.sp": 2, "train.steps": 2, "train.precision": "bf16"}, base={}, cwd=workdir)
+    status = job.wait(timeout=RUN_BOUND_S)
+    if native_bf16():
+        assert status == 0 and "sample:\ndef " in job.stdout, job.report()
+    else:
+        assert status == 1, job.report()
+        assert_one_line(job, r"train.precision = bf16: this CPU .* has no native bf16")
+        assert "loss " not in job.stdout, job.report()  # refused before step 1
 
 
 def test_a_rank_stuck_after_training_is_ended_by_the_watchdog(tmp_path):

@@ -38,6 +38,12 @@ def log_state(h: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.log(torch.where(positive, h, 1.0)), -math.inf)
 
 
+def _projected(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The gate pre-activations in the parameters' dtype: under autocast (train.precision = bf16)
+    the projection runs in bf16, but the gates and the log-space scan after it need float32."""
+    return linear(x).to(linear.weight.dtype)
+
+
 class _LinearCell(nn.Module):
     """Shared driver: subclasses say how x becomes (log a, log b)."""
 
@@ -76,7 +82,7 @@ class MinGRU(_LinearCell):
         super().__init__(input_size, hidden_size, 2)
 
     def gates(self, x):
-        k, p = self.linear(x).chunk(2, dim=-1)
+        k, p = _projected(self.linear, x).chunk(2, dim=-1)
         log_a = -F.softplus(k)  # log(1 - sigmoid(k))
         log_z = -F.softplus(-k)  # log sigmoid(k)
         return log_a, log_z + log_g(p)
@@ -93,7 +99,7 @@ class MinLSTM(_LinearCell):
         super().__init__(input_size, hidden_size, 3)
 
     def gates(self, x):
-        f, i, p = self.linear(x).chunk(3, dim=-1)
+        f, i, p = _projected(self.linear, x).chunk(3, dim=-1)
         diff = F.softplus(-f) - F.softplus(-i)  # log i - log f
         log_f = -F.softplus(diff)
         log_i = -F.softplus(-diff)

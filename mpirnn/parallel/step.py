@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from mpirnn.models.precision import FLOAT32
 from mpirnn.parallel.gradients import GradientReducer
 from mpirnn.parallel.wavefront import Wavefront
 
@@ -17,9 +18,10 @@ from mpirnn.parallel.wavefront import Wavefront
 class StepRunner:
     """Runs forward+backward of the local rows, segment and stage, and sums gradients over replicas."""
 
-    def __init__(self, model, plan, comms, bucket_mb: float):
+    def __init__(self, model, plan, comms, bucket_mb: float, precision=FLOAT32):
         self.model, self.plan, self.comms = model, plan, comms
-        self.wavefront = Wavefront(model, plan, comms)
+        self.precision = precision  # train.precision (mpirnn/models/precision.py)
+        self.wavefront = Wavefront(model, plan, comms, precision)
         self._by_length: dict[tuple, Wavefront] = {}   # wavefronts of shorter steps (Plan.for_length)
         self.reducer = GradientReducer(model.parameters(), comms.replicas, bucket_mb, comms.timer)
 
@@ -34,8 +36,15 @@ class StepRunner:
         """
         wavefront = self._wavefront(plan)
         self.reducer.begin(wavefront.plan.microbatches * wavefront.plan.chunks)
-        loss, final = wavefront(inputs, targets, state, norm, lengths, noise)
+        # fp16: the loss is scaled by dividing its normalizer, and the summed gradients unscaled.
+        scale = self.precision.loss_scale
+        loss, final = wavefront(inputs, targets, state, norm / scale, lengths, noise)
         self.reducer.finish()
+        if scale != 1.0:
+            for param in self.model.parameters():
+                if param.grad is not None:
+                    param.grad.div_(scale)
+            loss = loss / scale
         return self._counted(loss), final
 
     def evaluate(self, inputs, targets, state, norm: float, observe=None, lengths=None):
@@ -50,7 +59,7 @@ class StepRunner:
         if key not in self._by_length:
             if len(self._by_length) > 256:   # one per distinct step length; cheap to rebuild
                 self._by_length.clear()
-            self._by_length[key] = Wavefront(self.model, plan, self.comms)
+            self._by_length[key] = Wavefront(self.model, plan, self.comms, self.precision)
         return self._by_length[key]
 
     def _counted(self, loss):

@@ -195,9 +195,9 @@ class ShardedRecurrentLayer(nn.Module):
     def run(self, x, state):
         x = CopyToGroup.apply(x, self.group)
         if self.cell == "gru":
-            xw = F.linear(x, self.weight_ih_l0, self.bias_ih_l0)
+            xw = F.linear(x, self.weight_ih_l0, self.bias_ih_l0).to(x.dtype)  # float32 under autocast too
             return ShardedRecurrence.apply(xw, state, self.weight_hh_l0, self.bias_hh_l0, self.cell, self.group)
-        xw = F.linear(x, self.weight_ih_l0, self.bias_ih_l0 + self.bias_hh_l0)
+        xw = F.linear(x, self.weight_ih_l0, self.bias_ih_l0 + self.bias_hh_l0).to(x.dtype)
         return ShardedRecurrence.apply(xw, state, self.weight_hh_l0, None, self.cell, self.group)
 
 

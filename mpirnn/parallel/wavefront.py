@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from mpirnn.distributed.transport import irecv, isend
+from mpirnn.models.precision import FLOAT32
 from mpirnn.parallel.linear_scan import scan_layers
 from mpirnn.parallel.schedule import (Position, Unit, activation_grad_tag, activation_tag, backward_order,
                                       forward_order, state_grad_tag, state_tag)
@@ -66,8 +67,9 @@ class UnitGraph:
 class Wavefront:
     """One rank's part of a step for a given plan; reusable from step to step."""
 
-    def __init__(self, model, plan, comms):
+    def __init__(self, model, plan, comms, precision=FLOAT32):
         self.model, self.plan, self.comms = model, plan, comms
+        self.precision = precision  # what runs in reduced precision (mpirnn/models/precision.py)
         self.sp, self.pp = comms.axis["sp"], comms.axis["pp"]
         self.position = Position(plan.coords["sp"], plan.grid.sp, plan.coords["pp"], plan.grid.pp,
                                  chain=plan.mode == "chain")
@@ -123,7 +125,8 @@ class Wavefront:
         last segment).
         """
         self._like = state  # device and dtype of what arrives
-        graphs, sends, finals, _ = self._forward(inputs, targets, state, norm, lengths, noise=noise)
+        with self.precision.autocast():  # the forward only: backward runs in each op's forward dtype
+            graphs, sends, finals, _ = self._forward(inputs, targets, state, norm, lengths, noise=noise)
         total = self._backward(graphs, sends)
         for send in sends:
             send.wait()
@@ -138,7 +141,9 @@ class Wavefront:
         stage's top outputs and the chunk's targets, to accumulate other measures.
         """
         self._like = state
-        _, sends, finals, total = self._forward(inputs, targets, state, norm, lengths, observe=observe, train=False)
+        with self.precision.autocast():
+            _, sends, finals, total = self._forward(inputs, targets, state, norm, lengths, observe=observe,
+                                                    train=False)
         for send in sends:
             send.wait()
         return total, torch.cat(finals, dim=2)
@@ -221,14 +226,16 @@ class Wavefront:
 
     def _run(self, features, start, layers, limit: int, noise=None):
         if self.plan.mode == "scan":
-            return scan_layers(self.model, layers, features, start, self.sp, self.comms.timer, noise)
+            run = lambda x, s: scan_layers(self.model, layers, x, s, self.sp, self.comms.timer, noise)  # noqa: E731
+            return self.precision.run_layers(self.model.cell, run, features, start)
+        run = lambda x, s: self.model.run_layers(x, s, layers, noise)  # noqa: E731
         width = features.shape[1]
         if limit == width:
-            return self.model.run_layers(features, start, layers, noise)
+            return self.precision.run_layers(self.model.cell, run, features, start)
         rows = features.shape[0]
         if limit == 0:  # all padding for these rows: nothing to run, the state passes through
-            return features.new_zeros(rows, width, self.model.hidden), start
-        outputs, final = self.model.run_layers(features[:, :limit], start, layers, noise)
+            return features.new_zeros(rows, width, self.model.hidden).to(start.dtype), start
+        outputs, final = self.precision.run_layers(self.model.cell, run, features[:, :limit], start)
         return torch.cat([outputs, outputs.new_zeros(rows, width - limit, outputs.shape[2])], dim=1), final
 
     def _backward(self, graphs, sends):

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from mpirnn.perf import links
-from mpirnn.host import cpu_model
+from mpirnn.host import cpu_model, native_bf16
 from mpirnn.perf.calibration import CALIBRATED_HIDDEN, FORMAT, default_path, save
 from mpirnn.perf.processes import KEEP_MEMORY, mpiexec
 
@@ -138,7 +138,9 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
     restricted = cells is not None or (hidden is not None and not set(CALIBRATED_HIDDEN) <= set(hidden))
     data = {
         "format": FORMAT,
+        # Compute is measured in float32; native_bf16 says whether train.precision = bf16 may run here.
         "host": {"cpu": cpu, "cores": os.cpu_count(), "device": device, "threads_per_rank": 1,
+                 "precision": "float32", "native_bf16": native_bf16(),
                  "torch": version("torch"), "date": started.isoformat(timespec="seconds"),
                  "load_avg_start": load, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
         "source": "python -m mpirnn.plan --calibrate" + (" (toy sizes: the numbers mean little)" if quick else ""),

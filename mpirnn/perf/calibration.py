@@ -83,6 +83,10 @@ class Calibration:
         self.lockstep_sync_s = float(data.get("lockstep_sync_s", 0.0))
         self.cores = int(data.get("host", {}).get("cores") or 1)
         self.gpu = data.get("host", {}).get("device", "cpu") != "cpu"
+        # The precision its compute was measured in (files before issue 22: float32), and whether
+        # the CPU has native bf16 (None: not recorded).
+        self.precision = data.get("host", {}).get("precision", "float32")
+        self.native_bf16 = data.get("host", {}).get("native_bf16")
 
     # -------------------------------------------------------------- compute
 

@@ -420,8 +420,10 @@ def markdown(rows: list[dict]) -> str:
 def machine() -> dict:
     from importlib.metadata import version
 
-    from mpirnn.host import cpu_model
-    return {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(), "torch": version("torch"),
+    from mpirnn.host import cpu_flags, cpu_model, native_bf16
+    simd = sorted(flag for flag in cpu_flags() if flag.startswith(("avx", "amx", "fma")))
+    return {"host": platform.node(), "cpu": cpu_model(), "cpu_flags": simd, "native_bf16": native_bf16(),
+            "cores": os.cpu_count(), "torch": version("torch"),
             "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -36,6 +36,9 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None, threads:
         cal = calibration_file.load(path)
     except (CalibrationError, OSError) as exc:
         raise ConfigError(f"parallel.calibration = {p.calibration}: {exc}") from None
+    if cal.precision != cfg.train.precision:  # reduced-precision compute is not calibrated (issue 22 item 4)
+        return p.microbatches, p.chunks, (f"the fixed rules (calibration {calibration_file.shown_path(path)} "
+                                          f"measured {cal.precision}, this run is {cfg.train.precision})")
     shape = Shape.from_config(cfg, vocab)
     if features:
         shape = Shape(**{**shape.__dict__, "vocab": None, "features": features})

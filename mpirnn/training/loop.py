@@ -30,6 +30,7 @@ from mpirnn.training.signals import StopSignals
 from mpirnn.training.state import carried_piece, check_compatible, gather_state, load_state, upgrade
 from mpirnn.models.dropout import DropoutKey
 from mpirnn.parallel.step import StepRunner
+from mpirnn.models.precision import for_device as precision_for
 
 CARRY_TAG = 32767  # the largest tag MPI guarantees; the schedule's tags are far below it
 
@@ -45,7 +46,8 @@ class Trainer(TrainerReports):
         self.optimizer = optim.make_optimizer(self.params, cfg.train)
         self.sample = True  # the session turns the sample off when its prompt does not fit the vocabulary
         self.val_loss = None  # at the current step, when evaluated there
-        self.runner = StepRunner(model, plan, comms, cfg.train.bucket_mb)
+        self.runner = StepRunner(model, plan, comms, cfg.train.bucket_mb,
+                                 precision_for(cfg.train.precision, model.device))
         self.sp = comms.axis["sp"]
         self.state = None  # carried states (stateful mode), on the first segment's ranks
         self.step = 0

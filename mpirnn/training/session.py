@@ -30,6 +30,7 @@ from mpirnn.errors import ConfigError
 from mpirnn.inference.generation import prompt_ids
 from mpirnn.inference.model_info import ModelInfo
 from mpirnn.models import build_model
+from mpirnn.models.precision import for_device as precision_for
 from mpirnn.parallel.plan import make_plan
 from mpirnn.parallel.shard import stage_model
 from mpirnn.parallel.tensor import TensorGroup
@@ -166,6 +167,7 @@ def train(cfg, grid) -> int:
     try:
         world = comms.world
         device = agree(world, bind, cfg.train.device, cfg.train.threads, comms.local_rank, comms.local_size)
+        agree(world, precision_for, cfg.train.precision, device)  # refused before any data is read
         start = resume_point(cfg, comms)
         if start is not None and start >= cfg.train.steps:
             if world.rank == 0:
