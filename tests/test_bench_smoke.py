@@ -78,3 +78,16 @@ def test_a_failed_teardown_after_every_ddp_run_keeps_the_results(tmp_path, ddp, 
     assert (error is None) == kept
     if not kept:
         assert "exit 1" in error and "Connection closed" in error
+
+
+def test_tiny_variable_length_bench_end_to_end(tmp_path):
+    # W7 (mpirnn/tools/bench_lengths.py): every row ran, dp=2 and sp=2 gave the 1-rank losses, and
+    # bucketing computed less padding than drawing rows at random.
+    out = tmp_path / "w7.json"
+    done = subprocess.run([sys.executable, "-m", "mpirnn.tools.bench_lengths", "--tiny", "--steps", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=230)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert len(report["runs"]) == 4 and "| NO |" not in report["table"], report["table"]
+    assert report["table"].count("| yes |") == 2, report["table"]
+    assert report["padding_bucketed"] < report["padding_unbucketed"]

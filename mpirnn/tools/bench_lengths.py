@@ -1,0 +1,231 @@
+"""Benchmark W7: variable-length classification, side by side in one run (issue 17's workload).
+
+    python -m mpirnn.tools.bench_lengths [--steps 4] [--out runs/bench/w7.json] [--tiny]
+
+An LSTM 2×256 classifier over 12 features, global batch 64, row lengths drawn log-uniform
+from 100 to 1,400 steps (seeded). Every run trains on the same global batches (the first of a
+bucketed epoch, mpirnn/data/sampler.py), each rank one thread, through the trainer's own parts:
+the step is cut by its longest row (Plan.for_length), units skip padded steps, the loss is
+taken at each row's last valid step. Rows:
+
+    1 rank                        the baseline
+    dp=2 / sp=2 (-n 2)            speedup over 1 rank, per valid element
+    1 rank, one length            the same shape with every row the batch's mean length: the cost
+                                  per valid element of a fixed-length run, for comparison
+
+and the padding computed with and without bucketing (the share of row-steps run that are
+padding, cut to each batch's longest row). Times are medians over the timed steps of the
+seconds per thousand valid elements; the driver starts each run with mpirun itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+W7 = dict(cell="lstm", hidden=256, layers=2, embed=64, features=12, classes=10, batch=64, shortest=100,
+          longest=1400, rows=64 * 32)
+TINY = dict(hidden=16, embed=8, batch=8, shortest=10, longest=60, rows=8 * 8)
+SEED = 0
+
+
+def shape(tiny: bool) -> dict:
+    return {**W7, **(TINY if tiny else {})}
+
+
+def row_lengths(s: dict) -> np.ndarray:
+    """Every row's length, log-uniform between the shortest and the longest."""
+    rng = np.random.default_rng(SEED)
+    return np.exp(rng.uniform(np.log(s["shortest"]), np.log(s["longest"] + 1), s["rows"])).astype(np.int64).clip(
+        s["shortest"], s["longest"])
+
+
+def batches(s: dict, bucket: bool, count: int) -> list[np.ndarray]:
+    """The first `count` global batches of epoch 0, as training draws them (longest row first)."""
+    from mpirnn.data.sampler import bucketed_epoch, longest_first, shuffled_batch
+    lengths = row_lengths(s)
+    if bucket:
+        return bucketed_epoch(0, s["batch"], lengths, SEED)[:count]
+    return [longest_first(shuffled_batch(step, s["batch"], len(lengths), SEED), lengths) for step in range(count)]
+
+
+def padding_share(s: dict, bucket: bool) -> float:
+    """Padding among the row-steps computed over a whole epoch, each batch cut to its longest row."""
+    lengths = row_lengths(s)
+    run = [lengths[b] for b in batches(s, bucket, s["rows"] // s["batch"])]
+    computed = sum(len(b) * int(b.max()) for b in run)
+    return 1.0 - sum(int(b.sum()) for b in run) / computed
+
+
+# ------------------------------------------------------------------ one run (an MPI rank)
+
+
+def run_worker(spec: dict) -> dict | None:
+    import torch
+    from mpi4py import MPI
+
+    from mpirnn.config import Config
+    from mpirnn.data.labelled_targets import LabelledTargets
+    from mpirnn.distributed.mesh import Comms
+    from mpirnn.grid import Grid
+    from mpirnn.models import build_model
+    from mpirnn.parallel.plan import make_plan
+    from mpirnn.parallel.shard import stage_model
+    from mpirnn.parallel.step import StepRunner
+
+    torch.set_num_threads(1)
+    world = MPI.COMM_WORLD
+    s = shape(spec["tiny"])
+    comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"]), world)
+    cfg = Config()
+    for key in ("cell", "hidden", "layers", "embed"):
+        setattr(cfg.model, key, s[key])
+    model = build_model(cfg, features=s["features"], outputs=s["classes"])
+    lengths_all = row_lengths(s)
+    if spec["fixed"]:   # every row the mean length of the bucketed batches: a fixed-length run
+        lengths_all = np.full_like(lengths_all, int(np.mean([lengths_all[b].mean() for b in
+                                                             batches(s, True, spec["steps"] + 1)])))
+    longest = int(lengths_all.max())
+    plan = make_plan(comms.grid, comms.coords, batch_size=s["batch"], seq_len=longest, layers=s["layers"],
+                     cell=s["cell"], microbatches=spec["microbatches"], hidden=s["hidden"])
+    model = stage_model(model, plan, None)
+    runner = StepRunner(model, plan, comms, bucket_mb=4.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(SEED)
+    inputs_all = torch.randn(s["rows"], longest, s["features"], generator=g)
+    labels_all = torch.randint(0, s["classes"], (s["rows"],), generator=g)
+    times, elements, losses = [], [], []
+    for index, rows in enumerate(batches(s, True, spec["steps"] + 1)):
+        rows = torch.as_tensor(rows)
+        lengths = torch.as_tensor(lengths_all)[rows]
+        step_plan = plan.for_length(int(lengths.max()))
+        mine, segment = rows[slice(*step_plan.rows)], slice(*step_plan.segment)
+        local_lengths = lengths[slice(*step_plan.rows)]
+        targets = LabelledTargets("classify", labels_all[mine], local_lengths, step_plan.segment[0])
+        state = model.zero_state(step_plan.local_rows, inputs_all, range(*plan.layers))
+        optimizer.zero_grad(set_to_none=True)
+        world.Barrier()
+        started = time.perf_counter()
+        loss, _ = runner(inputs_all[mine, segment], targets, state, float(len(rows)), local_lengths, plan=step_plan)
+        optimizer.step()
+        elapsed = np.array([time.perf_counter() - started])
+        world.Allreduce(MPI.IN_PLACE, elapsed, MPI.MAX)   # a step ends when its slowest rank does
+        total = np.array([float(loss)])
+        world.Allreduce(MPI.IN_PLACE, total, MPI.SUM)
+        losses.append(float(total[0]))
+        if index:   # the first step warms up
+            times.append(float(elapsed[0]))
+            elements.append(int(lengths.sum()))
+    runner.reducer.remove()
+    comms.free()
+    if world.rank:
+        return None
+    per_thousand = [1000 * t / e for t, e in zip(times, elements)]
+    return {**spec, "step_times_s": times, "valid_elements": elements, "losses": losses,
+            "median_s_per_1000_elements": statistics.median(per_thousand)}
+
+
+# ------------------------------------------------------------------ the driver
+
+
+RUNS = [dict(name="1 rank", ranks=1, dp=1, sp=1, microbatches=0, fixed=False),
+        dict(name="dp=2 (-n 2)", ranks=2, dp=2, sp=1, microbatches=0, fixed=False),
+        dict(name="sp=2, M=4 (-n 2)", ranks=2, dp=1, sp=2, microbatches=4, fixed=False),
+        dict(name="1 rank, every row one length (the batches' mean)", ranks=1, dp=1, sp=1, microbatches=0, fixed=True)]
+
+
+def launch(spec: dict, workdir: Path) -> dict:
+    path = workdir / f"{spec['name'][:8].replace(' ', '_').replace('=', '')}-{spec['ranks']}.json"
+    path.write_text(json.dumps(spec))
+    mpirun = Path(sys.executable).with_name("mpirun")
+    command = [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(spec["ranks"]), sys.executable, "-m",
+               "mpirnn.tools.bench_lengths", "--worker", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise SystemExit(f"mpirnn.tools.bench_lengths: {spec['name']} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return json.loads(path.with_suffix(".result").read_text())
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def exact(run: dict, serial: dict) -> bool:
+    """Every step's loss equals the 1-rank run's within float32's exactness contract."""
+    return all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(run["losses"], serial["losses"]))
+
+
+def table(results: list[dict], s: dict) -> str:
+    base = results[0]["median_s_per_1000_elements"]
+    fixed = results[-1]["median_s_per_1000_elements"]
+    lines = ["| W7 run | median s per 1000 valid elements | speedup over 1 rank | vs one length | loss = 1 rank's |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        m = r["median_s_per_1000_elements"]
+        same = "—" if r["fixed"] or r is results[0] else ("yes" if exact(r, results[0]) else "NO")
+        lines.append(f"| {r['name']} | {m:.4f} | {base / m:.2f}× | {m / fixed:.2f} | {same} |")
+    lines.append("")
+    lines.append(f"padding computed per epoch: {100 * padding_share(s, True):.1f}% with data.bucket, "
+                 f"{100 * padding_share(s, False):.1f}% without")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.tools.bench_lengths", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up step)")
+    parser.add_argument("--repeat", type=int, default=1, help="run every row this many times, interleaved")
+    parser.add_argument("--out", default="runs/bench/w7.json")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (smoke test; the numbers mean nothing)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = run_worker(json.loads(Path(args.worker).read_text()))
+        if result is not None:
+            Path(args.worker).with_suffix(".result").write_text(json.dumps(result))
+        return 0
+    s = shape(args.tiny)
+    pooled: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="mpirnn-w7-") as workdir:
+        for _ in range(args.repeat):   # interleaved, so a burst of load elsewhere spoils one share of each row
+            for spec in RUNS:
+                print(f"mpirnn.tools.bench_lengths: {spec['name']}", file=sys.stderr, flush=True)
+                got = launch({**spec, "steps": args.steps, "tiny": args.tiny}, Path(workdir))
+                first = pooled.setdefault(spec["name"], {**got, "step_times_s": [], "valid_elements": []})
+                first["step_times_s"] += got["step_times_s"]
+                first["valid_elements"] += got["valid_elements"]
+    results = []
+    for r in pooled.values():
+        r["median_s_per_1000_elements"] = statistics.median(1000 * t / e for t, e in zip(r["step_times_s"],
+                                                                                       r["valid_elements"]))
+        results.append(r)
+    text = table(results, s)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"shape": s, "cpu": cpu_model(), "runs": results, "table": text,
+                               "padding_bucketed": padding_share(s, True),
+                               "padding_unbucketed": padding_share(s, False)}, indent=1) + "\n")
+    print(f"{cpu_model()}; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
