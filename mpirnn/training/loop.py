@@ -12,8 +12,10 @@ steps (mpirnn/training/validation.py) and the best checkpoint by val loss is kep
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
+from collections import deque
 
 import numpy as np
 import torch
@@ -58,6 +60,7 @@ class Trainer(TrainerReports):
         self.owned: list[int] = []      # checkpoints of this run (resumed ones included): the only ones pruned
         self.replacing: list[int] = []  # another run's, deleted after our first save (checkpoint.overwrite)
         self.watchdog = Watchdog(cfg.train.comm_timeout_s, comms)
+        self.lengths_seen: deque = deque(maxlen=50)   # recent steps' longest rows (labelled rows)
         self.signals = StopSignals()
 
     # -- checkpoints -------------------------------------------------------------------
@@ -231,12 +234,13 @@ class Trainer(TrainerReports):
     def train_step(self) -> tuple[dict, int]:
         cfg, loader = self.cfg, self.loader
         started = time.perf_counter()
-        self.watchdog.begin(self.step + 1, "reading the batch")
-        self.comms.timer.take()
-        faults.at_step(self.comms.rank, self.step + 1)
-        # A batch whose rows all end early is cut over the segments by its own length.
+        # A batch whose rows all end early is cut over the segments by its own length; the watchdog
+        # gives a step of longer rows than usual time in proportion (labelled rows' lengths vary).
         length = loader.step_length(self.step)
         plan = None if length is None else self.plan.for_length(length)
+        self.watchdog.begin(self.step + 1, "reading the batch", steps=self._work(length))
+        self.comms.timer.take()
+        faults.at_step(self.comms.rank, self.step + 1)
         with self.comms.timer.tracer.span("read batch"):
             inputs, targets = loader.batch(self.step, None if plan is None else plan.reads)
         state = self._initial_state()
@@ -273,6 +277,14 @@ class Trainer(TrainerReports):
         if hasattr(loader, "padding_fraction"):  # rows of different lengths
             record["padding_fraction"] = loader.padding_fraction(self.step - 1)
         return record, stop
+
+    def _work(self, length: int | None) -> int:
+        """How many usual steps' time a step of rows up to `length` long may take (1 for windows)."""
+        if length is None:
+            return 1
+        usual = statistics.median(self.lengths_seen) if self.lengths_seen else length
+        self.lengths_seen.append(length)
+        return max(1, math.ceil(length / usual))
 
     def _validate(self, record: dict, due: bool = True) -> bool:
         """The val loss after this step when it is due (into `record`); True at a new best."""
