@@ -44,6 +44,8 @@ class TrainerReports:
         if self.validator is not None:
             best = self.validator.best_loss
             fields.update(best_val_loss=best, best_val_step=self.validator.best_step)
+            if self.validator.metric != "val_loss":
+                fields[f"best_{self.validator.metric}"] = self.validator.best_value
             if self.info is not None and self.info.byte_tokens:
                 fields["best_val_bits_per_byte"] = self.info.bits_per_byte(best)
         return fields
