@@ -69,7 +69,8 @@ def predict(args, world) -> int:
             print(f"predictions of {len(score.predictions.rows)} "
                   f"{'valid steps' if info.task == 'tag' else 'sequences'} in {files.table}, metrics in "
                   f"{files.metrics}" + (f", confusion matrix in {files.plot}" if files.plot else ""), flush=True)
-        on_rank0(world, write_whole, _payloads(files, score, info, result))
+        # Rank 0 alone holds the gathered predictions: it builds the files and writes them.
+        on_rank0(world, lambda: write_whole(_payloads(files, score, info, result)))
         return 0
 
     return score_checkpoint(args, world, done, keep=True, check=lambda info: check_labelled(info, files.plot))
