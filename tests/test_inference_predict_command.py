@@ -90,3 +90,16 @@ def test_predict_refuses_before_writing_anything(trained):
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert done.returncode == 1 and len(lines) == 1 and words in lines[0], done.stderr
         assert not (trained / "q.csv").exists() and not (trained / "q.json").exists()
+
+
+def test_a_best_metric_of_classes_is_refused_for_regression_before_compute(tmp_path):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "x.npy", rng.standard_normal((40, 10, 2)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.standard_normal(40))
+    prepare_labelled_npy(tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "reg", val_fraction=0.25)
+    done = run(1, "mpirnn.train", "--set", f"data.path={tmp_path / 'reg'}", "--set", "data.batch_size=8",
+               "--set", "checkpoint.best_metric=val_macro_f1", "--set", f"output.metrics={tmp_path / 'm.jsonl'}")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "checkpoint.best_metric = 'val_macro_f1' needs a task with classes" in lines[0]
+    assert not (tmp_path / "m.jsonl").exists()
