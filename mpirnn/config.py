@@ -108,6 +108,9 @@ class CheckpointConfig:
     every: int = doc(0, "write a checkpoint every this many steps; 0 = only at the end and on signals")
     resume: bool = doc(False, "continue from the newest valid checkpoint in dir")
     keep: int = doc(3, "checkpoints of this run to keep (another run's are never deleted)")
+    best_metric: str = doc("val_loss", "which val measure chooses the best checkpoint kept beside the newest: "
+                                       "val_loss (lowest), or for tasks with classes val_accuracy or "
+                                       "val_macro_f1 (highest)")
     overwrite: bool = doc(False, "start a fresh run in a dir holding another run's checkpoints; "
                                  "they are deleted once this run's first checkpoint is written")
 

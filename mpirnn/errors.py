@@ -9,6 +9,8 @@ reported as one line naming the exception type; both end every rank.
 class UsageError(Exception):
     """Something the user can fix: the message says what and how."""
 
+    exit_status = 1   # what the command exits with (bad input data: 2, as `prepare` does)
+
 
 class ConfigError(UsageError):
     """A config file or --set override is wrong."""
@@ -20,6 +22,12 @@ class DataError(UsageError):
 
 class CheckpointError(UsageError):
     """A checkpoint cannot be used for this run."""
+
+
+class DataMismatchError(DataError):
+    """The data does not fit the checkpoint's task (other classes or targets): bad input, exit 2."""
+
+    exit_status = 2
 
 
 def one_line(exc: BaseException) -> str:

@@ -54,7 +54,8 @@ class LabelledRows:
                                                              f"...: token id {{}}")
             inputs = batch.inputs.to(self.device)
         if batch.labels is not None:
-            targets = LabelledTargets(self.task, batch.labels, batch.lengths, t0, self.weights).to(self.device)
+            targets = LabelledTargets(self.task, batch.labels, batch.lengths, t0, self.weights,
+                                      torch.as_tensor(np.asarray(rows, dtype=np.int64))).to(self.device)
         return inputs, targets, batch.lengths.to(self.device)
 
     def close(self) -> None:

@@ -29,11 +29,13 @@ class LabelledTargets:
     lengths: torch.Tensor
     t0: int = 0
     weights: torch.Tensor | None = None   # per class (tag, classify), or None
+    ids: torch.Tensor | None = None       # the rows' ids in the split (CPU), so predictions find their row
 
     def __getitem__(self, index) -> "LabelledTargets":
         rows, steps = index
         labels = self.labels[rows, steps] if self.task == "tag" else self.labels[rows]
-        return replace(self, labels=labels, lengths=self.lengths[rows], t0=self.t0 + (steps.start or 0))
+        ids = None if self.ids is None else self.ids[rows]
+        return replace(self, labels=labels, lengths=self.lengths[rows], t0=self.t0 + (steps.start or 0), ids=ids)
 
     def to(self, device) -> "LabelledTargets":
         weights = None if self.weights is None else self.weights.to(device)

@@ -1,7 +1,7 @@
 """Running an entry point so that no failure leaves a rank hanging.
 
 - An error every rank agreed on (AgreedError: bad config or data found collectively):
-  rank 0 prints one line, every rank exits 1 normally.
+  rank 0 prints one line, every rank exits 1 normally (2 for bad input data, DataMismatchError).
 - Any other exception on any rank: that rank prints one line naming itself, then
   MPI_Abort ends the whole job at once (the peers may be blocked in a collective).
 - Usage errors, --help and --version (RankZeroParser): printed once, by rank 0.
@@ -45,7 +45,7 @@ def run_guarded(main, argv=None) -> int:
     except AgreedError as exc:
         if rank == 0:
             _say(f"mpirnn: error: {one_line(exc)}")
-        return EXIT_FAILURE
+        return exc.exit_status
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - anything else must end every rank, not hang them

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mpirnn.distributed.agreement import agree
-from mpirnn.errors import DataError, UsageError
+from mpirnn.errors import DataError, DataMismatchError, UsageError
 from mpirnn.inference.load import Located, locate
 
 
@@ -23,7 +23,8 @@ def add_checkpoint_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="a run's checkpoint.dir (its newest intact checkpoint) or one ckpt-NNNNNNNN.pt")
     parser.add_argument("--best", action="store_true",
-                        help="take the checkpoint with the lowest recorded val_loss instead of the newest")
+                        help="take the best checkpoint by the run's checkpoint.best_metric (lowest val_loss by "
+                             "default) instead of the newest")
 
 
 def find_checkpoint(world, path: str, best: bool) -> Located:
@@ -33,9 +34,11 @@ def find_checkpoint(world, path: str, best: bool) -> Located:
 
 
 def check_model_fits(info, manifest, checkpoint_path) -> None:
-    """Refuse data the checkpoint's model cannot read: another kind, vocabulary or feature count."""
+    """Refuse data the checkpoint's model cannot read: another kind, vocabulary or feature count,
+    or another task, other classes or another number of targets (bad input data: exit 2)."""
     data = manifest.root
-    if info.tokens != (manifest.kind == "tokens"):
+    check_task_fits(info, manifest, checkpoint_path)
+    if info.tokens != manifest.is_tokens:
         raise DataError(f"checkpoint {checkpoint_path} holds {info.describe()} but {data} is {manifest.kind} data: "
                         f"use the dataset the model was trained on (or one prepared the same way)")
     if info.tokens and manifest.vocab_size != info.vocab_size:
@@ -44,6 +47,25 @@ def check_model_fits(info, manifest, checkpoint_path) -> None:
     if not info.tokens and manifest.features != info.features:
         raise DataError(f"checkpoint {checkpoint_path} holds {info.describe()} but {data} has "
                         f"{manifest.features} feature(s): the feature counts must be the same")
+
+
+def check_task_fits(info, manifest, checkpoint_path) -> None:
+    """A labelled model scores only data of its own task and classes (names in the same order) or
+    targets: a class id means a class only in the dataset that numbered it."""
+    model, data = info.task_spec, manifest.task_spec
+    if model.task != data.task:
+        raise DataMismatchError(f"checkpoint {checkpoint_path} holds a model of task {model.task!r} but "
+                                f"{manifest.root} holds task {data.task!r}: use a dataset of the model's task")
+    if model.classes != data.classes:
+        def shown(names):
+            return ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        raise DataMismatchError(f"checkpoint {checkpoint_path} predicts {len(model.classes)} classes "
+                                f"({shown(model.classes)}) but {manifest.root} has {len(data.classes)} "
+                                f"({shown(data.classes)}): the classes and their order must be the same "
+                                f"(prepare the data with --classes {','.join(model.classes)})")
+    if model.targets != data.targets:
+        raise DataMismatchError(f"checkpoint {checkpoint_path} predicts {model.targets} target(s) but "
+                                f"{manifest.root} has {data.targets}: the targets must be the same")
 
 
 def write_whole(files: dict) -> None:

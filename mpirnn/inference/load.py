@@ -3,8 +3,9 @@
     from mpirnn import load_checkpoint
     model, config = load_checkpoint("runs/x/checkpoints")   # the newest intact checkpoint
 
-A path is a checkpoint directory (its newest intact checkpoint, or with `best=True` the one
-with the lowest recorded val_loss) or one checkpoint's `ckpt-NNNNNNNN.pt` / `.json`. The
+A path is a checkpoint directory (its newest intact checkpoint, or with `best=True` the best
+by the measure the run chose, `best_metric` in each JSON: the lowest val_loss by default, the
+highest val_accuracy or val_macro_f1) or one checkpoint's `ckpt-NNNNNNNN.pt` / `.json`. The
 model comes back whole (serial parameter names, every layer), on `device`, in eval mode,
 with `model.normalization` (series: the train split's mean/std; None for tokens) and
 `model.info` (mpirnn/inference/model_info.py). Nothing is read but the checkpoint's two
@@ -70,17 +71,24 @@ def locate(path: str | Path, best: bool = False, warn=lambda text: None) -> Loca
     return Located(path, step, _meta(path, step))
 
 
+# checkpoint.best_metric (docs/checkpoints.md): which recorded value chooses, and whether higher is better.
+HIGHER_IS_BETTER = {"val_loss": False, "val_accuracy": True, "val_macro_f1": True}
+
+
 def _best(directory: Path, steps: list[int]) -> Located:
-    scored = []
-    for step in steps:
-        if checkpoint.verify(directory, step) is None:
-            meta = _meta(directory, step)
-            if meta.get("val_loss") is not None:
-                scored.append((meta["val_loss"], step, meta))
-    if not scored:
+    evaluated = [(step, _meta(directory, step)) for step in steps if checkpoint.verify(directory, step) is None]
+    evaluated = [(step, meta) for step, meta in evaluated if meta.get("val_loss") is not None]
+    if not evaluated:
         raise CheckpointError(f"no intact checkpoint in {directory} records a val_loss (train with train.eval_every "
                               f"> 0 to keep the best one); leave out --best to take the newest")
-    loss, step, meta = min(scored, key=lambda item: (item[0], -item[1]))
+    # The newest evaluated checkpoint says which measure the run chose (older ones record none: val_loss).
+    metric = evaluated[-1][1].get("best_metric", "val_loss")
+    sign = -1.0 if HIGHER_IS_BETTER.get(metric, False) else 1.0
+    scored = [(sign * meta[metric], -step, step, meta) for step, meta in evaluated if meta.get(metric) is not None]
+    if not scored:
+        raise CheckpointError(f"no intact checkpoint in {directory} records {metric} (its checkpoint.best_metric); "
+                              f"leave out --best to take the newest")
+    _, _, step, meta = min(scored, key=lambda item: item[:2])
     return Located(directory, step, meta)
 
 
@@ -140,7 +148,9 @@ def build(located: Located, device="cpu", dtype: str | None = None):
         cfg.model.dtype = dtype
     state = load_state(located, device)
     info = model_info(located, cfg, state["model"])
-    model = build_model(cfg, vocab_size=info.vocab_size, features=info.features, device=device)
+    spec = info.task_spec  # a labelled task's head predicts its classes or targets
+    outputs = (spec.n_classes or spec.targets) if spec.labelled else None
+    model = build_model(cfg, vocab_size=info.vocab_size, features=info.features, device=device, outputs=outputs)
     checkpoint.check_compatible(model, state, str(located.path))
     model.load_state_dict(state["model"])
     model.eval()

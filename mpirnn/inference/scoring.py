@@ -9,7 +9,10 @@ grid. The last batch may have fewer rows than data.batch_size: it gets its own p
 cut over dp again, possibly none for some data-parallel groups, which then sit it out).
 
 Series also get the squared and absolute errors of the next-step predictions in data units
-(the normalized error times each feature's std), from the last stage's outputs.
+(the normalized error times each feature's std), from the last stage's outputs. Labelled tasks
+get their task's metrics (accuracy, macro-F1, per class, confusion matrix; or RMSE/MAE in data
+units) from a LabelledTally (mpirnn/inference/labelled_tally.py) fed by the same hook, and, for
+`predict`, every prediction gathered to rank 0.
 
     mpirun -n 2 python -m pytest -q --with-mpi -m mpi tests/mpi/test_evaluation.py
 """
@@ -25,6 +28,7 @@ from mpi4py import MPI
 
 from mpirnn.errors import ConfigError
 from mpirnn.grid import rows_of
+from mpirnn.inference.labelled_tally import LabelledTally, Predictions
 from mpirnn.parallel.plan import Plan, resolve_chunks, resolve_microbatches
 from mpirnn.parallel.step import StepRunner
 
@@ -36,6 +40,8 @@ class Score:
     sequences: int
     rmse: list | None = None    # series: per feature, in data units
     mae: list | None = None
+    metrics: dict | None = None            # a labelled task's (mpirnn/inference/task_metrics.py)
+    predictions: Predictions | None = None  # predict: on rank 0, every scored element in split order
 
 
 def evaluation_plan(base: Plan, cfg, batch_rows: int) -> Plan:
@@ -66,9 +72,12 @@ class SplitScorer:
     setting that cannot run (parallel.chunks longer than a segment) is refused on every rank.
     """
 
-    def __init__(self, cfg, comms, plan, model, loader, normalization=None):
-        """`plan`: the run's plan on this rank; `model`: already cut to it (its stage)."""
+    def __init__(self, cfg, comms, plan, model, loader, normalization=None, spec=None, keep: bool = False):
+        """`plan`: the run's plan on this rank; `model`: already cut to it (its stage); `spec`: a
+        labelled task's TaskSpec (its metrics are computed; None: the loss only); `keep`: also
+        gather every prediction to rank 0 (predict)."""
         self.cfg, self.comms, self.base, self.model, self.loader = cfg, comms, plan, model, loader
+        self.spec, self.keep = spec, keep
         self.runners: dict[int, StepRunner] = {}
         self.labelled = model.outputs is not None  # a labelled task (docs/tasks.md)
         self.features = None if model.vocab_size or self.labelled else model.features
@@ -89,6 +98,7 @@ class SplitScorer:
         """The loss (and, for series, RMSE/MAE) over the split (`limit` > 0: its first batches); every rank."""
         totals = np.zeros(1 + 2 * (self.features or 0), dtype=np.float64)
         sequences, labelled_elements = 0, 0.0
+        tally = LabelledTally(self.spec, self.model.head, self.keep) if self.labelled and self.spec else None
         for windows in self.loader.batches(limit):
             sequences += len(windows)
             runner = self._runner(len(windows))
@@ -105,13 +115,20 @@ class SplitScorer:
             state = self.model.zero_state(plan.local_rows, torch.empty(0, device=self.model.device),
                                           range(*plan.layers))
             # The ranks of a tp group compute the same (replicated) head: its rank 0 counts the errors.
-            observe = self._observer(totals) if self.features and plan.coords["tp"] == 0 else None
+            observe = None
+            if plan.coords["tp"] == 0:
+                observe = tally.observe if tally is not None else self._observer(totals) if self.features else None
             # norm = 1: raw sums here, divided once by the split's element count below.
             share, _ = runner.evaluate(inputs, targets, state, 1.0, observe, lengths)
             totals[0] += float(share)
         self.comms.world.Allreduce(MPI.IN_PLACE, totals, MPI.SUM)
         if self.labelled:
-            return Score(totals[0] / labelled_elements, int(labelled_elements), sequences)
+            score = Score(totals[0] / labelled_elements, int(labelled_elements), sequences)
+            if tally is not None:
+                tally.reduce(self.comms.world)
+                score.metrics = tally.metrics()
+                score.predictions = tally.gather(self.comms.world) if self.keep else None
+            return score
         per_value = self.cfg.data.seq_len * sequences
         elements = per_value * (self.features or 1)
         score = Score(totals[0] / elements, elements, sequences)

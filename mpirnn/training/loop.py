@@ -47,7 +47,7 @@ class Trainer(TrainerReports):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optim.make_optimizer(self.params, cfg.train)
         self.sample = True  # the session turns the sample off when its prompt does not fit the vocabulary
-        self.val_loss = None  # at the current step, when evaluated there
+        self.val_values: dict = {}  # val_loss (and val_accuracy, val_macro_f1) at the current step, when evaluated there
         self.runner = StepRunner(model, plan, comms, cfg.train.bucket_mb,
                                  precision_for(cfg.train.precision, model.device))
         self.sp = comms.axis["sp"]
@@ -121,8 +121,9 @@ class Trainer(TrainerReports):
         failed = np.zeros(1, dtype=np.int8)
         if self.rank0:
             extra = {"dataset": self.info.to_json()} if self.info is not None else {}
-            if self.val_loss is not None:
-                extra["val_loss"] = self.val_loss
+            if self.val_values:
+                # best_metric beside the values: --best and a resumed run choose by the same measure.
+                extra.update(self.val_values, best_metric=self.cfg.checkpoint.best_metric)
             try:
                 checkpoint.save(c.dir, self.step, state, self.cfg.to_dict(), extra)
             except checkpoint.CheckpointWriteError as exc:
@@ -155,7 +156,7 @@ class Trainer(TrainerReports):
         return f"the newest checkpoint on disk is step {newest}" if newest else "no checkpoint of this run is on disk"
 
     def _prune(self, owned: list[int]) -> list[int]:
-        """Keep the newest checkpoint.keep of this run's checkpoints, and the best by val loss.
+        """Keep the newest checkpoint.keep of this run's checkpoints, and the best (checkpoint.best_metric).
 
         The best step is never offered to prune, so no `keep` setting can delete it."""
         keep = self.cfg.checkpoint.keep
@@ -287,14 +288,14 @@ class Trainer(TrainerReports):
         return max(1, math.ceil(length / usual))
 
     def _validate(self, record: dict, due: bool = True) -> bool:
-        """The val loss after this step when it is due (into `record`); True at a new best."""
-        self.val_loss = None  # recorded in a checkpoint's JSON only for the step it was computed at
+        """The val metrics after this step when due (into `record`); True at a new best (checkpoint.best_metric)."""
+        self.val_values = {}  # recorded in a checkpoint's JSON only for the step it was computed at
         if not due or self.validator is None or not self.validator.due(self.step):
             return False
         self.watchdog.begin(self.step, "evaluating the val split", steps=self.validator.batch_count)
-        self.val_loss, better = self.validator.evaluate(self.step)
+        self.val_values, better = self.validator.evaluate(self.step)
         self.watchdog.end()
-        record["val_loss"] = self.val_loss
+        record.update(self.val_values)
         return better
 
     def _initial_state(self):

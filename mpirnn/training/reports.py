@@ -44,6 +44,8 @@ class TrainerReports:
         if self.validator is not None:
             best = self.validator.best_loss
             fields.update(best_val_loss=best, best_val_step=self.validator.best_step)
+            if self.validator.metric != "val_loss":
+                fields[f"best_{self.validator.metric}"] = self.validator.best_value
             if self.info is not None and self.info.byte_tokens:
                 fields["best_val_bits_per_byte"] = self.info.bits_per_byte(best)
         return fields
@@ -104,7 +106,11 @@ class TrainerReports:
               f"steps run (of {summary['steps']}); {summary['tokens_per_s']:.0f} tokens/s on "
               f"{summary['world_size']} rank(s), grid {self._grid_text()}; run {out.run_name}, metrics in "
               f"{out.metrics}", flush=True)
-        if summary.get("best_val_loss") is not None:
+        metric = self.cfg.checkpoint.best_metric
+        if metric != "val_loss" and summary.get(f"best_{metric}") is not None:
+            print(f"best {metric} {summary[f'best_{metric}']:.4f} (val_loss {summary['best_val_loss']:.4f}) at step "
+                  f"{summary['best_val_step']}", flush=True)
+        elif summary.get("best_val_loss") is not None:
             bpb = summary.get("best_val_bits_per_byte")
             print(f"best val_loss {summary['best_val_loss']:.4f}{f' ({bpb:.3f} bits per byte)' if bpb else ''} at "
                   f"step {summary['best_val_step']}", flush=True)

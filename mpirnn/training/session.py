@@ -39,7 +39,7 @@ from mpirnn.training.dataset_fit import check_fit
 from mpirnn.training.layout import modelled_counts
 from mpirnn.training.loop import Trainer
 from mpirnn.training.metrics import refuse_another_runs
-from mpirnn.training.validation import Validator, open_val_split
+from mpirnn.training.validation import Validator, check_best_metric, open_val_split
 
 DEFAULT_DATA = config_module.DataConfig().path
 NAME_BYTES = 256
@@ -69,6 +69,7 @@ def open_data(cfg, grid, world):
     validate_dataset(manifest, part=world.rank, parts=world.size, scan_values=cfg.data.validate)
     tasks.adopt_row_length(cfg, manifest, say=world.rank == 0)
     check_fit(manifest, cfg, grid)
+    check_best_metric(cfg, manifest.task_spec)
     return manifest
 
 

@@ -4,7 +4,10 @@ The val split's windows are scored in order from zero states, forward only throu
 parallel paths as training (mpirnn/inference/scoring.py), so `val_loss` is the mean over
 every val value scored, the same number on any grid, in the training loss's unit. Scoring
 touches no training state (no graphs, no carried states, no random numbers): a run with
-evaluation has the same training losses as one without, and resumes exactly.
+evaluation has the same training losses as one without, and resumes exactly. Tasks with classes
+also get `val_accuracy` and `val_macro_f1`; `checkpoint.best_metric` names the one that
+chooses the best step (lowest val_loss, or highest accuracy / macro-F1), recorded in every
+checkpoint's JSON so `--best` and a resumed run choose by the same measure.
 
     mpirun -n 2 python -m pytest -q --with-mpi -m mpi tests/mpi/test_evaluation.py
 """
@@ -19,8 +22,19 @@ import torch
 from mpirnn.data.labelled_loader import evaluation_loader
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.validate import validate_dataset
-from mpirnn.errors import DataError
+from mpirnn.errors import ConfigError, DataError
+from mpirnn.inference.load import HIGHER_IS_BETTER
 from mpirnn.inference.scoring import SplitScorer
+
+
+def check_best_metric(cfg, spec) -> None:
+    """Refuse (before compute) a best metric the task does not have."""
+    metric = cfg.checkpoint.best_metric
+    if metric not in HIGHER_IS_BETTER:
+        raise ConfigError(f"checkpoint.best_metric = {metric!r}: expected one of {', '.join(HIGHER_IS_BETTER)}")
+    if metric != "val_loss" and not spec.classes:
+        raise ConfigError(f"checkpoint.best_metric = {metric!r} needs a task with classes (tag or classify), but "
+                          f"{cfg.data.path} holds task {spec.task!r}: use checkpoint.best_metric = \"val_loss\"")
 
 
 def open_val_split(cfg, world):
@@ -48,8 +62,11 @@ class Validator:
         self.every, self.limit, self.last = cfg.train.eval_every, cfg.train.eval_batches, cfg.train.steps
         self.loader = evaluation_loader(manifest, cfg.data.seq_len, cfg.data.batch_size, device,
                                         getattr(torch, cfg.model.dtype), weights)
-        self.scorer = SplitScorer(cfg, comms, plan, model, self.loader)
-        self.best_loss: float | None = None
+        spec = manifest.task_spec
+        self.scorer = SplitScorer(cfg, comms, plan, model, self.loader, spec=spec if spec.classes else None)
+        self.metric = cfg.checkpoint.best_metric
+        self.best_value: float | None = None   # of self.metric, at best_step
+        self.best_loss: float | None = None    # val_loss at best_step
         self.best_step: int | None = None
 
     @property
@@ -60,30 +77,40 @@ class Validator:
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last
 
-    def evaluate(self, step: int) -> tuple[float, bool]:
-        """(val_loss at `step`, whether it is the best so far); every rank must call it."""
-        loss = self.scorer.score(self.limit).loss
-        better = self.best_loss is None or loss < self.best_loss
+    def evaluate(self, step: int) -> tuple[dict, bool]:
+        """({val_loss, and val_accuracy, val_macro_f1 for classes} at `step`, whether it is the
+        best so far by checkpoint.best_metric); every rank must call it."""
+        score = self.scorer.score(self.limit)
+        values = {"val_loss": score.loss}
+        if score.metrics is not None:
+            values.update(val_accuracy=score.metrics["accuracy"], val_macro_f1=score.metrics["macro_f1"])
+        better = self._better(values.get(self.metric))
         if better:
-            self.best_loss, self.best_step = loss, step
-        return loss, better
+            self.best_value, self.best_loss, self.best_step = values[self.metric], score.loss, step
+        return values, better
+
+    def _better(self, value) -> bool:
+        if value is None:
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if HIGHER_IS_BETTER[self.metric] else value < self.best_value
 
     def recall_best(self, directory: str, steps: list[int]) -> None:
-        """After a resume: the best val_loss recorded in this run's checkpoints (their JSON)."""
+        """After a resume: the best value of checkpoint.best_metric recorded in this run's checkpoints."""
         for step in steps:
-            loss = checkpoint_val_loss(directory, step)
-            if loss is not None and (self.best_loss is None or loss < self.best_loss):
-                self.best_loss, self.best_step = loss, step
+            meta = checkpoint_meta(directory, step)
+            if self._better(meta.get(self.metric)):
+                self.best_value, self.best_loss, self.best_step = meta[self.metric], meta.get("val_loss"), step
 
     def close(self) -> None:
         self.scorer.close()
         self.loader.close()
 
 
-def checkpoint_val_loss(directory: str, step: int) -> float | None:
-    """The val_loss a checkpoint's JSON records (None: not evaluated at that step, or unreadable)."""
+def checkpoint_meta(directory: str, step: int) -> dict:
+    """A checkpoint's JSON (val_loss etc. when evaluated at that step); {} when unreadable."""
     try:
-        meta = json.loads((Path(directory) / f"ckpt-{step:08d}.json").read_text())
+        return json.loads((Path(directory) / f"ckpt-{step:08d}.json").read_text())
     except (OSError, ValueError):
-        return None
-    return meta.get("val_loss")
+        return {}

@@ -1,0 +1,101 @@
+"""What a labelled task's predictions score, summed where they are made (the last stage).
+
+`LabelledTally.observe` is the `observe` hook of the wavefront (mpirnn/parallel/wavefront.py
+`evaluate`): on tp rank 0 of the last stage, for every unit, it takes only the unit's scored
+elements (`targets.scored`, mpirnn/data/labelled_targets.py: the valid steps of a chunk for
+`tag`, the rows whose last valid step lies in it for `classify` / `regress`), adds them to a
+confusion matrix or to sums of errors in data units, and, for `predict`, keeps each
+prediction with its row (and step). `reduce` sums the counts over the world and `gather`
+brings the predictions to rank 0, in split order, so every grid gives the same numbers.
+
+    python -m pytest -q tests/test_inference_task_metrics.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from mpirnn.inference.task_metrics import add_to_confusion, class_metrics, regression_metrics
+
+
+@dataclass
+class Predictions:
+    """Every scored element of a split, sorted by (row, step): rows and steps are split row ids
+    and time steps (steps None unless `tag`); values are class probabilities [n, classes] or
+    predicted values in data units [n, K]; labels the true class ids [n] or values [n, K]."""
+
+    rows: np.ndarray
+    steps: np.ndarray | None
+    values: np.ndarray
+    labels: np.ndarray
+
+
+class LabelledTally:
+    def __init__(self, spec, head, keep: bool = False):
+        """`spec`: the TaskSpec the model was trained on (classes, or targets and their
+        normalization); `head`: the model's head; `keep`: keep every prediction (predict)."""
+        self.spec, self.head = spec, head
+        self.classes = spec.n_classes
+        if self.classes:
+            self.confusion = np.zeros((self.classes, self.classes), dtype=np.int64)
+        else:
+            self.errors = np.zeros(2 * spec.targets + 1, dtype=np.float64)  # squared, absolute, sequences
+        self.kept: list[tuple] | None = [] if keep else None
+
+    def observe(self, outputs: torch.Tensor, targets) -> None:
+        where, labels = targets.scored(outputs.shape[1])
+        if len(labels) == 0:
+            return
+        prediction = self.head(outputs[where]).double()
+        if self.classes:
+            values = torch.softmax(prediction, dim=-1).cpu().numpy()
+            truth = labels.cpu().numpy()
+            add_to_confusion(self.confusion, truth, values.argmax(1))
+        else:
+            values = self._data_units(prediction).cpu().numpy()
+            truth = self._data_units(labels.double()).cpu().numpy()
+            K = self.spec.targets
+            error = values - truth
+            self.errors[:K] += np.square(error).sum(0)
+            self.errors[K:2 * K] += np.abs(error).sum(0)
+            self.errors[-1] += len(truth)
+        if self.kept is not None:
+            rows = targets.ids[where[0].cpu()].numpy()
+            steps = (targets.t0 + where[1]).cpu().numpy() if targets.task == "tag" else None
+            self.kept.append((rows, steps, values, truth))
+
+    def _data_units(self, values: torch.Tensor) -> torch.Tensor:
+        norm = self.spec.target_normalization
+        return values if norm is None else norm.denormalize(values)
+
+    def reduce(self, comm) -> None:
+        """Sum every rank's counts (ranks that scored nothing add zeros); call on every rank."""
+        comm.Allreduce(MPI.IN_PLACE, self.confusion if self.classes else self.errors, MPI.SUM)
+
+    def metrics(self) -> dict:
+        """After `reduce`: the task's metrics (mpirnn/inference/task_metrics.py)."""
+        if self.classes:
+            return class_metrics(self.confusion, self.spec.classes)
+        K = self.spec.targets
+        return regression_metrics(self.errors[:K], self.errors[K:2 * K], int(self.errors[-1]))
+
+    def gather(self, comm) -> Predictions | None:
+        """Every rank's kept predictions on rank 0, sorted by (row, step); None elsewhere."""
+        pieces = comm.gather(self.kept or [], root=0)
+        if comm.rank != 0:
+            return None
+        pieces = [piece for rank in pieces for piece in rank]
+        width = self.classes or self.spec.targets
+        if not pieces:
+            empty = np.zeros(0, dtype=np.int64)
+            return Predictions(empty, empty if self.spec.task == "tag" else None, np.zeros((0, width)), empty)
+        rows = np.concatenate([p[0] for p in pieces])
+        steps = np.concatenate([p[1] for p in pieces]) if pieces[0][1] is not None else None
+        order = np.lexsort((steps, rows)) if steps is not None else np.argsort(rows, kind="stable")
+        return Predictions(rows[order], None if steps is None else steps[order],
+                           np.concatenate([p[2] for p in pieces])[order],
+                           np.concatenate([p[3] for p in pieces])[order])
