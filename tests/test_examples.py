@@ -2,7 +2,9 @@
 and espeak-ng spoken words (inputs/spoken-words.sh), each run as a user runs it, with fewer
 training steps (STEPS) and, for the words, one reading of the list per voice (RENDITIONS).
 They check that the command completes and prints an accuracy and its baselines, not the
-accuracy itself (the README has the full runs' numbers). About 25 s and 50 s on 2 cores.
+accuracy itself (the README has the full runs' numbers). About 22 s for both on 2 cores.
+They write where a user's run does (data/, runs/), replacing a full run's dataset and
+checkpoints.
 
     .venv/bin/python -m pytest -q tests/test_examples.py
 """
