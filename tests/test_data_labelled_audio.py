@@ -116,3 +116,44 @@ def test_bad_folders_are_refused_by_the_command(tmp_path, tones):
     (tones / "stray.wav").unlink()
     (tones / "low" / "0.wav").write_bytes(b"RIFF....WAVEjunk")
     refused(tones, "low/0.wav is not a PCM WAV file")
+
+
+def test_a_val_folder_is_the_val_split(tmp_path, tones):
+    """--val DIR2: the val rows are DIR2's files (held-out speakers), padded to the longest
+    row of both folders; its class folders must be the train folder's."""
+    val = tmp_path / "val"
+    write_wav(val / "low" / "a.wav", 0.9, 300)                 # longer than any train file
+    write_wav(val / "high" / "a.wav", 0.2, 2500)
+    result = run_data_cli("prepare", "--out", tmp_path / "ds", "--audio", tones, "--val", val,
+                          "--mels", "20")
+    assert result.returncode == 0, result.stderr
+    assert "tones + val: 10 WAV files at 8000 Hz" in result.stdout
+    from mpirnn.data.manifest import load_manifest
+    train, held_out = load_manifest(tmp_path / "ds"), load_manifest(tmp_path / "ds", split="val")
+    assert (train.length, held_out.length) == (8, 2)
+    assert train.val_split == {"method": "file", "file": "val"}
+    assert train.seq_len == held_out.seq_len == 1 + (int(0.9 * RATE) - 256) // 80
+    batch = RowReader(held_out).read(range(2))
+    assert batch.labels.tolist() == [0, 1]                     # high, low: sorted folders
+    assert batch.lengths.tolist() == [1 + (int(0.2 * RATE) - 256) // 80, train.seq_len]
+    info = run_data_cli("info", tmp_path / "ds")
+    assert "the rows of val" in info.stdout
+
+
+def test_a_val_folder_must_match_the_classes(tmp_path, tones):
+    out, val = tmp_path / "out", tmp_path / "val"
+    write_wav(val / "low" / "a.wav", 0.3, 300)
+    assert_refused(run_data_cli("prepare", "--out", out, "--audio", tones, "--val", val), out,
+                   "lacks class folder 'high'", "same class folders")
+    write_wav(val / "high" / "a.wav", 0.3, 2500)
+    write_wav(val / "mid" / "a.wav", 0.3, 1000)
+    assert_refused(run_data_cli("prepare", "--out", out, "--audio", tones, "--val", val), out,
+                   "has class folder 'mid'")
+    (val / "mid" / "a.wav").unlink()
+    (val / "mid").rmdir()
+    write_wav(val / "high" / "b.wav", 0.3, 2500, rate=16000)
+    assert_refused(run_data_cli("prepare", "--out", out, "--audio", tones, "--val", val), out,
+                   "is 16000 Hz but high/0.wav is 8000 Hz")
+    (val / "high" / "b.wav").unlink()
+    assert_refused(run_data_cli("prepare", "--out", out, "--audio", tones, "--val", val,
+                                "--val-fraction", "0.2"), out, "--val and --val-fraction")

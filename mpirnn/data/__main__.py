@@ -5,7 +5,7 @@
                                   [--val-fraction F] [--fill interpolate|ffill|drop] [options]
     python -m mpirnn.data prepare --out DIR (--npy X.npy --labels Y.npy [--lengths L.npy]
                                   | --ts FILE.ts [--val FILE.ts] | --fasta FILE [--labels CSV|FASTA]
-                                  | --audio DIR [--mels 40 --hop-ms 10 --win-ms 25])
+                                  | --audio DIR [--val DIR] [--mels 40 --hop-ms 10 --win-ms 25])
                                   [--task T] [--classes a,b,c] [--val-fraction F] [--seed S]
     python -m mpirnn.data validate DIR
     python -m mpirnn.data info DIR
@@ -99,7 +99,9 @@ def labelled_options(prep: argparse.ArgumentParser) -> None:
     prep.add_argument("--seed", type=int, metavar="S",
                       help=f"labelled rows: seed of the random val split (default "
                            f"{DEFAULT_SPLIT_SEED})")
-    prep.add_argument("--val", metavar="FILE.ts", help="ts: the val split from its own file")
+    prep.add_argument("--val", metavar="FILE.ts|DIR",
+                      help="ts: the val split from its own file; audio: from its own folder of "
+                           "the same class folders (other speakers)")
     prep.add_argument("--alphabet", metavar="NAME|LETTERS",
                       help="fasta: dna, rna, protein or the letters in id order (default: "
                            "inferred, printed)")
@@ -117,7 +119,7 @@ def _check_options(args: argparse.Namespace) -> None:
             "max_bytes": ("text", "stdlib"), "kind": "npy", "fill": ("csv", "npy"),
             "labels": ("npy", "fasta"), "lengths": "labels", "task": "labels",
             "classes": ("labels", "audio"), "seed": ("labels", "ts", "fasta", "audio"),
-            "val": "ts", "alphabet": "fasta", "mels": "audio", "hop_ms": "audio",
+            "val": ("ts", "audio"), "alphabet": "fasta", "mels": "audio", "hop_ms": "audio",
             "win_ms": "audio"}
     for option, inputs in only.items():
         inputs = (inputs,) if isinstance(inputs, str) else inputs
@@ -171,8 +173,10 @@ def prepare_labelled(args: argparse.Namespace, common: dict) -> Manifest:
             common.pop("val_fraction")
         return prepare_ts(args.ts, args.out, val=args.val, **common)
     if args.audio:
+        if args.val:
+            common.pop("val_fraction")
         settings = {"mels": args.mels, "hop_ms": args.hop_ms, "win_ms": args.win_ms}
-        return prepare_audio(args.audio, args.out, classes=classes, **common,
+        return prepare_audio(args.audio, args.out, val=args.val, classes=classes, **common,
                              **{k: v for k, v in settings.items() if v is not None})
     if args.fasta:
         return prepare_fasta(args.fasta, args.out, labels=args.labels, alphabet=args.alphabet,

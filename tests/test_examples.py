@@ -1,0 +1,62 @@
+"""The two labelled examples end to end, shortened: JapaneseVowels (inputs/japanese-vowels.sh)
+and espeak-ng spoken words (inputs/spoken-words.sh), each run as a user runs it, with fewer
+training steps (STEPS) and, for the words, one reading of the list per voice (RENDITIONS).
+They check that the command completes and prints an accuracy and its baselines, not the
+accuracy itself (the README has the full runs' numbers). About 22 s for both on 2 cores.
+They write where a user's run does (data/, runs/), replacing a full run's dataset and
+checkpoints.
+
+    .venv/bin/python -m pytest -q tests/test_examples.py
+"""
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mpirnn.data.bundled import aeon_ts
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MPIRUN = pathlib.Path(sys.executable).parent / "mpirun"
+needs_mpirun = pytest.mark.skipif(not MPIRUN.exists(),
+                                  reason=f"{MPIRUN} is missing: run make setup")
+
+
+def run_example(script: str, **env) -> str:
+    result = subprocess.run(["bash", str(ROOT / "inputs" / script)], cwd=ROOT,
+                            env={**os.environ, "PYTHON": sys.executable, **env},
+                            capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def accuracy(out: str) -> float:
+    found = re.search(r"^val accuracy (\d\.\d{4}) \((\d+) of (\d+) rows right", out, re.M)
+    assert found, out[-2000:]
+    return float(found.group(1))
+
+
+@needs_mpirun
+@pytest.mark.skipif(aeon_ts("JapaneseVowels") is None,
+                    reason="aeon's wheel is not installed (make setup): no JapaneseVowels")
+def test_japanese_vowels_example_runs():
+    out = run_example("japanese-vowels.sh", STEPS="60")
+    assert 0.0 <= accuracy(out) <= 1.0
+    assert "of 370 rows right" in out
+    assert "majority-class baselines" in out and "0.0838" in out and "0.2378" in out
+    assert "published UEA archive result" in out
+
+
+@needs_mpirun
+@pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                    reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
+def test_spoken_words_example_runs():
+    out = run_example("spoken-words.sh", STEPS="20", RENDITIONS="1")
+    assert "1440 train WAVs (80 voices) and 288 val WAVs (16 held-out voices" in out
+    assert "the rows of val" in out                  # the val split is the held-out voices
+    assert 0.0 <= accuracy(out) <= 1.0 and "of 288 rows right" in out
+    assert "majority-class baselines" in out and "0.0556" in out
