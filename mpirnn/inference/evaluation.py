@@ -97,7 +97,7 @@ def evaluate(args, world) -> int:
         device = agree(world, bind, cfg.train.device, cfg.train.threads, comms.local_rank, comms.local_size)
         manifest = agree(world, open_split, cfg, args.split, info, located.path, world)
         loader = agree(world, EvaluationLoader, manifest, cfg.data.seq_len, cfg.data.batch_size, device,
-                       getattr(torch, cfg.model.dtype))
+                       getattr(torch, cfg.model.dtype), info.inputs)
         # One row per data-parallel group and one microbatch always fit; each batch's own plan follows.
         plan = agree(world, make_plan, grid, comms.coords, batch_size=grid.dp, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell, microbatches=1, chunks=cfg.parallel.chunks,

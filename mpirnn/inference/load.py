@@ -140,7 +140,8 @@ def build(located: Located, device="cpu", dtype: str | None = None):
         cfg.model.dtype = dtype
     state = load_state(located, device)
     info = model_info(located, cfg, state["model"])
-    model = build_model(cfg, vocab_size=info.vocab_size, features=info.features, device=device)
+    model = build_model(cfg, vocab_size=info.vocab_size, features=info.features, device=device,
+                        inputs=info.input_width)
     checkpoint.check_compatible(model, state, str(located.path))
     model.load_state_dict(state["model"])
     model.eval()

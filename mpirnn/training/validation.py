@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from mpirnn.data.loader import EvaluationLoader
+from mpirnn.data.model_inputs import resolve_inputs
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.validate import validate_dataset
 from mpirnn.errors import DataError
@@ -46,7 +47,7 @@ class Validator:
     def __init__(self, cfg, comms, plan, model, manifest, device):
         self.every, self.limit, self.last = cfg.train.eval_every, cfg.train.eval_batches, cfg.train.steps
         self.loader = EvaluationLoader(manifest, cfg.data.seq_len, cfg.data.batch_size, device,
-                                       getattr(torch, cfg.model.dtype))
+                                       getattr(torch, cfg.model.dtype), resolve_inputs(manifest, cfg))
         self.scorer = SplitScorer(cfg, comms, plan, model, self.loader)
         self.best_loss: float | None = None
         self.best_step: int | None = None
