@@ -18,6 +18,7 @@ import torch
 from mpirnn.config import load_config
 from mpirnn.data.loader import BatchLoader
 from mpirnn.data.manifest import load_manifest
+from mpirnn.data.model_inputs import resolve_inputs
 from mpirnn.models import build_model
 from mpirnn.grid import Grid
 from mpirnn.parallel.plan import make_plan
@@ -31,8 +32,10 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
     """Losses of `steps` optimizer steps of the serial run of `cfg`."""
     manifest = load_manifest(cfg.data.path)
     dtype = getattr(torch, cfg.model.dtype)
+    inputs = resolve_inputs(manifest, cfg)
     model = build_model(cfg, vocab_size=manifest.vocab_size if manifest.kind == "tokens" else None,
-                        features=manifest.features if manifest.kind != "tokens" else None)
+                        features=manifest.features if manifest.kind != "tokens" else None,
+                        inputs=inputs and inputs.width)
     plan = make_plan(SERIAL, SERIAL_COORDS, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell)
     loader = BatchLoader(manifest, cfg, plan.reads, "cpu", dtype)
