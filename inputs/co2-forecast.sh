@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Forecast weekly Mauna Loa CO2 one year (52 weeks) ahead and compare with the held-out weeks
 # and with the seasonal-naive and last-value baselines. Needs statsmodels for the data
-# (pip install -e '.[examples,plots]'); no download. 20 s on a 2-core machine; numbers in docs/inference.md.
-#   bash inputs/co2-forecast.sh            # PYTHON=.venv/bin/python by default; NP=1 ranks
+# (pip install -e '.[examples,plots]'); no download. About 70 s on a 2-core machine; numbers in docs/inference.md and the README.
+#   bash inputs/co2-forecast.sh            # PYTHON=.venv/bin/python by default; NP=2 ranks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
