@@ -10,7 +10,8 @@ version 1), `val_fraction`, `normalization` and `fill`. Version 3 added labelled
 different lengths (docs/tasks.md): the kind `token_sequences`, `task`, `classes`, `targets`,
 `target_normalization`, `label_fill`, `alphabet`, `audio` and `val_split`. Prepare writes
 version 3 only for such datasets, so every other dataset stays readable by an older mpirnn.
-Versions 1 and 2 still load (their task is `next`).
+Versions 1 and 2 still load (their task is `next`). Version 2 may hold a series' `time` axis and
+`season` (time_axis.py), absent otherwise; an older mpirnn reads the data and ignores them.
 """
 
 from __future__ import annotations
@@ -351,7 +352,7 @@ def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path, split: str) 
     part = obj if split == TRAIN else held_out[split]
     time = time_axis_from_json(obj.get("time"), str(file))
     if time is not None and split != TRAIN:   # a held-out split follows the train split in time
-        time = time.shifted(integer("length", obj["length"]))
+        time = time.shifted(obj["length"])
     features = integer("features", obj["features"], optional=True)
     extras = {}
     for name, kind in (("alphabet", str), ("audio", dict), ("val_split", dict)):
