@@ -3,10 +3,10 @@
     pip install 'mpirnn[examples]'                 # statsmodels
     python inputs/export_co2.py data/co2.csv       # 2284 weeks, 1958-03-29 to 2001-12-29
 
-Columns `week,co2,season_sin,season_cos`: CO2 in ppm (the 59 missing weeks left empty, for
-prepare --fill) and the time of year of each week as a point on the unit circle, the
-calendar features that tell the model the season. The whole example (prepare, train,
-forecast with a plot) is inputs/co2-forecast.sh.
+Columns `date,co2`: the week's date and CO2 in ppm (the 59 missing weeks left empty, for
+prepare --fill). No hand-made features: prepare --time-column date records the weekly
+frequency, and training adds the time of year and the value one season back by itself
+(docs/data.md). The whole example (prepare, train, forecast with a plot) is inputs/co2-forecast.sh.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ def main() -> None:
     frame = co2.load_pandas().data
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as out:
-        out.write("week,co2,season_sin,season_cos\n")
+        out.write("date,co2\n")
         for week, value in zip(frame.index, frame["co2"]):
-            angle = 2 * math.pi * week.day_of_year / 365.25
-            out.write(f"{week.date()},{'' if math.isnan(value) else value},{math.sin(angle)!r},{math.cos(angle)!r}\n")
+            out.write(f"{week.date()},{'' if math.isnan(value) else value}\n")
     print(f"wrote {args.out}: {len(frame)} weeks, {int(frame['co2'].isna().sum())} missing")
 
 

@@ -53,6 +53,11 @@ class DataConfig:
     windows: str = doc("auto", "where a long stream's training windows start: every = at any step (seeded), cut = "
                                "non-overlapping cuts of seq_len; auto = cut, or every for a series too short to "
                                "fill a batch with cuts (evaluation always scores non-overlapping cuts)")
+    lags: str | list = doc("auto", "series: extra inputs, the values this many steps before the predicted step "
+                                   "(lag 1 is the input itself); auto = the dataset's season (prepare --season, "
+                                   "or 52 weekly, 12 monthly, 7 daily, 24 hourly with --time-column); [] = none")
+    calendar: bool = doc(True, "series with a time column: add the calendar of the predicted step (sin/cos of "
+                               "the phases of its year, week, day, as the frequency has them) to the inputs")
 
 
 @dataclass
@@ -291,6 +296,9 @@ def check(cfg: Config) -> None:
                           "continue where it stopped; use data.windows = cut (or auto)")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout = {m.dropout}: give a probability from 0 up to (not including) 1")
+    if d.lags != "auto" and not (isinstance(d.lags, list) and all(
+            isinstance(lag, int) and not isinstance(lag, bool) and lag >= 1 for lag in d.lags)):
+        raise ConfigError(f"data.lags = {d.lags!r}: give \"auto\" or a list of steps of 1 or more, e.g. [52]")
     if not 0 <= t.max_skipped <= 1:
         raise ConfigError(f"train.max_skipped = {t.max_skipped}: give a share of the run's steps, from 0 to 1")
     if isinstance(t.class_weights, str) and t.class_weights not in ("", "balanced"):

@@ -82,8 +82,13 @@ def check_request(args, located) -> Job:
     context = cfg.data.seq_len if args.context is None else args.context
     if args.horizon < 1:
         raise ConfigError(f"--horizon {args.horizon}: forecast at least 1 step")
-    if not 1 <= context <= train.length:
-        raise ConfigError(f"--context {context}: warm up on 1 to {train.length} steps (the train split's length)")
+    back = info.inputs.back if info.input_width else 0
+    if not 1 <= context <= train.length - back:
+        lags = f" less the {back} steps its lags read before the first" if back else ""
+        raise ConfigError(f"--context {context}: warm up on 1 to {train.length - back} steps (the train split's "
+                          f"length{lags})")
+    if info.input_width:
+        info.inputs.check_data(train)
     if args.season is not None and not 1 <= args.season <= train.length:
         raise ConfigError(f"--season {args.season}: use 1 to {train.length} steps (the train split's length)")
     val = load_manifest(data, split="val") if "val" in train.splits else None
@@ -127,7 +132,16 @@ def run(job: Job, located) -> None:
     reader = Reader(job.train)
     history = reader.read_span(T - span, T).astype(np.float64)
     reader.close()
-    forecast = forecasting.roll_forward(model, history[-job.context:], H, job.info.normalization)
+    inputs = job.info.inputs if job.info.input_width else None
+    back = inputs.back if inputs else 0
+    if back:   # the lagged inputs of the first warm-up steps reach further back
+        reader = Reader(job.train)
+        context = reader.read_span(T - job.context - back, T).astype(np.float64)
+        reader.close()
+    else:
+        context = history[-job.context:]
+    forecast = forecasting.roll_forward(model, context, H, job.info.normalization, inputs, T - job.context,
+                                        job.train.time)
     actual = np.full((H, F), np.nan)
     if job.val is not None:
         known = min(H, job.val.length)

@@ -17,6 +17,7 @@ import torch
 
 from mpirnn.config import load_config
 from mpirnn.data.manifest import load_manifest
+from mpirnn.data.model_inputs import resolve_inputs
 from mpirnn.models import build_model
 from mpirnn.models.dropout import DropoutKey
 from mpirnn.grid import Grid
@@ -33,9 +34,10 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
     manifest = load_manifest(cfg.data.path)
     tasks.adopt_row_length(cfg, manifest, say=False)
     dtype = getattr(torch, cfg.model.dtype)
+    inputs = resolve_inputs(manifest, cfg)
     model = build_model(cfg, vocab_size=manifest.vocab_size if manifest.is_tokens else None,
                         features=manifest.features if not manifest.is_tokens else None,
-                        outputs=tasks.head_outputs(manifest))
+                        outputs=tasks.head_outputs(manifest), inputs=inputs and inputs.width)
     plan = make_plan(SERIAL, SERIAL_COORDS, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell)
     loader = tasks.make_loader(manifest, cfg, plan.reads, "cpu", dtype, 0, tasks.class_weights(cfg, manifest))

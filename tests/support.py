@@ -132,3 +132,31 @@ def assert_refused(result, out: Path, *words: str) -> None:
     for word in words:
         assert word in result.stderr, (word, result.stderr)
     assert "prepared" not in result.stdout and not out.exists(), f"{out} was written"
+
+
+def make_dated_series(out: Path, length: int = 400, frequency: str = "daily", start: str = "2021-01-04",
+                      features: int = 2, val_fraction: float = 0.1, shard_size: int | None = 150,
+                      skip: tuple[int, ...] = (), season: int | None = None) -> Path:
+    """A series prepared from a CSV with a time column `date` (steps in `skip` left out of the file,
+    so prepare's --fill interpolate closes them); the CSV is written beside the dataset."""
+    from mpirnn.data.prepare import prepare_csv
+
+    step = {"hourly": np.timedelta64(1, "h"), "daily": np.timedelta64(1, "D"),
+            "weekly": np.timedelta64(7, "D")}.get(frequency)
+    start_time = np.datetime64(start, "s")
+    rng = np.random.default_rng(3)
+    t = np.arange(length)
+    values = np.sin(2 * np.pi * t[:, None] / (7.0 + np.arange(features))) + 0.1 * rng.standard_normal((length, features))
+    csv = out.parent / f"{out.name}.csv"
+    with open(csv, "w") as f:
+        f.write("date," + ",".join(f"v{j}" for j in range(features)) + "\n")
+        for i in range(length):
+            if i in skip:
+                continue
+            when = (start_time + i * step if step is not None
+                    else (start_time.astype("datetime64[M]") + i).astype("datetime64[D]"))
+            f.write(f"{when}," + ",".join(repr(float(v)) for v in values[i]) + "\n")
+    prepare_csv(csv, out, columns=[f"v{j}" for j in range(features)], time_column="date",
+                fill="interpolate" if skip else None, val_fraction=val_fraction, shard_size=shard_size,
+                season=season)
+    return out

@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="WAV files in one sub-folder per class: rows of log-mel frames")
     labelled_options(prep)
     prep.add_argument("--columns", help="CSV columns to use, comma-separated: A,B")
+    prep.add_argument("--time-column", metavar="NAME",
+                      help="CSV: a column of ISO timestamps; its frequency is inferred and recorded "
+                           "(calendar features, seasonal lags), a skipped step is a gap for --fill")
+    prep.add_argument("--season", type=int, metavar="S",
+                      help="CSV: the season in steps, the default seasonal lag (default with "
+                           "--time-column: 52 weekly, 12 monthly, 7 daily, 24 hourly)")
     prep.add_argument("--window", type=int, metavar="T",
                       help="CSV: cut into non-overlapping windows of T rows (sequences)")
     prep.add_argument("--shard-size", type=int, metavar="N",
@@ -115,7 +121,7 @@ def labelled_options(prep: argparse.ArgumentParser) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Options that only make sense with one input kind."""
-    only = {"columns": "csv", "window": "csv", "vocab_size": "npy", "suffix": "text",
+    only = {"columns": "csv", "window": "csv", "time_column": "csv", "season": "csv", "vocab_size": "npy", "suffix": "text",
             "max_bytes": ("text", "stdlib"), "kind": "npy", "fill": ("csv", "npy"),
             "labels": ("npy", "fasta"), "lengths": "labels", "task": "labels",
             "classes": ("labels", "audio"), "seed": ("labels", "ts", "fasta", "audio"),
@@ -151,7 +157,7 @@ def prepare(args: argparse.Namespace) -> Manifest:
     if args.csv:
         columns = [c.strip() for c in args.columns.split(",") if c.strip()]
         return prepare_csv(args.csv, args.out, columns=columns, window=args.window,
-                           fill=args.fill, **common)
+                           fill=args.fill, time_column=args.time_column, season=args.season, **common)
     if args.npy:
         return prepare_npy(args.npy, args.out, vocab_size=args.vocab_size, kind=args.kind,
                            fill=args.fill, **common)
@@ -217,6 +223,10 @@ def _normalization_lines(manifest: Manifest) -> list[str]:
                      f"{shown}{more}")
     if manifest.fill is not None:
         lines.append(f"  filled: {manifest.fill.describe()}")
+    if manifest.time is not None:
+        lines.append(f"  time: {manifest.time.frequency} from {manifest.time.start} (column {manifest.time.column})")
+    if manifest.season is not None:
+        lines.append(f"  season: {manifest.season} steps")
     return lines
 
 

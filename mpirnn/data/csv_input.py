@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from mpirnn.data.csv_times import on_steps, time_axis
 from mpirnn.data.fill import FILL_HINT, GapFiller, check_fill, is_missing_text
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.shard_writer import PathLike, check_positive, claim_output
@@ -31,12 +32,17 @@ log = logging.getLogger("mpirnn.data")
 def prepare_csv(file: PathLike, out: PathLike, *, columns: Sequence[str],
                 window: int | None = None, shard_size: int | None = None,
                 force: bool = False, val_fraction: float = DEFAULT_VAL_FRACTION,
-                fill: str | None = None) -> Manifest:
+                fill: str | None = None, time_column: str | None = None,
+                season: int | None = None) -> Manifest:
     """Chosen CSV columns as a float32 series [n, F], or with `window=T` as sequences
     [n // T, T, F] of non-overlapping windows (a trailing partial window is dropped).
 
     The last `val_fraction` of the steps (of the windows, with `window`) is the val split.
     `fill` (interpolate, ffill, drop) handles missing cells on the stream, before windows.
+    `time_column` names a column of timestamps: its frequency and start are recorded (the calendar
+    features, mpirnn/data/calendar.py) and a step the file skips is a missing row for `fill`.
+    `season` (in steps) is recorded for the default seasonal lag; with a time column it defaults
+    to the frequency's (52 weekly, 12 monthly, 7 daily, 24 hourly).
     """
     file = pathlib.Path(file)
     if not file.is_file():
@@ -47,8 +53,18 @@ def prepare_csv(file: PathLike, out: PathLike, *, columns: Sequence[str],
     check_val_fraction(val_fraction)
     check_fill(fill)
     columns = list(columns)
-    records = sum(1 for _, cells in _records(file, columns)
-                  if fill != "drop" or not any(map(is_missing_text, cells)))
+    check_positive(season=season)
+    axis = _time_axis(file, time_column, window, fill)
+    season = season or (axis.season if axis else None)
+
+
+    def rows():
+        """(line, value cells), one per step of the series."""
+        if axis is None:
+            return _records(file, columns)
+        return on_steps(_records(file, [*columns, time_column]), axis, file.name, allow_gaps=fill is not None)
+
+    records = sum(1 for _, cells in rows() if fill != "drop" or not any(map(is_missing_text, cells)))
     features = len(columns)
     kind, row_shape = ("series", (features,)) if window is None else ("sequences",
                                                                       (window, features))
@@ -61,11 +77,11 @@ def prepare_csv(file: PathLike, out: PathLike, *, columns: Sequence[str],
                          val_fraction=val_fraction, empty=empty, shard_size=shard_size)
     root = claim_output(out, force)
     filler = GapFiller(fill, columns) if fill else None
-    rows = 0
+    rows_read = 0
     with writer:
         pending = np.empty((0, features), np.float64)
-        for block in _csv_blocks(file, columns, allow_missing=fill is not None):
-            rows += len(block)
+        for block in _csv_blocks(file, rows(), columns, allow_missing=fill is not None):
+            rows_read += len(block)
             if filler is not None:
                 block = filler.feed(block)
             pending = _write_whole_windows(writer, np.concatenate([pending, block]), window)
@@ -74,14 +90,29 @@ def prepare_csv(file: PathLike, out: PathLike, *, columns: Sequence[str],
     report = filler.report() if filler else None
     if report:
         log.info(f"{file.name}: {report.describe()}")
-    source = f"csv: {file.name} columns {','.join(columns)}, {rows} rows"
+    source = f"csv: {file.name} columns {','.join(columns)}, {rows_read} rows"
     if report and report.dropped_steps:
         source += f" ({report.dropped_steps} with missing values dropped)"
     if window is not None:
         source += f" in windows of {window} ({records % window} trailing rows dropped)"
+    if axis is not None:
+        source += f", {axis.frequency} from {axis.start} (column {time_column})"
     return finish(root, writer, kind=kind, dtype="float32", features=features,
                   seq_len=window, fill=report, columns=columns, val_fraction=val_fraction,
-                  source=source)
+                  source=source, time=axis, season=season)
+
+
+def _time_axis(file: pathlib.Path, column: str | None, window: int | None, fill: str | None):
+    """The time column's axis (None without one); refused where steps would lose their times."""
+    if column is None:
+        return None
+    if window is not None:
+        raise DataError("--time-column with --window: rows cut from a series have no calendar of their own; "
+                        "prepare the series without --window")
+    if fill == "drop":
+        raise DataError("--time-column with --fill drop: dropped steps would shift every later step's date; "
+                        "use --fill interpolate or ffill")
+    return time_axis(column, ((line, cells[0]) for line, cells in _records(file, [column])), file.name)
 
 
 def _write_whole_windows(writer: SplitWriter, rows: np.ndarray, window: int | None) -> np.ndarray:
@@ -133,13 +164,13 @@ def _records(file: pathlib.Path, columns: list[str]) -> Iterator[tuple[int, list
         raise DataError(f"{file}: malformed CSV ({exc}): fix the file") from None
 
 
-def _csv_blocks(file: pathlib.Path, columns: list[str], allow_missing: bool
-                ) -> Iterator[np.ndarray]:
+def _csv_blocks(file: pathlib.Path, records: Iterator[tuple[int, list[str]]], columns: list[str],
+                allow_missing: bool) -> Iterator[np.ndarray]:
     """float64 blocks [k, F] of the chosen columns, NaN where a value is missing (if
     allowed); every bad cell named by line and column."""
     rows: list[list[float]] = []
     line = 0
-    for line, cells in _records(file, columns):
+    for line, cells in records:
         rows.append([_cell(file, line, text, col, allow_missing)
                      for text, col in zip(cells, columns)])
         if len(rows) == CSV_BLOCK_ROWS:

@@ -14,6 +14,7 @@ import numpy as np
 
 from mpirnn import faults
 from mpirnn.data.manifest import Manifest
+from mpirnn.data.model_inputs import ModelInputs, read_inputs, resolve_inputs
 from mpirnn.data.reader import Reader
 from mpirnn.data.reads import Reads
 from mpirnn.data.sampler import lane_batch, lane_restarts, sequential_batches, shuffled_batch, window_stride
@@ -28,9 +29,16 @@ def training_stride(manifest: Manifest, cfg) -> int | None:
                          cfg.data.batch_size)
 
 
+def first_window(inputs: ModelInputs | None) -> int:
+    """Where a stream's first window starts: late enough that its lagged inputs exist."""
+    return inputs.back if inputs is not None else 0
+
+
 class BatchLoader:
     def __init__(self, manifest: Manifest, cfg, reads: Reads, device, dtype, rank: int = 0):
-        self.reader = Reader(manifest, training_stride(manifest, cfg))
+        # Lags and calendar (mpirnn/data/model_inputs.py) widen the inputs; None: the stored values.
+        self.inputs = resolve_inputs(manifest, cfg)
+        self.reader = Reader(manifest, training_stride(manifest, cfg), first_window(self.inputs))
         self.rank = rank  # for fault injection in tests only
         self.seq_len, self.batch_size = cfg.data.seq_len, cfg.data.batch_size
         self.seed, self.stateful = cfg.train.seed, cfg.train.stateful
@@ -60,6 +68,9 @@ class BatchLoader:
         if not (self.reads_inputs or self.reads_targets):
             return None, None
         windows = self.global_windows(step)[slice(*self.rows)]
+        if self.inputs is not None and self.inputs.widens:
+            return read_widened(self.reader, windows, self.seq_len, self.segment, self.reads_inputs,
+                                self.reads_targets, self.inputs, self.dtype, self.device)
         block = read_block(self.reader, windows, self.seq_len, self.segment, self.reads_inputs,
                            self.reads_targets, self.dtype)
         block = faults.corrupt_batch(self.rank, step + 1, block)
@@ -90,6 +101,17 @@ def read_block(reader: Reader, windows, seq_len: int, segment: tuple[int, int], 
     return reader.block(windows, seq_len, first, last, dtype=dtype)
 
 
+def read_widened(reader: Reader, windows, seq_len: int, segment: tuple[int, int], reads_inputs: bool,
+                 reads_targets: bool, inputs: ModelInputs, dtype, device):
+    """(inputs, targets) where the inputs are wider than the targets (lags, calendar): read apart."""
+    wide = read_inputs(reader, windows, seq_len, segment, inputs, dtype).to(device) if reads_inputs else None
+    targets = None
+    if reads_targets:
+        block = reader.block(windows, seq_len, segment[0] + 1, segment[1], dtype=dtype)
+        targets = block[:, :segment[1] - segment[0]].to(device)
+    return wide, targets
+
+
 def split_block(block, segment: tuple[int, int], reads_inputs: bool, reads_targets: bool):
     """(inputs, targets) of a block from `read_block`, None for the part not read."""
     steps = segment[1] - segment[0]
@@ -110,11 +132,12 @@ def check_token_ids(block, manifest: Manifest, where: str) -> None:
                         f"with python -m mpirnn.data validate {manifest.root}")
 
 
-def check_eval_fit(manifest: Manifest, seq_len: int, setting: str = "data.seq_len") -> int:
-    """The number of sequences a split holds at seq_len; refuse a split too short for one."""
-    windows = Reader(manifest).n_windows(seq_len)
+def check_eval_fit(manifest: Manifest, seq_len: int, setting: str = "data.seq_len", origin: int = 0) -> int:
+    """The number of sequences a split holds at seq_len; refuse a split too short for one.
+    `origin`: the steps before the first window (read only as lags)."""
+    windows = Reader(manifest, origin=origin).n_windows(seq_len)
     if windows == 0:
-        longest = manifest.length - 1 if manifest.is_stream else manifest.seq_len - 1
+        longest = manifest.length - 1 - origin if manifest.is_stream else manifest.seq_len - 1
         have = f"{manifest.length} steps" if manifest.is_stream else f"rows of {manifest.seq_len} steps"
         raise DataError(f"the {manifest.split} split of {manifest.root} holds {have}, too few for one sequence of "
                         f"{seq_len} steps plus its target: use {setting} <= {max(1, longest)}"
@@ -131,10 +154,15 @@ class EvaluationLoader:
         python -m pytest -q tests/test_inference_scoring.py
     """
 
-    def __init__(self, manifest: Manifest, seq_len: int, batch_size: int, device, dtype):
-        self.reader = Reader(manifest)
+    def __init__(self, manifest: Manifest, seq_len: int, batch_size: int, device, dtype,
+                 inputs: ModelInputs | None = None):
+        """`inputs`: what the model reads (lags and calendar; None: the stored values)."""
+        if inputs is not None:
+            inputs.check_data(manifest)
+        self.inputs = inputs
+        self.reader = Reader(manifest, origin=first_window(inputs))
         self.manifest, self.seq_len, self.batch_size = manifest, seq_len, batch_size
-        self.windows = check_eval_fit(manifest, seq_len)
+        self.windows = check_eval_fit(manifest, seq_len, origin=first_window(inputs))
         self.device, self.dtype = device, dtype
         self.values_per_step = manifest.features or 1
 
@@ -147,6 +175,9 @@ class EvaluationLoader:
         if not (reads.inputs or reads.targets) or reads.local_rows == 0:
             return None, None
         mine = windows[slice(*reads.rows)]
+        if self.inputs is not None and self.inputs.widens:
+            return read_widened(self.reader, mine, self.seq_len, reads.segment, reads.inputs, reads.targets,
+                                self.inputs, self.dtype, self.device)
         block = read_block(self.reader, mine, self.seq_len, reads.segment, reads.inputs, reads.targets,
                            self.dtype)
         check_token_ids(block, self.manifest, f"{self.manifest.split} split, sequences {int(mine[0])}-"

@@ -10,7 +10,8 @@ version 1), `val_fraction`, `normalization` and `fill`. Version 3 added labelled
 different lengths (docs/tasks.md): the kind `token_sequences`, `task`, `classes`, `targets`,
 `target_normalization`, `label_fill`, `alphabet`, `audio` and `val_split`. Prepare writes
 version 3 only for such datasets, so every other dataset stays readable by an older mpirnn.
-Versions 1 and 2 still load (their task is `next`).
+Versions 1 and 2 still load (their task is `next`). Version 2 may hold a series' `time` axis and
+`season` (time_axis.py), absent otherwise; an older mpirnn reads the data and ignores them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from mpirnn.data.fill import FillReport, fill_report_from_json
 from mpirnn.data.normalization import Normalization, normalization_from_json
 from mpirnn.data.tasks import TaskSpec, task_from_json
+from mpirnn.data.time_axis import TimeAxis, time_axis_from_json
 from mpirnn.errors import DataError
 
 FORMAT = "mpirnn-hdf5"
@@ -104,6 +106,8 @@ class Manifest:
     alphabet: str | None = None      # FASTA tokens: the letters, in id order
     audio: dict | None = None        # audio: the log-mel settings (audio_features.py)
     val_split: dict | None = None    # labelled rows: how the val split was chosen (row_splits.py)
+    time: TimeAxis | None = None     # series with a time column: start and frequency (time_axis.py)
+    season: int | None = None        # the season in steps (prepare --season, or the frequency's)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -187,6 +191,8 @@ class Manifest:
                 "fill": self.fill and self.fill.to_json(),
                 "splits": {m.split: {"length": m.length, "shards": [s.to_json() for s in m.shards]}
                            for m in held_out}}
+        if self.time is not None or self.season is not None:   # absent otherwise: version 2 unchanged
+            obj.update(time=self.time and self.time.to_json(), season=self.season)
         if labelled:
             obj.update(self.task_spec.to_json(), alphabet=self.alphabet, audio=self.audio,
                        val_split=self.val_split)
@@ -344,6 +350,9 @@ def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path, split: str) 
         raise DataError(f"{root} has no {split!r} split (it holds: {', '.join(names)}): "
                         f"prepare it with --val-fraction F (e.g. 0.1) to hold out a val split")
     part = obj if split == TRAIN else held_out[split]
+    time = time_axis_from_json(obj.get("time"), str(file))
+    if time is not None and split != TRAIN:   # a held-out split follows the train split in time
+        time = time.shifted(obj["length"])
     features = integer("features", obj["features"], optional=True)
     extras = {}
     for name, kind in (("alphabet", str), ("audio", dict), ("val_split", dict)):
@@ -369,7 +378,8 @@ def _from_json(root: pathlib.Path, obj: object, file: pathlib.Path, split: str) 
                     normalization=normalization_from_json(obj.get("normalization"),
                                                           features or 0, str(file)),
                     fill=fill_report_from_json(obj.get("fill"), str(file)),
-                    task_spec=task_from_json(obj, str(file)), **extras)
+                    task_spec=task_from_json(obj, str(file)), time=time,
+                    season=integer("season", obj.get("season"), optional=True), **extras)
 
 
 def write_manifest(train: Manifest, *held_out: Manifest) -> pathlib.Path:

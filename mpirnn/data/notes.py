@@ -6,6 +6,7 @@ Not errors: the run is valid, but a user may not expect it.
 from __future__ import annotations
 
 from mpirnn.data.manifest import Manifest
+from mpirnn.data.model_inputs import resolve_inputs
 
 
 def usage_notes(manifest: Manifest, cfg) -> list[str]:
@@ -20,4 +21,7 @@ def usage_notes(manifest: Manifest, cfg) -> list[str]:
         notes.append("mpirnn: warning: train.stateful = true carries each row's final state into the next step, but "
                      f"{manifest.root} holds independent rows (not one long stream): the carried states join "
                      "unrelated sequences; leave train.stateful off for row datasets")
+    inputs = resolve_inputs(manifest, cfg)
+    if inputs is not None and inputs.widens:   # say it: the model reads more than the stored columns
+        notes.append(f"mpirnn: note: the model reads {inputs.describe()} (data.lags, data.calendar; docs/data.md)")
     return notes

@@ -23,9 +23,10 @@ from mpirnn.data.shard_files import ShardFiles
 class Reader:
     """Windows of one split of a dataset (the split `manifest` describes)."""
 
-    def __init__(self, manifest: Manifest, stride: int | None = None):
-        """`stride`: steps between the starts of a stream's windows (None: seq_len, non-overlapping)."""
-        self.manifest, self.stride = manifest, stride
+    def __init__(self, manifest: Manifest, stride: int | None = None, origin: int = 0):
+        """`stride`: steps between the starts of a stream's windows (None: seq_len, non-overlapping);
+        `origin`: the first window's start (the steps before it are read only as lagged inputs)."""
+        self.manifest, self.stride, self.origin = manifest, stride, origin
         self.normalization = manifest.normalization
         self._open = ShardFiles(manifest)
         self._starts = self._open.starts
@@ -41,7 +42,7 @@ class Reader:
         m = self.manifest
         if m.is_stream:
             stride = self.stride or seq_len
-            return max(0, (m.length - 1 - seq_len) // stride + 1)
+            return max(0, (m.length - self.origin - 1 - seq_len) // stride + 1)
         return m.length if seq_len + 1 <= m.seq_len else 0
 
     def read_span(self, start: int, stop: int) -> np.ndarray:
@@ -62,10 +63,14 @@ class Reader:
         index = int(np.searchsorted(self._starts, row, side="right") - 1)
         return self._shard(index)[row - self.manifest.shards[index].offset, t0:t1]
 
+    def start(self, window: int, seq_len: int) -> int:
+        """The stream step a window starts at."""
+        return self.origin + window * (self.stride or seq_len)
+
     def window(self, window: int, seq_len: int, t0: int, t1: int) -> np.ndarray:
         """Steps [t0, t1 + 1) of a window, normalized if recorded: inputs [:-1], targets [1:]."""
         if self.manifest.is_stream:
-            base = window * (self.stride or seq_len)
+            base = self.start(window, seq_len)
             values = self.read_span(base + t0, base + t1 + 1)
         else:
             values = self.read_row(window, t0, t1 + 1)

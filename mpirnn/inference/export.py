@@ -48,6 +48,11 @@ def metadata(located, cfg, info) -> dict[str, str]:
     else:
         takes = (f"values [batch, time, {info.features}], {dtype}, normalized: (x - mean) / std per feature "
                  f"(std 0 taken as 1), as the dataset's manifest records")
+        if info.input_width:
+            takes = (f"inputs [batch, time, {info.input_width}], {dtype}: per step its {info.features} normalized "
+                     f"value(s), then the normalized values at lags {list(info.inputs.lags)} before the predicted "
+                     f"step, then the {info.inputs.calendar} calendar (sin, cos) of the predicted step, as "
+                     f"mpirnn.data.model_inputs.ModelInputs.build makes them (dataset.inputs)")
         returns = f"the next step's normalized values [batch, time, {info.features}], {dtype}: y * std + mean"
     return {"format": "mpirnn export 1", "takes": takes, "returns": returns,
             "initial_state": "zeros (every sequence starts from a zero state)",
@@ -59,7 +64,7 @@ def metadata(located, cfg, info) -> dict[str, str]:
 def example_input(info, dtype: torch.dtype) -> torch.Tensor:
     if info.tokens:
         return torch.zeros(2, 3, dtype=torch.long)
-    return torch.zeros(2, 3, info.features, dtype=dtype)
+    return torch.zeros(2, 3, info.input_width or info.features, dtype=dtype)
 
 
 def script(plain: Standalone):

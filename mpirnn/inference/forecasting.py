@@ -18,24 +18,39 @@ import torch
 
 
 @torch.no_grad()
-def roll_forward(model, context: np.ndarray, horizon: int, normalization=None) -> np.ndarray:
+def roll_forward(model, context: np.ndarray, horizon: int, normalization=None, inputs=None, first: int = 0,
+                 time=None) -> np.ndarray:
     """Forecast `horizon` steps [H, F] (data units) after `context` [N, F] (data units).
 
     The model runs over the context from zero states; its prediction for the step after the
     context is the first forecast, which is fed back as the next input, and so on (each
     forecast step is one more step of the recurrence from the state reached so far).
+
+    With `inputs` (mpirnn/data/model_inputs.py) that add lags or calendar, `context` holds
+    `inputs.back` more steps before the N the model warms up on, `first` is the split's index of
+    the first of those N and `time` the split's TimeAxis; each step's inputs are built by the same
+    function as in training, the lags from the context and the forecast so far.
     """
-    x = context if normalization is None else normalization.normalize(context)
-    x = torch.as_tensor(np.asarray(x), dtype=model.dtype, device=model.device)[None]
-    state = model.zero_state(1, x)
-    outputs, state = model.run_stack(model.embed(x), state)
-    prediction = model.head(outputs[:, -1:])
-    predictions = [prediction]
-    for _ in range(horizon - 1):
-        outputs, state = model.run_stack(model.embed(prediction), state)
+    series = np.asarray(context if normalization is None else normalization.normalize(context), np.float64)
+    widen = inputs is not None and inputs.widens
+    back = inputs.back if widen else 0
+
+    def as_tensor(values):
+        return torch.as_tensor(values, dtype=model.dtype, device=model.device)[None]
+
+    warm_up = inputs.build(series, first, time) if widen else series
+    state = model.zero_state(1, as_tensor(warm_up))
+    outputs, state = model.run_stack(model.embed(as_tensor(warm_up)), state)
+    predictions = []
+    for h in range(horizon):
         prediction = model.head(outputs[:, -1:])
-        predictions.append(prediction)
-    normalized = torch.cat(predictions, dim=1)[0].double().cpu().numpy()
+        predictions.append(prediction[0, 0].double().cpu().numpy())
+        if h == horizon - 1:
+            break
+        series = np.concatenate([series, predictions[-1][None]])
+        step = inputs.build(series[-(back + 1):], first + len(series) - back - 1, time) if widen else series[-1:]
+        outputs, state = model.run_stack(model.embed(as_tensor(step)), state)
+    normalized = np.stack(predictions)
     return normalized if normalization is None else normalization.denormalize(normalized)
 
 

@@ -150,7 +150,8 @@ def build(located: Located, device="cpu", dtype: str | None = None):
     info = model_info(located, cfg, state["model"])
     spec = info.task_spec  # a labelled task's head predicts its classes or targets
     outputs = (spec.n_classes or spec.targets) if spec.labelled else None
-    model = build_model(cfg, vocab_size=info.vocab_size, features=info.features, device=device, outputs=outputs)
+    model = build_model(cfg, vocab_size=info.vocab_size, features=info.features, device=device, outputs=outputs,
+                        inputs=info.input_width)
     checkpoint.check_compatible(model, state, str(located.path))
     model.load_state_dict(state["model"])
     model.eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mpirnn.data.model_inputs import ModelInputs
 from mpirnn.data.normalization import Normalization, normalization_from_json
 from mpirnn.data.tasks import TaskSpec, task_from_json
 
@@ -28,6 +29,12 @@ class ModelInfo:
     features: int | None               # series and sequences
     normalization: Normalization | None
     task_spec: TaskSpec = TaskSpec()   # what the head predicts: the next step, or a labelled task's
+    inputs: ModelInputs | None = None  # series: lags and calendar the model reads (None: its values)
+
+    @property
+    def input_width(self) -> int | None:
+        """A series model's input values per step where lags or calendar widen them (else None)."""
+        return self.inputs.width if self.inputs is not None and self.inputs.widens else None
 
     @property
     def tokens(self) -> bool:
@@ -71,25 +78,28 @@ class ModelInfo:
             return f"a {self.task} model reading {reads}; {self.task_spec.describe()}"
         if self.tokens:
             return f"a token model (vocab_size={self.vocab_size})"
-        return f"a {self.kind} model ({self.features} feature(s))"
+        extra = f", {self.inputs.describe()}" if self.input_width else ""
+        return f"a {self.kind} model ({self.features} feature(s){extra})"
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "features": self.features,
                 "normalization": self.normalization and self.normalization.to_json(),
-                "loss": self.loss_name, "loss_unit": self.loss_unit, **self.task_spec.to_json()}
+                "loss": self.loss_name, "loss_unit": self.loss_unit, **self.task_spec.to_json(),
+                "inputs": self.inputs and self.inputs.to_json()}
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> "ModelInfo":
         features = obj.get("features")
+        inputs = obj.get("inputs")   # absent before lags and calendar: the model reads its values
         return cls(obj["kind"], obj.get("vocab_size"), features,
                    normalization_from_json(obj.get("normalization"), features or 0, where),
-                   task_from_json(obj, where))
+                   task_from_json(obj, where), ModelInputs.from_json(inputs) if inputs else None)
 
     @classmethod
-    def from_manifest(cls, manifest) -> "ModelInfo":
+    def from_manifest(cls, manifest, inputs: ModelInputs | None = None) -> "ModelInfo":
         tokens = manifest.is_tokens
         return cls(manifest.kind, manifest.vocab_size if tokens else None,
-                   None if tokens else manifest.features, manifest.normalization, manifest.task_spec)
+                   None if tokens else manifest.features, manifest.normalization, manifest.task_spec, inputs)
 
 
 def info_from_parameters(model_state: dict) -> tuple[int | None, int | None]:

@@ -71,9 +71,11 @@ class Standalone(nn.Module):
     [B, T, vocab] logits or [B, T, F] normalized values out; zero initial states."""
 
     def __init__(self, cell: str, hidden: int, layers: int, embed: int, vocab_size: int | None,
-                 features: int | None, mean: List[float] | None = None, std: List[float] | None = None):
+                 features: int | None, mean: List[float] | None = None, std: List[float] | None = None,
+                 inputs: int | None = None):
         super().__init__()
-        self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(features, embed)
+        # `inputs`: the input width where seasonal lags and calendar features widen it (docs/export.md).
+        self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(inputs or features, embed)
         if cell in FUSED:
             self.rnn = FUSED[cell](embed, hidden, num_layers=layers, batch_first=True)
         else:
@@ -114,7 +116,8 @@ def from_serial(serial: Dict[str, torch.Tensor], config: dict, dataset: dict) ->
     safetensors export) and the resolved config and "dataset" record a checkpoint's JSON holds."""
     m, norm = config["model"], dataset.get("normalization") or {}
     plain = Standalone(m["cell"], m["hidden"], m["layers"], m["embed"], dataset.get("vocab_size"),
-                       dataset.get("features"), norm.get("mean"), norm.get("std"))
+                       dataset.get("features"), norm.get("mean"), norm.get("std"),
+                       (dataset.get("inputs") or {}).get("width"))
     for part in (plain.input, plain.rnn, plain.head):  # the statistics stay float64
         part.to(dtype=getattr(torch, m["dtype"]))
     plain.load_state_dict({**standalone_names(serial, m["cell"]), "mean": plain.mean, "scale": plain.scale})

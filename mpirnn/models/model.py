@@ -37,7 +37,8 @@ class RecurrentModel(nn.Module):
     regression values (mpirnn/models/objectives.py)."""
 
     def __init__(self, cell: str, hidden: int, layers: int, embed: int,
-                 vocab_size: int | None = None, features: int | None = None, outputs: int | None = None):
+                 vocab_size: int | None = None, features: int | None = None, outputs: int | None = None,
+                 inputs: int | None = None):
         super().__init__()
         if (vocab_size is None) == (features is None):
             raise ValueError("give exactly one of vocab_size (tokens) or features (series)")
@@ -45,7 +46,8 @@ class RecurrentModel(nn.Module):
         self.outputs = outputs  # a labelled task's head width (classes or targets); None: next step
         self.linear = cell in LINEAR
         self.parts = 2 if cell == "lstm" else 1
-        self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(features, embed)
+        # `inputs`: a series' input width when lags or calendar features widen it past `features`.
+        self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(inputs or features, embed)
         make = LINEAR.get(cell) or (lambda i, h: FUSED[cell](i, h, batch_first=True))
         self.layers = nn.ModuleList(make(embed if i == 0 else hidden, hidden) for i in range(layers))
         self.head = nn.Linear(hidden, outputs or vocab_size or features)
@@ -181,11 +183,11 @@ class RecurrentModel(nn.Module):
         return torch.tensor(produced, dtype=torch.long)
 
 
-def build_model(cfg, vocab_size=None, features=None, device="cpu", outputs=None) -> RecurrentModel:
+def build_model(cfg, vocab_size=None, features=None, device="cpu", outputs=None, inputs=None) -> RecurrentModel:
     """The same parameters on every rank for the same seed, whatever the grid."""
     dtype = getattr(torch, cfg.model.dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = RecurrentModel(cfg.model.cell, cfg.model.hidden, cfg.model.layers, cfg.model.embed,
-                               vocab_size=vocab_size, features=features, outputs=outputs)
+                               vocab_size=vocab_size, features=features, outputs=outputs, inputs=inputs)
     return model.to(device=device, dtype=dtype)

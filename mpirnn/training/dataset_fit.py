@@ -8,7 +8,8 @@ themselves know only what a rank reads (mpirnn/data/reads.py).
 
 from __future__ import annotations
 
-from mpirnn.data.loader import training_stride
+from mpirnn.data.loader import first_window, training_stride
+from mpirnn.data.model_inputs import resolve_inputs
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
 from mpirnn.errors import DataError
@@ -37,9 +38,12 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
               cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
               hidden=cfg.model.hidden)
     stride = training_stride(manifest, cfg)
-    windows = Reader(manifest, stride).n_windows(d.seq_len)
+    inputs = resolve_inputs(manifest, cfg)
+    windows = Reader(manifest, stride, first_window(inputs)).n_windows(d.seq_len)
     if windows < d.batch_size:
         every = " (windows at every step: data.windows = every)" if stride == 1 else ""
+        if inputs is not None and inputs.back:
+            every += f" (starting {inputs.back} steps in, for lags {list(inputs.lags)}: data.lags)"
         raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps{every}, fewer than one "
                         f"batch of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
 

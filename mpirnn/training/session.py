@@ -19,6 +19,7 @@ import torch
 
 from mpirnn import config as config_module
 from mpirnn.data.manifest import load_manifest
+from mpirnn.data.model_inputs import resolve_inputs
 from mpirnn.data.notes import usage_notes
 from mpirnn.data.validate import validate_dataset
 from mpirnn.distributed.agreement import agree
@@ -194,9 +195,10 @@ def train(cfg, grid) -> int:
         plan = plan_the_run(cfg, grid, comms, manifest.vocab_size if tokens else None,
                             None if tokens else manifest.features)
         weights = agree(world, tasks.class_weights, cfg, manifest)
+        inputs = resolve_inputs(manifest, cfg)  # lags and calendar; checked in open_data
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device,
-                            outputs=tasks.head_outputs(manifest))
+                            outputs=tasks.head_outputs(manifest), inputs=inputs and inputs.width)
         tp_group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None
         model = stage_model(model, plan, tp_group)
         broadcast_parameters(model, comms)
@@ -204,7 +206,7 @@ def train(cfg, grid) -> int:
                                    weights)
         validator = (agree(world, Validator, cfg, comms, plan, model, val_split, device, weights)
                      if val_split is not None else None)
-        trainer = Trainer(cfg, comms, plan, model, loader, ModelInfo.from_manifest(manifest), validator)
+        trainer = Trainer(cfg, comms, plan, model, loader, ModelInfo.from_manifest(manifest, inputs), validator)
         trainer.sample = sample
         try:
             if cfg.checkpoint.dir:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from mpirnn.data.labelled_loader import evaluation_loader
+from mpirnn.data.model_inputs import resolve_inputs
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.validate import validate_dataset
 from mpirnn.errors import ConfigError, DataError
@@ -61,7 +62,7 @@ class Validator:
         """`weights`: a labelled task's class weights (as in training), or None."""
         self.every, self.limit, self.last = cfg.train.eval_every, cfg.train.eval_batches, cfg.train.steps
         self.loader = evaluation_loader(manifest, cfg.data.seq_len, cfg.data.batch_size, device,
-                                        getattr(torch, cfg.model.dtype), weights)
+                                        getattr(torch, cfg.model.dtype), weights, resolve_inputs(manifest, cfg))
         spec = manifest.task_spec
         self.scorer = SplitScorer(cfg, comms, plan, model, self.loader, spec=spec if spec.classes else None)
         self.metric = cfg.checkpoint.best_metric
