@@ -36,6 +36,8 @@ class ModelConfig:
     layers: int = doc(2, "stacked recurrent layers")
     embed: int = doc(64, "embedding size (tokens) or input projection size (series)")
     dtype: str = doc("float32", "parameter and activation dtype: float32 or float64")
+    bidirectional: bool = doc(False, "each layer runs forward and reverse over each row (outputs [forward; reverse], "
+                                     "2 x hidden); labelled tasks only, not train.stateful")
 
 
 @dataclass
@@ -273,6 +275,9 @@ def check(cfg: Config) -> None:
     if d.windows == "every" and t.stateful:
         raise ConfigError("data.windows = every with train.stateful = true: a carried state needs each row to "
                           "continue where it stopped; use data.windows = cut (or auto)")
+    if m.bidirectional and t.stateful:
+        raise ConfigError("model.bidirectional = true with train.stateful = true: a reverse direction starts at each "
+                          "row's end, so no state can carry into the next window; set one of them off")
     if not 0 <= t.max_skipped <= 1:
         raise ConfigError(f"train.max_skipped = {t.max_skipped}: give a share of the run's steps, from 0 to 1")
     if isinstance(t.class_weights, str) and t.class_weights not in ("", "balanced"):

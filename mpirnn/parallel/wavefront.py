@@ -15,7 +15,10 @@ Rows of different lengths (labelled tasks): a unit runs its layers only up to th
 step of its longest row inside its chunk, and none at all for a chunk that is all padding for
 its rows (its final state is then its incoming one). The outputs past that point are zeros that
 nothing scores, so no padded step costs a recurrent step and none changes a result
-(docs/tasks.md, "Variable lengths"). The scan mode runs whole segments.
+(docs/tasks.md, "Variable lengths"). The scan mode runs whole segments. Bidirectional layers
+run like the others, with each row's length in the unit (where its reverse direction starts);
+their plans have one segment and one chunk, so a unit holds whole rows (docs/parallelism.md,
+"Bidirectional layers").
 
 Where states pass between segments (the chain with sp > 1), a unit runs its layers one at a
 time, each its own autograd graph, and sends each layer's final state as soon as that layer
@@ -107,7 +110,7 @@ class Wavefront:
     def _activation_like(self, unit: Unit) -> torch.Tensor:
         rows = self.rows[unit.microbatch].stop - self.rows[unit.microbatch].start
         steps = self.steps[unit.chunk].stop - self.steps[unit.chunk].start
-        return torch.empty(rows, steps, self.model.hidden, dtype=self.model.dtype, device=self._like.device)
+        return torch.empty(rows, steps, self.model.output_width, dtype=self.model.dtype, device=self._like.device)
 
     # -- one step ------------------------------------------------------------------------
 
@@ -182,7 +185,7 @@ class Wavefront:
                 below = leaf(features.detach()) if g and train else None
                 with timer.tracer.span(self._span("forward", unit, g)):
                     outputs, final = self._run(features if below is None else below, start, self._layers_of(g),
-                                               limit)
+                                               limit, self._reverse_lengths(lengths, rows, steps, limit))
                 # Send at once: the next segment waits for this layer's state, not for the layers above.
                 if pos.state_to_peer(unit, C):
                     sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit, g, G), timer, "send state"))
@@ -216,16 +219,26 @@ class Wavefront:
         start = self.plan.segment[0] + steps.start
         return max(0, min(width, int(lengths[rows].max()) - start)) if rows.stop > rows.start else width
 
-    def _run(self, features, start, layers, limit: int):
+    def _reverse_lengths(self, lengths, rows: slice, steps: slice, limit: int):
+        """Bidirectional layers: where each row's reverse direction starts, as a length inside the
+        unit (its valid steps there; a bidirectional unit always starts at step 0, plan.py). None
+        for one-direction layers, which never need them."""
+        if not self.model.bidirectional:
+            return None
+        if lengths is None:
+            return torch.full((rows.stop - rows.start,), limit, dtype=torch.long)
+        return (lengths[rows] - (self.plan.segment[0] + steps.start)).clamp(0, limit)
+
+    def _run(self, features, start, layers, limit: int, reverse_lengths=None):
         if self.plan.mode == "scan":
             return scan_layers(self.model, layers, features, start, self.sp, self.comms.timer)
         width = features.shape[1]
         if limit == width:
-            return self.model.run_layers(features, start, layers)
+            return self.model.run_layers(features, start, layers, reverse_lengths)
         rows = features.shape[0]
         if limit == 0:  # all padding for these rows: nothing to run, the state passes through
-            return features.new_zeros(rows, width, self.model.hidden), start
-        outputs, final = self.model.run_layers(features[:, :limit], start, layers)
+            return features.new_zeros(rows, width, self.model.output_width), start
+        outputs, final = self.model.run_layers(features[:, :limit], start, layers, reverse_lengths)
         return torch.cat([outputs, outputs.new_zeros(rows, width - limit, outputs.shape[2])], dim=1), final
 
     def _backward(self, graphs, sends):
