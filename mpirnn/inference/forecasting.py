@@ -16,6 +16,8 @@ import math
 import numpy as np
 import torch
 
+from mpirnn.models.model import refuse_bidirectional
+
 
 @torch.no_grad()
 def roll_forward(model, context: np.ndarray, horizon: int, normalization=None) -> np.ndarray:
@@ -25,6 +27,7 @@ def roll_forward(model, context: np.ndarray, horizon: int, normalization=None) -
     context is the first forecast, which is fed back as the next input, and so on (each
     forecast step is one more step of the recurrence from the state reached so far).
     """
+    refuse_bidirectional(model, "forecast")
     x = context if normalization is None else normalization.normalize(context)
     x = torch.as_tensor(np.asarray(x), dtype=model.dtype, device=model.device)[None]
     state = model.zero_state(1, x)
