@@ -12,6 +12,9 @@ of the stack and hidden units [k*H/K, (k+1)*H/K) of each of those layers. It cut
   linear cells when sp = 1). Units form the 2-D wavefront of docs/parallelism.md.
 - "scan": linear cells with sp > 1. Every segment runs at once and the ranks of a stage
   exchange affine summaries per layer (mpirnn/parallel/linear_scan.py); C is 1.
+
+Bidirectional layers run in "chain" mode with sp = 1 and one chunk (`check_bidirectional`;
+docs/parallelism.md, "Bidirectional layers").
 """
 
 from __future__ import annotations
