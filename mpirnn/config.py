@@ -39,6 +39,8 @@ class ModelConfig:
     dtype: str = doc("float32", "parameter and activation dtype: float32 or float64")
     dropout: float = doc(0.0, "dropout on the inputs of every layer but the first, in training (as nn.LSTM's "
                               "dropout); its masks are the same on every grid (docs/design.md, \"Dropout\"); 0 = off")
+    bidirectional: bool = doc(False, "each layer runs forward and reverse over each row (outputs [forward; reverse], "
+                                     "2 x hidden); labelled tasks only, not train.stateful")
 
 
 @dataclass
@@ -299,6 +301,9 @@ def check(cfg: Config) -> None:
     if d.lags != "auto" and not (isinstance(d.lags, list) and all(
             isinstance(lag, int) and not isinstance(lag, bool) and lag >= 1 for lag in d.lags)):
         raise ConfigError(f"data.lags = {d.lags!r}: give \"auto\" or a list of steps of 1 or more, e.g. [52]")
+    if m.bidirectional and t.stateful:
+        raise ConfigError("model.bidirectional = true with train.stateful = true: a reverse direction starts at each "
+                          "row's end, so no state can carry into the next window; set one of them off")
     if not 0 <= t.max_skipped <= 1:
         raise ConfigError(f"train.max_skipped = {t.max_skipped}: give a share of the run's steps, from 0 to 1")
     if isinstance(t.class_weights, str) and t.class_weights not in ("", "balanced"):

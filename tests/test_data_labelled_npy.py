@@ -167,12 +167,12 @@ def test_validation_finds_a_label_out_of_range(tmp_path, rows):
         validate_dataset(tmp_path / "ds")
 
 
-def test_the_trainer_refuses_labelled_tasks_in_one_line(tmp_path, rows):
+def test_the_trainer_refuses_stateful_training_on_labelled_rows(tmp_path, rows):
     m = prepare_labelled_npy(tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "ds",
                              lengths=tmp_path / "l.npy")
-    with pytest.raises(DataError, match=r"holds a 'classify' dataset .*mpirnn cannot train task "
-                                        r"'classify' yet"):
-        check_fit(m, SimpleNamespace(data=SimpleNamespace(batch_size=4, seq_len=8)), None)
+    cfg = SimpleNamespace(data=SimpleNamespace(batch_size=4, seq_len=12), train=SimpleNamespace(stateful=True))
+    with pytest.raises(DataError, match=r"train.stateful = true but .* holds labelled rows"):
+        check_fit(m, cfg, None)
 
 
 def test_info_shows_task_classes_counts_and_lengths(tmp_path, rows):

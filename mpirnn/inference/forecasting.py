@@ -16,6 +16,8 @@ import math
 import numpy as np
 import torch
 
+from mpirnn.models.model import refuse_bidirectional
+
 
 @torch.no_grad()
 def roll_forward(model, context: np.ndarray, horizon: int, normalization=None, inputs=None, first: int = 0,
@@ -31,6 +33,7 @@ def roll_forward(model, context: np.ndarray, horizon: int, normalization=None, i
     the first of those N and `time` the split's TimeAxis; each step's inputs are built by the same
     function as in training, the lags from the context and the forecast so far.
     """
+    refuse_bidirectional(model, "forecast")
     series = np.asarray(context if normalization is None else normalization.normalize(context), np.float64)
     widen = inputs is not None and inputs.widens
     back = inputs.back if widen else 0

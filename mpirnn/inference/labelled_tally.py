@@ -20,6 +20,7 @@ import torch
 from mpi4py import MPI
 
 from mpirnn.inference.task_metrics import add_to_confusion, class_metrics, regression_metrics
+from mpirnn.models.objectives import scored_outputs
 
 
 @dataclass
@@ -35,10 +36,11 @@ class Predictions:
 
 
 class LabelledTally:
-    def __init__(self, spec, head, keep: bool = False):
+    def __init__(self, spec, head, keep: bool = False, reverse_from: int | None = None):
         """`spec`: the TaskSpec the model was trained on (classes, or targets and their
         normalization); `head`: the model's head; `keep`: keep every prediction (predict)."""
         self.spec, self.head = spec, head
+        self.reverse_from = reverse_from  # bidirectional: the width of the forward half of the outputs
         self.classes = spec.n_classes
         if self.classes:
             self.confusion = np.zeros((self.classes, self.classes), dtype=np.int64)
@@ -50,7 +52,8 @@ class LabelledTally:
         where, labels = targets.scored(outputs.shape[1])
         if len(labels) == 0:
             return
-        prediction = self.head(outputs[where]).double()
+        chosen, _ = scored_outputs(outputs, targets, self.reverse_from)
+        prediction = self.head(chosen).double()
         if self.classes:
             values = torch.softmax(prediction, dim=-1).cpu().numpy()
             truth = labels.cpu().numpy()

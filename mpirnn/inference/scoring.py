@@ -98,7 +98,9 @@ class SplitScorer:
         """The loss (and, for series, RMSE/MAE) over the split (`limit` > 0: its first batches); every rank."""
         totals = np.zeros(1 + 2 * (self.features or 0), dtype=np.float64)
         sequences, labelled_elements = 0, 0.0
-        tally = LabelledTally(self.spec, self.model.head, self.keep) if self.labelled and self.spec else None
+        tally = (LabelledTally(self.spec, self.model.head, self.keep,
+                              self.model.hidden if self.model.bidirectional else None)
+                 if self.labelled and self.spec else None)
         for windows in self.loader.batches(limit):
             sequences += len(windows)
             runner = self._runner(len(windows))

@@ -82,7 +82,13 @@ class MinGRU(_LinearCell):
         super().__init__(input_size, hidden_size, 2)
 
     def gates(self, x):
-        k, p = _projected(self.linear, x).chunk(2, dim=-1)
+        return MinGRU.activate(_projected(self.linear, x))
+
+    @staticmethod
+    def activate(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log a, log b) from the pre-activations [k, p] (also the reverse direction's,
+        mpirnn/models/bidirectional.py)."""
+        k, p = projected.chunk(2, dim=-1)
         log_a = -F.softplus(k)  # log(1 - sigmoid(k))
         log_z = -F.softplus(-k)  # log sigmoid(k)
         return log_a, log_z + log_g(p)
@@ -99,7 +105,12 @@ class MinLSTM(_LinearCell):
         super().__init__(input_size, hidden_size, 3)
 
     def gates(self, x):
-        f, i, p = _projected(self.linear, x).chunk(3, dim=-1)
+        return MinLSTM.activate(_projected(self.linear, x))
+
+    @staticmethod
+    def activate(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log f', log i' + log g(p)) from the pre-activations [f, i, p]."""
+        f, i, p = projected.chunk(3, dim=-1)
         diff = F.softplus(-f) - F.softplus(-i)  # log i - log f
         log_f = -F.softplus(diff)
         log_i = -F.softplus(-diff)

@@ -3,7 +3,8 @@
 Layers are kept as separate single-layer modules so that parallel strategies can run
 any layer on any time segment from any incoming state. States of the whole stack travel
 as one tensor shaped [layers, parts, batch, hidden] (parts = 2 for LSTM's (h, c), else 1),
-so a boundary state is one message.
+so a boundary state is one message. Bidirectional layers (mpirnn/models/bidirectional.py) hold
+both directions' states, part-major ([parts x 2, B, H]), and output [forward; reverse].
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mpirnn.models.bidirectional import DIRECTIONS, BidirectionalLinearCell, run_fused
 from mpirnn.models.dropout import DropoutKey
 from mpirnn.models.linear_cells import MinGRU, MinLSTM, log_state
 from mpirnn.models.objectives import labelled_loss_sum
@@ -38,7 +40,7 @@ class RecurrentModel(nn.Module):
 
     def __init__(self, cell: str, hidden: int, layers: int, embed: int,
                  vocab_size: int | None = None, features: int | None = None, outputs: int | None = None,
-                 inputs: int | None = None):
+                 inputs: int | None = None, bidirectional: bool = False):
         super().__init__()
         if (vocab_size is None) == (features is None):
             raise ValueError("give exactly one of vocab_size (tokens) or features (series)")
@@ -46,13 +48,23 @@ class RecurrentModel(nn.Module):
         self.outputs = outputs  # a labelled task's head width (classes or targets); None: next step
         self.linear = cell in LINEAR
         self.parts = 2 if cell == "lstm" else 1
+        self.bidirectional = bidirectional
+        self.directions = DIRECTIONS if bidirectional else 1
+        self.output_width = hidden * self.directions  # a layer's outputs: [forward; reverse]
         # `inputs`: a series' input width when lags or calendar features widen it past `features`.
         self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(inputs or features, embed)
-        make = LINEAR.get(cell) or (lambda i, h: FUSED[cell](i, h, batch_first=True))
-        self.layers = nn.ModuleList(make(embed if i == 0 else hidden, hidden) for i in range(layers))
-        self.head = nn.Linear(hidden, outputs or vocab_size or features)
+        self.layers = nn.ModuleList(self._make_layer(embed if i == 0 else self.output_width)
+                                    for i in range(layers))
+        self.head = nn.Linear(self.output_width, outputs or vocab_size or features)
         self._owned = (0, layers)
         self.state_width = hidden  # hidden units per layer this copy holds (H/K under tensor parallelism)
+
+    def _make_layer(self, inputs: int) -> nn.Module:
+        if self.linear and self.bidirectional:
+            return BidirectionalLinearCell(LINEAR[self.cell], inputs, self.hidden)
+        if self.linear:
+            return LINEAR[self.cell](inputs, self.hidden)
+        return FUSED[self.cell](inputs, self.hidden, batch_first=True, bidirectional=self.bidirectional)
 
     # -- the protocol every parallel strategy runs the model through ----------------------
 
@@ -75,17 +87,24 @@ class RecurrentModel(nn.Module):
         return next(self.parameters()).dtype
 
     def zero_state(self, batch: int, like: torch.Tensor, layers: range | None = None) -> torch.Tensor:
-        """Zero states [layers, parts, batch, hidden] for `layers` (default: every layer)."""
+        """Zero states [layers, parts (x 2 where bidirectional), batch, hidden] for `layers` (default: every layer)."""
         count = self.depth if layers is None else len(layers)
-        return torch.zeros(count, self.parts, batch, self.state_width, dtype=self.dtype, device=like.device)
+        return torch.zeros(count, self.parts * self.directions, batch, self.state_width, dtype=self.dtype, device=like.device)
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] or features [B, T, F] -> layer-0 inputs [B, T, embed]."""
         return self.input(inputs)
 
-    def run_layer(self, index: int, x: torch.Tensor, state: torch.Tensor):
-        """One layer over x [B, T, D] from state [parts, B, H]; returns (outputs, final state)."""
+    def run_layer(self, index: int, x: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor | None = None):
+        """One layer over x [B, T, D] from state [parts, B, H]; returns (outputs, final state).
+
+        `lengths` (bidirectional layers only: each row's valid steps in x, None for all) is where
+        each row's reverse direction starts; a one-direction layer never needs them."""
         layer = self.layers[index]
+        if self.bidirectional and hasattr(layer, "run"):  # linear cells, or a tensor-parallel slice
+            return layer.run(x, state, lengths)
+        if self.bidirectional:
+            return run_fused(layer, self.cell, x, state, lengths)
         if hasattr(layer, "run"):  # a layer that runs itself (a tensor-parallel slice)
             return layer.run(x, state)
         if self.linear:
@@ -103,19 +122,20 @@ class RecurrentModel(nn.Module):
         return x if noise is None or index == 0 else noise.apply(index, x)
 
     def run_layers(self, features: torch.Tensor, state: torch.Tensor, layers: range | None = None,
-                   noise: DropoutKey | None = None):
+                   noise: DropoutKey | None = None, lengths: torch.Tensor | None = None):
         """Consecutive `layers` (default: all) from states [len(layers), parts, B, H];
-        returns (top outputs, final states of the same shape)."""
+        returns (top outputs, final states of the same shape). `lengths`: see run_layer."""
         layers = range(self.depth) if layers is None else layers
         finals = []
         for offset, index in enumerate(layers):
-            features, last = self.run_layer(index, self.layer_input(index, features, noise), state[offset])
+            features, last = self.run_layer(index, self.layer_input(index, features, noise), state[offset], lengths)
             finals.append(last)
         return features, torch.stack(finals)
 
-    def run_stack(self, features: torch.Tensor, state: torch.Tensor, noise: DropoutKey | None = None):
+    def run_stack(self, features: torch.Tensor, state: torch.Tensor, noise: DropoutKey | None = None,
+                  lengths: torch.Tensor | None = None):
         """All layers; returns (top outputs, final states [layers, parts, B, H])."""
-        return self.run_layers(features, state, noise=noise)
+        return self.run_layers(features, state, noise=noise, lengths=lengths)
 
     def log_gates(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Linear cells: layer `index`'s recurrence h_t = a_t h_{t-1} + b_t as (log a, log b) [B, T, H]."""
@@ -154,24 +174,25 @@ class RecurrentModel(nn.Module):
 
         `targets`: the next steps (a tensor), or a labelled task's LabelledTargets."""
         if not isinstance(targets, torch.Tensor):
-            return labelled_loss_sum(self.head, outputs, targets)
+            return labelled_loss_sum(self.head, outputs, targets, self.hidden if self.bidirectional else None)
         prediction = self.head(outputs)
         if self.vocab_size:
             return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
         return F.mse_loss(prediction, targets, reduction="sum")
 
     def forward(self, inputs: torch.Tensor, targets, state: torch.Tensor | None = None,
-                noise: DropoutKey | None = None):
+                noise: DropoutKey | None = None, lengths=None):
         """Serial reference: (summed loss, final states) of the whole batch and sequence."""
         if state is None:
             state = self.zero_state(inputs.shape[0], inputs)
-        outputs, final = self.run_stack(self.input(inputs), state, noise)
+        outputs, final = self.run_stack(self.input(inputs), state, noise, lengths)
         return self.loss_sum(outputs, targets), final
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, steps: int, temperature: float = 0.8,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample `steps` tokens after a 1-D prompt (token models only)."""
+        refuse_bidirectional(self, "generate")
         state = self.zero_state(1, prompt)
         outputs, state = self.run_stack(self.input(prompt[None]), state)
         produced = []
@@ -183,11 +204,20 @@ class RecurrentModel(nn.Module):
         return torch.tensor(produced, dtype=torch.long)
 
 
+def refuse_bidirectional(model, what: str) -> None:
+    """Generation and forecasting roll a model forward one step at a time: a reverse direction
+    would need steps not yet produced."""
+    if getattr(model, "bidirectional", False):
+        raise ValueError(f"{what} needs a one-direction model: this one has bidirectional layers, whose reverse "
+                         f"direction reads steps not yet produced (model.bidirectional = true)")
+
+
 def build_model(cfg, vocab_size=None, features=None, device="cpu", outputs=None, inputs=None) -> RecurrentModel:
     """The same parameters on every rank for the same seed, whatever the grid."""
     dtype = getattr(torch, cfg.model.dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = RecurrentModel(cfg.model.cell, cfg.model.hidden, cfg.model.layers, cfg.model.embed,
-                               vocab_size=vocab_size, features=features, outputs=outputs, inputs=inputs)
+                               vocab_size=vocab_size, features=features, outputs=outputs, inputs=inputs,
+                               bidirectional=getattr(cfg.model, "bidirectional", False))
     return model.to(device=device, dtype=dtype)

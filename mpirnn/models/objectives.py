@@ -13,18 +13,38 @@ exactly. Padded steps are never scored: a one-direction layer's outputs at valid
 depend on the padding after them, so the loss, every gradient and every prediction are those
 of the sequence alone (checked against PyTorch's pack_padded_sequence:
 tests/mpi/test_labelled_exact.py).
+
+Bidirectional layers (outputs [forward; reverse]): a sequence's one prediction (classify,
+regress) reads both directions' ends, as PyTorch's h_n gives them: the forward half at the
+row's last valid step and the reverse half at step 0 (where the reverse direction ends). Such a
+unit always covers whole sequences (sequence parallelism and time chunks are refused with
+bidirectional layers, mpirnn/parallel/plan.py). `tag` reads [forward; reverse] at every valid step.
 """
 
 from __future__ import annotations
 
+import torch
 from torch.nn import functional as F
 
 
-def labelled_loss_sum(head, outputs, targets):
+def scored_outputs(outputs, targets, reverse_from: int | None = None):
+    """(what the head reads for each scored element of a unit, their labels). `reverse_from`:
+    the width of the forward half of bidirectional outputs (None: one direction)."""
+    where, labels = targets.scored(outputs.shape[1])
+    if reverse_from is None or targets.task == "tag":
+        return outputs[where], labels
+    if targets.t0 != 0:
+        raise RuntimeError("a bidirectional sequence readout needs the unit that holds step 0 of its rows")
+    rows, last = where
+    ends = torch.cat([outputs[rows, last, :reverse_from], outputs[rows, 0, reverse_from:]], dim=1)
+    return ends, labels
+
+
+def labelled_loss_sum(head, outputs, targets, reverse_from: int | None = None):
     """The summed loss of the scored elements of one unit (0 where none falls in it): `outputs`
     [b, width, H] are the unit's top outputs, `targets` its LabelledTargets."""
-    where, labels = targets.scored(outputs.shape[1])
-    prediction = head(outputs[where])
+    chosen, labels = scored_outputs(outputs, targets, reverse_from)
+    prediction = head(chosen)
     if targets.task == "regress":
         return F.mse_loss(prediction, labels.to(prediction.dtype), reduction="sum")
     weights = None if targets.weights is None else targets.weights.to(prediction.dtype)

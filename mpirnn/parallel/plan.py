@@ -12,6 +12,9 @@ of the stack and hidden units [k*H/K, (k+1)*H/K) of each of those layers. It cut
   linear cells when sp = 1). Units form the 2-D wavefront of docs/parallelism.md.
 - "scan": linear cells with sp > 1. Every segment runs at once and the ranks of a stage
   exchange affine summaries per layer (mpirnn/parallel/linear_scan.py); C is 1.
+
+Bidirectional layers run in "chain" mode with sp = 1 and one chunk (`check_bidirectional`;
+docs/parallelism.md, "Bidirectional layers").
 """
 
 from __future__ import annotations
@@ -124,6 +127,20 @@ def bubble(sp: int, pp: int, microbatches: int, chunks: int, mode: str = "chain"
     return lag / (units + lag)
 
 
+def check_bidirectional(grid: Grid, chunks: int) -> None:
+    """What bidirectional layers cannot run exactly yet, refused before any compute
+    (docs/parallelism.md, "Bidirectional layers")."""
+    if grid.sp > 1:
+        raise ConfigError(
+            f"parallel.sp = {grid.sp} with model.bidirectional = true: the reverse direction's states would have to flow "
+            f"from segment s+1 back to segment s, which is not built yet; use parallel.sp = 1 (dp, pp and tp work)")
+    if chunks > 1:
+        raise ConfigError(
+            f"parallel.chunks = {chunks} with model.bidirectional = true: a bidirectional stage hands a chunk on only "
+            f"once both directions covered it, which is the whole sequence; use parallel.chunks = 0 (one chunk) and "
+            f"parallel.microbatches to overlap pipeline stages")
+
+
 def nearest_divisible(value: int, divisor: int) -> list[int]:
     """The multiples of divisor nearest to value (below and above)."""
     below = value // divisor * divisor
@@ -221,22 +238,28 @@ def make_grid(cfg, world_size: int) -> Grid:
 
 
 def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers: int, cell: str,
-              microbatches: int = 0, chunks: int = 0, hidden: int | None = None) -> Plan:
+              microbatches: int = 0, chunks: int = 0, hidden: int | None = None,
+              bidirectional: bool = False) -> Plan:
     """This rank's plan; raises ConfigError (with what to change) when the grid cannot be run exactly.
 
     Every rank of a run computes every rank's choices from the same numbers, so refusals are
     the same everywhere (microbatches depend on the smallest data-parallel group).
     """
     check_grid_fits(grid, layers, seq_len, hidden)
+    if bidirectional:
+        check_bidirectional(grid, chunks)
     mode = mode_of(cell, grid.sp)
+    # Bidirectional stages run whole segments, one chunk each, as the scan mode does: only
+    # microbatches overlap their stages.
+    overlap = "scan" if bidirectional else mode
     fewest_rows = batch_size // grid.dp
-    resolve_microbatches(microbatches, fewest_rows, grid.sp, grid.pp, mode)  # refuse the same everywhere
+    resolve_microbatches(microbatches, fewest_rows, grid.sp, grid.pp, overlap)  # refuse the same everywhere
     rows = rows_of(batch_size, grid, coords["dp"])
-    m = resolve_microbatches(microbatches, rows[1] - rows[0], grid.sp, grid.pp, mode)
+    m = resolve_microbatches(microbatches, rows[1] - rows[0], grid.sp, grid.pp, overlap)
     shortest_segment = seq_len // grid.sp
-    c = resolve_chunks(chunks, shortest_segment, grid.pp, m, mode)
+    c = resolve_chunks(chunks, shortest_segment, grid.pp, m, overlap)
     # With the most rows and layers any rank has, so that every rank refuses alike.
-    most = resolve_microbatches(microbatches, -(-batch_size // grid.dp), grid.sp, grid.pp, mode)
+    most = resolve_microbatches(microbatches, -(-batch_size // grid.dp), grid.sp, grid.pp, overlap)
     check_state_tags(most, -(-layers // grid.pp), grid.sp, mode)
     width = (hidden or 0) // grid.tp
     return Plan(grid, dict(coords), rows, segment_of(seq_len, grid, coords["sp"]),

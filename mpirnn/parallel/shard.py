@@ -14,6 +14,7 @@ import re
 import torch
 
 from mpirnn.parallel.tensor import gate_blocks, shard_layers
+from mpirnn.parallel.tensor_bidirectional import bidirectional_slice
 
 LAYER = re.compile(r"^layers\.(\d+)\.")
 
@@ -25,7 +26,9 @@ def stage_model(model, plan, group=None):
     model.serial_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     if plan.grid.pp > 1:
         model.keep_only(range(*plan.layers), embedding=plan.first_stage, head=plan.last_stage)
-    if group is not None:
+    if group is not None and model.bidirectional:
+        shard_layers(model, group, bidirectional_slice)
+    elif group is not None:
         shard_layers(model, group)
     return model
 

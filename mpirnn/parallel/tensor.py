@@ -228,14 +228,17 @@ class ShardedLinearCell(nn.Module):
         return self.join(h), last.unsqueeze(0)
 
 
-def shard_layers(model, group: TensorGroup) -> None:
-    """Replace every layer the model holds by its slice for this rank of the tp group."""
+def one_direction_slice(full: nn.Module, model, group: TensorGroup) -> nn.Module:
+    return ShardedLinearCell(full, group) if model.linear else ShardedRecurrentLayer(full, model.cell, group)
+
+
+def shard_layers(model, group: TensorGroup, make_slice=one_direction_slice) -> None:
+    """Replace every layer the model holds by its slice for this rank of the tp group
+    (`make_slice`: bidirectional layers pass mpirnn/parallel/tensor_bidirectional.py's)."""
     if group.size == 1:
         return
     for index in model.owned_layers:
-        full = model.layers[index]
-        model.layers[index] = (ShardedLinearCell(full, group) if model.linear
-                               else ShardedRecurrentLayer(full, model.cell, group))
+        model.layers[index] = make_slice(model.layers[index], model, group)
     model.state_width = group.width
     for module in (model.input, model.head):
         for param in module.parameters():

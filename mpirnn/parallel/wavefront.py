@@ -15,7 +15,10 @@ Rows of different lengths (labelled tasks): a unit runs its layers only up to th
 step of its longest row inside its chunk, and none at all for a chunk that is all padding for
 its rows (its final state is then its incoming one). The outputs past that point are zeros that
 nothing scores, so no padded step costs a recurrent step and none changes a result
-(docs/tasks.md, "Variable lengths"). The scan mode runs whole segments.
+(docs/tasks.md, "Variable lengths"). The scan mode runs whole segments. Bidirectional layers
+run like the others, with each row's length in the unit (where its reverse direction starts);
+their plans have one segment and one chunk, so a unit holds whole rows (docs/parallelism.md,
+"Bidirectional layers").
 
 Where states pass between segments (the chain with sp > 1), a unit runs its layers one at a
 time, each its own autograd graph, and sends each layer's final state as soon as that layer
@@ -109,7 +112,7 @@ class Wavefront:
     def _activation_like(self, unit: Unit) -> torch.Tensor:
         rows = self.rows[unit.microbatch].stop - self.rows[unit.microbatch].start
         steps = self.steps[unit.chunk].stop - self.steps[unit.chunk].start
-        return torch.empty(rows, steps, self.model.hidden, dtype=self.model.dtype, device=self._like.device)
+        return torch.empty(rows, steps, self.model.output_width, dtype=self.model.dtype, device=self._like.device)
 
     # -- one step ------------------------------------------------------------------------
 
@@ -190,7 +193,7 @@ class Wavefront:
                 below = leaf(features.detach()) if g and train else None
                 with timer.tracer.span(self._span("forward", unit, g)):
                     outputs, final = self._run(features if below is None else below, start, self._layers_of(g),
-                                               limit, here)
+                                               limit, here, self._reverse_lengths(lengths, rows, steps, limit))
                 # Send at once: the next segment waits for this layer's state, not for the layers above.
                 if pos.state_to_peer(unit, C):
                     sends.append(isend(self.sp, final, pos.segment + 1, state_tag(unit, g, G), timer, "send state"))
@@ -224,17 +227,27 @@ class Wavefront:
         start = self.plan.segment[0] + steps.start
         return max(0, min(width, int(lengths[rows].max()) - start)) if rows.stop > rows.start else width
 
-    def _run(self, features, start, layers, limit: int, noise=None):
+    def _reverse_lengths(self, lengths, rows: slice, steps: slice, limit: int):
+        """Bidirectional layers: where each row's reverse direction starts, as a length inside the
+        unit (its valid steps there; a bidirectional unit always starts at step 0, plan.py). None
+        for one-direction layers, which never need them."""
+        if not self.model.bidirectional:
+            return None
+        if lengths is None:
+            return torch.full((rows.stop - rows.start,), limit, dtype=torch.long)
+        return (lengths[rows] - (self.plan.segment[0] + steps.start)).clamp(0, limit)
+
+    def _run(self, features, start, layers, limit: int, noise=None, reverse_lengths=None):
         if self.plan.mode == "scan":
             run = lambda x, s: scan_layers(self.model, layers, x, s, self.sp, self.comms.timer, noise)  # noqa: E731
             return self.precision.run_layers(self.model.cell, run, features, start)
-        run = lambda x, s: self.model.run_layers(x, s, layers, noise)  # noqa: E731
+        run = lambda x, s: self.model.run_layers(x, s, layers, noise, reverse_lengths)  # noqa: E731
         width = features.shape[1]
         if limit == width:
             return self.precision.run_layers(self.model.cell, run, features, start)
         rows = features.shape[0]
         if limit == 0:  # all padding for these rows: nothing to run, the state passes through
-            return features.new_zeros(rows, width, self.model.hidden).to(start.dtype), start
+            return features.new_zeros(rows, width, self.model.output_width).to(start.dtype), start
         outputs, final = self.precision.run_layers(self.model.cell, run, features[:, :limit], start)
         return torch.cat([outputs, outputs.new_zeros(rows, width - limit, outputs.shape[2])], dim=1), final
 

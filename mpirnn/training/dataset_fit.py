@@ -27,6 +27,9 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     if manifest.task_spec.labelled:
         check_labelled_fit(manifest, cfg, grid)
         return
+    if cfg.model.bidirectional:
+        raise DataError(f"model.bidirectional = true but {manifest.root} trains the 'next' task: a reverse direction "
+                        f"would see the step it predicts; use one direction, or a labelled dataset (docs/tasks.md)")
     if d.batch_size < grid.dp:
         raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
                         f"use data.batch_size >= parallel.dp")
@@ -36,7 +39,7 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     # Microbatches and chunks are refused the same way on every rank (the fewest rows decide).
     make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
               cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
-              hidden=cfg.model.hidden)
+              hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional)
     stride = training_stride(manifest, cfg)
     inputs = resolve_inputs(manifest, cfg)
     windows = Reader(manifest, stride, first_window(inputs)).n_windows(d.seq_len)
@@ -63,4 +66,4 @@ def check_labelled_fit(manifest: Manifest, cfg, grid: Grid) -> None:
                         f"smaller data.batch_size")
     make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
               cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
-              hidden=cfg.model.hidden)
+              hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional)
