@@ -87,18 +87,29 @@ class LabelledTally:
         return regression_metrics(self.errors[:K], self.errors[K:2 * K], int(self.errors[-1]))
 
     def gather(self, comm) -> Predictions | None:
-        """Every rank's kept predictions on rank 0, sorted by (row, step); None elsewhere."""
-        pieces = comm.gather(self.kept or [], root=0)
+        """Every rank's kept predictions on rank 0, sorted by (row, step); None elsewhere.
+
+        Sent as one float64 table per rank (row, step, values, truth) with the buffer methods
+        Gather/Gatherv: nothing is pickled."""
+        width = self.classes or self.spec.targets
+        truth_width = 1 if self.classes else self.spec.targets
+        columns = 2 + width + truth_width
+        table = np.zeros((0, columns))
+        if self.kept:
+            table = np.concatenate([np.column_stack([rows, steps if steps is not None else np.full(len(rows), -1),
+                                                     values, np.asarray(truth).reshape(len(rows), -1)])
+                                    for rows, steps, values, truth in self.kept]).astype(np.float64)
+        counts = np.zeros(comm.size, dtype=np.int64)
+        comm.Gather(np.array([table.size], dtype=np.int64), counts, root=0)
+        received = np.empty(int(counts.sum()) if comm.rank == 0 else 0, dtype=np.float64)
+        comm.Gatherv(np.ascontiguousarray(table).reshape(-1), [received, counts] if comm.rank == 0 else None, root=0)
         if comm.rank != 0:
             return None
-        pieces = [piece for rank in pieces for piece in rank]
-        width = self.classes or self.spec.targets
-        if not pieces:
-            empty = np.zeros(0, dtype=np.int64)
-            return Predictions(empty, empty if self.spec.task == "tag" else None, np.zeros((0, width)), empty)
-        rows = np.concatenate([p[0] for p in pieces])
-        steps = np.concatenate([p[1] for p in pieces]) if pieces[0][1] is not None else None
+        table = received.reshape(-1, columns)
+        rows = table[:, 0].astype(np.int64)
+        steps = table[:, 1].astype(np.int64) if self.spec.task == "tag" else None
         order = np.lexsort((steps, rows)) if steps is not None else np.argsort(rows, kind="stable")
-        return Predictions(rows[order], None if steps is None else steps[order],
-                           np.concatenate([p[2] for p in pieces])[order],
-                           np.concatenate([p[3] for p in pieces])[order])
+        truth = table[:, 2 + width:]
+        truth = truth[:, 0].astype(np.int64) if self.classes else truth
+        return Predictions(rows[order], None if steps is None else steps[order], table[order, 2:2 + width],
+                           truth[order])

@@ -243,7 +243,7 @@ class Wavefront:
             return self.precision.run_layers(self.model.cell, run, features, start)
         run = lambda x, s: self.model.run_layers(x, s, layers, noise, reverse_lengths)  # noqa: E731
         width = features.shape[1]
-        if limit == width:
+        if limit >= width:   # (a caller may pass fewer steps than the plan's chunk: the bench's warm-up)
             return self.precision.run_layers(self.model.cell, run, features, start)
         rows = features.shape[0]
         if limit == 0:  # all padding for these rows: nothing to run, the state passes through
