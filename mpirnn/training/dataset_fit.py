@@ -30,16 +30,11 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     if cfg.model.bidirectional:
         raise DataError(f"model.bidirectional = true but {manifest.root} trains the 'next' task: a reverse direction "
                         f"would see the step it predicts; use one direction, or a labelled dataset (docs/tasks.md)")
-    if d.batch_size < grid.dp:
-        raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
-                        f"use data.batch_size >= parallel.dp")
+    check_rows_per_rank(d.batch_size, grid)
     if manifest.kind == "sequences" and d.seq_len + 1 > manifest.seq_len:
         raise DataError(f"data.seq_len = {d.seq_len} needs {d.seq_len + 1} steps per row but the dataset's rows "
                         f"have {manifest.seq_len}: use data.seq_len <= {manifest.seq_len - 1}")
-    # Microbatches and chunks are refused the same way on every rank (the fewest rows decide).
-    make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
-              cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
-              hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional)
+    check_plan(cfg, grid)
     stride = training_stride(manifest, cfg)
     inputs = resolve_inputs(manifest, cfg)
     windows = Reader(manifest, stride, first_window(inputs)).n_windows(d.seq_len)
@@ -58,12 +53,22 @@ def check_labelled_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     if cfg.train.stateful:
         raise DataError(f"train.stateful = true but {manifest.root} holds labelled rows ({manifest.task_spec.describe()}): "
                         f"each row is a whole sequence and no state carries into the next; set train.stateful = false")
-    if d.batch_size < grid.dp:
-        raise DataError(f"data.batch_size = {d.batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
-                        f"use data.batch_size >= parallel.dp")
+    check_rows_per_rank(d.batch_size, grid)
     if manifest.length < d.batch_size:
         raise DataError(f"{manifest.root} holds {manifest.length} rows, fewer than one batch of {d.batch_size}: use a "
                         f"smaller data.batch_size")
+    check_plan(cfg, grid)
+
+
+def check_rows_per_rank(batch_size: int, grid: Grid) -> None:
+    if batch_size < grid.dp:
+        raise DataError(f"data.batch_size = {batch_size} gives some of the {grid.dp} data-parallel ranks no rows: "
+                        f"use data.batch_size >= parallel.dp")
+
+
+def check_plan(cfg, grid: Grid) -> None:
+    """Microbatches and chunks are refused the same way on every rank (the fewest rows decide)."""
+    d = cfg.data
     make_plan(grid, grid.coords(0), batch_size=d.batch_size, seq_len=d.seq_len, layers=cfg.model.layers,
               cell=cfg.model.cell, microbatches=cfg.parallel.microbatches, chunks=cfg.parallel.chunks,
               hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional)
