@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 def test_tiny_bench_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "mpirnn.bench", "--tiny", "--steps", "1", "--warmup", "1",
-                           "--device", "cpu", "--out", str(out)],
+                           "--device", "cpu", "--bf16", "on", "--out", str(out)],
                           capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
@@ -37,7 +37,7 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert set(report["meta"]["ddp_ratio"]) == {"W1", "dp"} and "mpirnn dp=2 / PyTorch DDP" in done.stdout
     # The model predicted every timed mpirnn row with one thread per rank (a quick calibration made first).
     timed = [r for r in rows if r["median_step_s"] and not r["config"].startswith(("plain", "PyTorch"))
-             and "logcumsumexp" not in r["config"]]
+             and "logcumsumexp" not in r["config"] and r["precision"] == "float32"]
     assert timed and all(r["predicted_step_s"] and r["predicted_step_s"] > 0 for r in timed), timed
     assert report["meta"]["calibration"] and "performance model:" in done.stdout
     assert any(r["workload"] == "W1" and r["config"].startswith("sp=2") and r["exact"] for r in rows)
@@ -49,6 +49,13 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert sum(r["workload"] == "W3" and r["config"].startswith("1 rank,") for r in rows) >= 2
     assert {r["workload"] for r in rows if r["config"].startswith("plain")} == {"W1", "W3"}
     assert "| W1 |" in done.stdout  # the markdown table
+    # bf16 rows (emulated where the CPU has no native bf16) beside float32 on W1, W3, W4, W5: each grid
+    # within the bf16 bound of the serial bf16 run, speedups against the float32 1-rank baseline.
+    bf16 = [r for r in rows if r["precision"] == "bf16"]
+    assert {r["workload"] for r in bf16} == {"W1", "W3", "W4", "W5"}
+    assert all(r["exact"] is True and r["rtol"] == 6e-2 and not r["baseline"] for r in bf16), bf16
+    assert all(r["predicted_step_s"] is None for r in bf16)  # the calibration timed float32 only
+    assert all(r["precision"] == "float32" for r in rows if r["baseline"])
 
 
 def test_unknown_workload_refused():

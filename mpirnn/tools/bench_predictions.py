@@ -76,7 +76,8 @@ def units(run: dict, model: Shape) -> tuple[int, int]:
 def predicted_step_s(run: dict, shape: dict, cal: Calibration) -> float | None:
     """The model's step time for one benchmark run, or None for a run it does not describe."""
     if run["plain"] or run.get("ddp") or run["threads"] != 1 or not run["steps"] \
-            or run.get("method") not in DEFAULT_METHODS or (run["device"] == "cuda") != cal.gpu:
+            or run.get("method") not in DEFAULT_METHODS or (run["device"] == "cuda") != cal.gpu \
+            or run.get("precision", "float32") != cal.precision:
         return None
     model = shape_for(shape)
     m, c = units(run, model)
