@@ -266,16 +266,22 @@ def cell_loop_step(timer: Timer, steps: int = 32) -> float:
     return timer.best(("cell loop", steps), run) / steps
 
 
-def measure(device: str = "cpu", quick: bool = False, cells=None, hidden=None) -> dict:
+def measure(device: str = "cpu", quick: bool = False, cells=None, hidden=None, precision: str = "float32") -> dict:
     """The calibration's "compute" section for this process's device and thread count.
 
     cells / hidden: measure only these fused cells and hidden sizes (a benchmark needs few).
+    precision: train.precision's policy around every measurement (mpirnn/models/precision.py):
+    under bf16 the matmuls and, where native, the fused layers run under autocast while the
+    scans, the optimizer and the copies stay float32, as in a training step.
     """
+    from mpirnn.models.precision import for_device
     pick = 1 if quick else 0
     timer = Timer(torch.device(device), SIZES["reps"][pick])
     started = time.perf_counter()
+    policy = for_device(precision, device)
     for _ in range(SIZES["passes"][pick]):
-        compute = collect(timer, quick, cells, sorted(hidden or SIZES["hidden"][pick]))
+        with policy.autocast():   # autocast covers forwards only; backward runs in each op's forward dtype
+            compute = collect(timer, quick, cells, sorted(hidden or SIZES["hidden"][pick]))
     compute["threads"] = torch.get_num_threads()
     compute["passes"] = SIZES["passes"][pick]
     compute["seconds_taken"] = time.perf_counter() - started

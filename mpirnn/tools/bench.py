@@ -316,9 +316,10 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
+def rows_for(workload: str, results: list[dict], cals: dict | None = None) -> list[dict]:
     """Table rows of one workload: speedups against its baseline, memory against 1 rank, exactness,
-    and the performance model's prediction when a calibration is given."""
+    and the performance model's prediction where a calibration in the row's precision is given
+    (`cals`: {precision: Calibration or None})."""
     runs = [r for r in results if r["workload"] == workload]
     if not runs:
         return []
@@ -349,6 +350,7 @@ def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
                "rtol": run.get("rtol", RTOL)}
         if row["bound"] and row["speedup"]:
             row["bound_share"] = row["speedup"] / row["bound"]
+        cal = (cals or {}).get(run.get("precision", "float32"))
         if cal is not None and median:
             from mpirnn.tools.bench_predictions import predicted_step_s
             row["predicted_step_s"] = predicted_step_s(run, shape_of(workload, run["tiny"]), cal)
@@ -498,6 +500,11 @@ def main(argv=None) -> int:
     from mpirnn.tools.bench_predictions import calibration_for
     cal = calibration_for(args, [shape_of(w, args.tiny) for w in {r["workload"] for r in runs}])
     meta["calibration"] = cal.path if cal else None
+    reduced = [r for r in runs if r["precision"] != "float32"]
+    cals = {"float32": cal}
+    if reduced:   # the bf16 rows are predicted from a calibration measured in bf16
+        cals["bf16"] = calibration_for(args, [shape_of(w, args.tiny) for w in {r["workload"] for r in reduced}], "bf16")
+        meta["calibration_bf16"] = cals["bf16"].path if cals["bf16"] else None
     runs = choose_modelled_counts(runs, cal)
     results, errors, meta["load_per_pass"] = [], [], []
     with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:
@@ -517,7 +524,7 @@ def main(argv=None) -> int:
     for r in results:
         shape = shape_of(r["workload"], r["tiny"])
         r["tokens_per_step"] = shape["batch"] * shape["seq_len"]
-    rows = [row for w in WORKLOADS for row in rows_for(w, results, cal)]
+    rows = [row for w in WORKLOADS for row in rows_for(w, results, cals)]
     meta["ddp_ratio"] = ddp_ratios(rows)
     meta["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["memory_method"] = results[0]["memory_method"] if results else None
