@@ -93,11 +93,22 @@ def test_a_failed_teardown_after_every_ddp_run_keeps_the_results(tmp_path, ddp, 
 def test_tiny_variable_length_bench_end_to_end(tmp_path):
     # W7 (mpirnn/tools/bench_lengths.py): every row ran, dp=2 and sp=2 gave the 1-rank losses, and
     # bucketing computed less padding than drawing rows at random.
+    # The performance model's column from a toy calibration: a fused time step costs 1e-4 s per row.
+    from test_perf_model import toy_calibration
+    calibration = tmp_path / "toy.json"
+    calibration.write_text(json.dumps(toy_calibration(step_per_row_s=1e-4)))
     out = tmp_path / "w7.json"
     done = subprocess.run([sys.executable, "-m", "mpirnn.tools.bench_lengths", "--tiny", "--steps", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=230)
+                           "--calibration", str(calibration), "--out", str(out)],
+                          capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     assert len(report["runs"]) == 4 and "| NO |" not in report["table"], report["table"]
     assert report["table"].count("| yes |") == 2, report["table"]
     assert report["padding_bucketed"] < report["padding_unbucketed"]
+    # Each step predicted at its batch's longest row per valid element: 2 layers x 1e-4 s x rows x steps
+    # (one microbatch at 1 rank), so padding raises the prediction per valid element above the toy cost.
+    serial = report["runs"][0]
+    floor = 1000 * 2 * 1e-4   # s per 1000 valid elements with no padding at all
+    assert serial["predicted_s_per_1000_elements"] >= floor * 0.999
+    assert all(r["predicted_s_per_1000_elements"] > 0 for r in report["runs"])
