@@ -174,13 +174,22 @@ def check_bidirectional(cell, task, layers=2, microbatches=0, grid_list=None):
 
 
 def check_refused(cell, layers=2):
-    """Every grid of this world size that bidirectional layers do not support is refused by the
+    """Time chunks with bidirectional layers are refused on every grid of this world size by the
     plan, with one line naming model.bidirectional, before anything runs."""
-    refused = [g for g in grids(layers) if not supported(g)]
+    refused = grids(layers)
     for dp, sp, pp, tp in refused:
         grid = Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp)
         with pytest.raises(ConfigError, match="model.bidirectional") as caught:
             make_plan(grid, grid.coords(world.rank), batch_size=ROWS, seq_len=STEPS, layers=layers, cell=cell,
-                      hidden=HIDDEN, bidirectional=True)
+                      hidden=HIDDEN, bidirectional=True, chunks=2)
         assert "\n" not in str(caught.value)
     return refused
+
+
+def check_mutation_fails(cell, task, grid_shape, layers=2):
+    """Under a mutation of the reverse chain (the caller's monkeypatch), the step must NOT equal the
+    reference: the loss (summed over the world, so the same on every rank) differs on every rank."""
+    expected_loss, _ = reference(cell, task, layers)
+    loss, _, _ = on_grid(cell, task, layers, grid_shape)
+    assert abs(loss - expected_loss) > 1e-6 * abs(expected_loss), \
+        f"rank {world.rank}, {grid_shape}, {cell} {task}: a mutated reverse chain still matched the reference"

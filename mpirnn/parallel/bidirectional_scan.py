@@ -58,10 +58,17 @@ def reverse_scan_segment(activate, linear, x, h0, lengths, comm, timer=None) -> 
     last = log_zero.gather(1, (valid - 1).clamp(min=0)[:, None, None].expand(-1, 1, log_zero.shape[2]))[:, 0]
     log_B = torch.where(valid[:, None] > 0, last, torch.full_like(last, -math.inf))
     gathered = GatherSummaries.apply(torch.stack([log_A, log_B, log_state(h0).expand_as(log_A)]), comm, timer)
-    incoming = gathered[-1, 2]
-    for r in range(comm.size - 1, comm.rank, -1):
-        incoming = apply_summary((gathered[r, 0], gathered[r, 1]), incoming)
+    incoming = reverse_incoming(gathered, comm.rank)
     return flip_rows(torch.exp(enter_state(log_a, log_zero, incoming)), index)
+
+
+def reverse_incoming(gathered: torch.Tensor, segment: int) -> torch.Tensor:
+    """The reverse state entering `segment` from the gathered summaries [S, 3, B, H]: the last
+    segment's initial state, through the summaries of the segments after this one, last first."""
+    incoming = gathered[-1, 2]
+    for r in range(gathered.shape[0] - 1, segment, -1):
+        incoming = apply_summary((gathered[r, 0], gathered[r, 1]), incoming)
+    return incoming
 
 
 def scan_direction(model, index: int, x, state, reverse: bool, lengths, comm, timer=None):
