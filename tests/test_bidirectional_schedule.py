@@ -49,3 +49,11 @@ def test_microbatches_fill_the_longer_chains():
 def test_the_scan_keeps_one_order_on_every_segment():
     orders = [rank_order(s, 3, stages(2, 1), 0, 2, scan=True) for s in range(3)]
     assert orders[0] == orders[1] == orders[2] == sorted(orders[0])
+
+
+@pytest.mark.parametrize("sp", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 8])
+def test_one_layer_bubble_is_half_the_chain_to_the_middle(sp, m):
+    # docs/parallelism.md, "Bidirectional layers": floor((S-1)/2) / (M + floor((S-1)/2))
+    lag = (sp - 1) // 2
+    assert bubble(sp, stages(1, 1), m) == pytest.approx(lag / (m + lag))
