@@ -77,13 +77,17 @@ def test_stateful_is_refused():
         load_config(None, ["model.bidirectional=true", "train.stateful=true"])
 
 
-@pytest.mark.parametrize("axes", [dict(sp=2), dict(sp=2, dp=2), dict(sp=3, pp=2)])
-def test_sequence_parallelism_runs_one_chunk_per_segment(axes):
+@pytest.mark.parametrize("axes, microbatches", [(dict(sp=2), 1), (dict(sp=2, dp=2), 1), (dict(sp=3), 4),
+                                                (dict(sp=2, pp=2), 4)])
+def test_sequence_parallelism_runs_one_chunk_per_segment(axes, microbatches):
+    # Microbatches fill the middle segments' wait (sp > 2) and the stages; two segments swap halves without them.
     grid = Grid(int(np.prod(list(axes.values()))), **axes)
-    for cell, mode in (("lstm", "chain"), ("mingru", "scan")):
-        plan = make_plan(grid, grid.coords(0), batch_size=32, seq_len=64, layers=2, cell=cell, hidden=4,
-                         bidirectional=True)
-        assert plan.chunks == 1 and plan.mode == mode
+    plan = make_plan(grid, grid.coords(0), batch_size=32, seq_len=64, layers=2, cell="lstm", hidden=4,
+                     bidirectional=True)
+    assert plan.chunks == 1 and plan.mode == "chain" and plan.microbatches == microbatches
+    plan = make_plan(grid, grid.coords(0), batch_size=32, seq_len=64, layers=2, cell="mingru", hidden=4,
+                     bidirectional=True)
+    assert plan.chunks == 1 and plan.mode == "scan" and plan.microbatches == (4 if grid.pp > 1 else 1)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -252,8 +252,9 @@ def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers
         check_bidirectional(grid, chunks)
     mode = mode_of(cell, grid.sp)
     # Bidirectional stages run whole segments, one chunk each, as the scan mode does: microbatches
-    # overlap their stages, and along the sequence the two chains where sp > 1.
-    overlap = mode if bidirectional and grid.sp > 1 else "scan" if bidirectional else mode
+    # overlap their stages, and the middle segments' wait for the two chains where sp > 2 (at sp = 2
+    # the chains swap halves with no idle tick: docs/parallelism.md, "Bidirectional layers").
+    overlap = mode if bidirectional and grid.sp > 2 else "scan" if bidirectional else mode
     fewest_rows = batch_size // grid.dp
     resolve_microbatches(microbatches, fewest_rows, grid.sp, grid.pp, overlap)  # refuse the same everywhere
     rows = rows_of(batch_size, grid, coords["dp"])
