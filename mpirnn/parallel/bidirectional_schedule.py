@@ -26,6 +26,7 @@ of all segments of a stage, so every segment of a stage walks the same fixed ord
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -84,9 +85,14 @@ def task_ticks(segments: int, stage_layers: list[range], microbatches: int, scan
 def rank_order(segment: int, segments: int, stage_layers: list[range], stage: int, microbatches: int,
                scan: bool = False) -> list[Task]:
     """The tasks rank (segment, stage) runs, in the order it runs them (backward: reversed)."""
-    ticks = task_ticks(segments, stage_layers, microbatches, scan)
+    return list(_rank_order(segment, segments, tuple(stage_layers), stage, microbatches, scan))
+
+
+@functools.lru_cache(maxsize=64)   # a run builds an executor per distinct step length (Plan.for_length)
+def _rank_order(segment, segments, stage_layers, stage, microbatches, scan) -> tuple:
+    ticks = task_ticks(segments, list(stage_layers), microbatches, scan)
     mine = [(tick, task) for (s, task), tick in ticks.items() if s == segment and task.layer in stage_layers[stage]]
-    return [task for _, task in sorted(mine)]
+    return tuple(task for _, task in sorted(mine))
 
 
 def bubble(segments: int, stage_layers: list[range], microbatches: int, scan: bool = False) -> float:
