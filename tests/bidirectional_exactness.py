@@ -1,5 +1,7 @@
 """Bidirectional layers on rows of different lengths: one step on a grid against references that
-never see the padding, on every rank (used by tests/mpi/test_bidirectional_exact.py).
+never see the padding, on every rank (used by tests/mpi/test_bidirectional_exact.py and
+tests/mpi8/test_bidirectional_composed.py), sequence parallelism included; and the check that a
+mutated reverse chain fails it.
 
 The references:
 - rnn, lstm, gru: PyTorch's own stacked nn.RNN / nn.LSTM / nn.GRU(bidirectional=True) over
@@ -47,11 +49,6 @@ def make_bidirectional_model(cell, task, layers, dtype=torch.float64):
                            features=None if tokens else FEATURES, outputs=TARGETS if task == "regress" else CLASSES,
                            bidirectional=True)
     return model.to(device=TEST_DEVICE, dtype=dtype)
-
-
-def supported(grid_shape) -> bool:
-    """The grids bidirectional layers run on: every one (time chunks are what is refused)."""
-    return True
 
 
 def reference(cell, task, layers):
@@ -155,11 +152,11 @@ def on_grid(cell, task, layers, grid_shape, microbatches=0):
 
 
 def check_bidirectional(cell, task, layers=2, microbatches=0, grid_list=None):
-    """Every supported grid of this world size equals the reference; returns the grids checked."""
+    """Every grid of this world size equals the reference; returns the grids checked."""
     expected_loss, expected_grads = reference(cell, task, layers)
     tolerance = TOLERANCE[torch.float64]
     checked = []
-    for grid_shape in grid_list or [g for g in grids(layers) if supported(g)]:
+    for grid_shape in grid_list or grids(layers):
         if grid_shape[0] > ROWS or microbatches > ROWS // grid_shape[0]:
             continue
         loss, grads, plan = on_grid(cell, task, layers, grid_shape, microbatches)
