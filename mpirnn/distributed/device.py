@@ -59,9 +59,23 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
+def flush_denormals() -> None:
+    """Compute subnormal floats as zero on this CPU (x86's flush-to-zero and denormals-are-zero).
+
+    A gradient that enters a recurrent layer at few time steps (a classifier's loss at each row's
+    last step) shrinks step by step backward until it is subnormal, and x86 CPUs compute
+    subnormal numbers 10-100x slower. Measured on an Intel Xeon (one thread): fwd+bwd of a 2x256
+    nn.LSTM over 32 rows x 256 steps took 7.06 s with the gradient at the last step only, against
+    0.48 s with flushing, the time of a gradient at every step. Only magnitudes below float32's
+    1.2e-38 (float64's 2.2e-308) change, so no loss or gradient does at any precision that shows.
+    """
+    torch.set_flush_denormal(True)
+
+
 def bind(requested: str, threads: int, local_rank: int, local_size: int) -> torch.device:
     """Pin this rank to its device and set its torch thread count; returns the device."""
     torch.set_num_threads(threads or cores_per_rank(local_size))
+    flush_denormals()
     device = choose_device(requested, local_rank)
     if device.type == "cpu":
         keep_freed_memory()

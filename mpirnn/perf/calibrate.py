@@ -175,8 +175,11 @@ def worker(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.worker == "compute":
         import torch
+
+        from mpirnn.distributed.device import flush_denormals
         from mpirnn.perf.compute_bench import measure
         torch.set_num_threads(1)
+        flush_denormals()   # as training does
         result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
                          hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None,
                          precision=args.precision)

@@ -76,6 +76,7 @@ def run_worker(spec: dict) -> dict | None:
 
     from mpirnn.config import Config
     from mpirnn.data.labelled_targets import LabelledTargets
+    from mpirnn.distributed.device import flush_denormals
     from mpirnn.distributed.mesh import Comms
     from mpirnn.grid import Grid
     from mpirnn.models import build_model
@@ -84,6 +85,7 @@ def run_worker(spec: dict) -> dict | None:
     from mpirnn.parallel.step import StepRunner
 
     torch.set_num_threads(1)
+    flush_denormals()   # as training does (a classifier's backward would crawl through subnormals)
     world = MPI.COMM_WORLD
     s = shape(spec["tiny"])
     comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"]), world)

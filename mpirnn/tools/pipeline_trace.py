@@ -85,7 +85,7 @@ def run(args) -> int:
     import torch
     from mpi4py import MPI
 
-    from mpirnn.distributed.device import choose_device
+    from mpirnn.distributed.device import choose_device, flush_denormals
     from mpirnn.distributed.mesh import Comms
     from mpirnn.distributed.trace import Tracer
     from mpirnn.grid import Grid
@@ -93,6 +93,7 @@ def run(args) -> int:
 
     world = MPI.COMM_WORLD
     torch.set_num_threads(1)
+    flush_denormals()   # as training does (a classifier's backward would crawl through subnormals)
     pp = args.pp or world.size
     comms = Comms.create(Grid(world.size, dp=world.size // pp, pp=pp), world)
     comms.timer.tracer = Tracer(comms.rank, enabled=True)

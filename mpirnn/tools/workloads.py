@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpirnn.config import Config
-from mpirnn.distributed.device import choose_device
+from mpirnn.distributed.device import choose_device, flush_denormals
 from mpirnn.models import build_model
 from mpirnn.grid import Grid
 from mpirnn.tools.shapes import shape_of
@@ -251,6 +251,7 @@ def run_spec(spec: dict, world) -> dict | None:
     """Warm-up and timed steps of one spec on the MPI communicator `world`; the summary on rank 0 (None elsewhere)."""
     from mpirnn.distributed.mesh import Comms
     torch.set_num_threads(spec["threads"])
+    flush_denormals()   # as training does (a classifier's backward would crawl through subnormals)
     comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"], pp=spec.get("pp", 1), tp=spec.get("tp", 1)),
                          world)
     device = choose_device(spec["device"], comms.local_rank)
