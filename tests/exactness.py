@@ -8,12 +8,11 @@ Used by tests/mpi/test_exact_step.py (-n 1..4) and tests/mpi8/test_composed.py (
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from mpi4py import MPI
 
-from mpirnn.data.horizon import windows_of_targets
+from mpirnn.data.horizon import HorizonTargets, targets_per_window
 from mpirnn.distributed.mesh import Comms
 from mpirnn.models.dropout import DropoutKey
 from mpirnn.models.model import RecurrentModel
@@ -51,22 +50,24 @@ def make_model(cell, dtype, layers, tokens=True, predicts=None):
 
 
 def make_batch(dtype, tokens=True, steps=STEPS, horizon=1):
-    """(inputs, targets); with `horizon` > 1 the targets are [rows, steps, H, F] (NaN past the window)."""
+    """(inputs, targets); with `horizon` > 1 the targets are a HorizonTargets (mpirnn/data/horizon.py)."""
     generator = torch.Generator().manual_seed(99)
     if tokens:
         data = torch.randint(0, VOCAB, (ROWS, steps + 1), generator=generator)
     else:
         data = torch.randn(ROWS, steps + 1, FEATURES, generator=generator, dtype=dtype)
-    if horizon > 1:
-        ahead = np.stack([windows_of_targets(row, horizon) for row in data.numpy()])
-        return data[:, :-1].to(TEST_DEVICE), torch.from_numpy(ahead).to(dtype=dtype, device=TEST_DEVICE)
     data = data.to(TEST_DEVICE)
+    if horizon > 1:   # the window's next steps; the executor cuts them per unit
+        return data[:, :-1], HorizonTargets(data[:, 1:], 0, steps, steps, horizon)
     return data[:, :-1], data[:, 1:]
 
 
 def present(targets) -> float:
-    """The loss's divisor: every target value there is (not those past the window)."""
-    return float(targets.numel() if not targets.is_floating_point() else torch.isfinite(targets).sum())
+    """The loss's divisor: every scored term of the batch."""
+    if isinstance(targets, HorizonTargets):
+        rows, _, features = targets.values.shape
+        return float(rows * targets_per_window(targets.seq_len, targets.horizon) * features)
+    return float(targets.numel())
 
 
 def initial_state(model, dtype, random, layers=None):

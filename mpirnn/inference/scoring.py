@@ -146,8 +146,8 @@ class SplitScorer:
 
         def observe(outputs, targets):
             # The point forecast of the next step (the median where the head predicts quantiles).
-            targets = targets[..., 0, :] if targets.dim() == 4 else targets
-            predicted = self.model.predicts.next_step(self.model.head(outputs))
+            targets = targets if isinstance(targets, torch.Tensor) else targets.next_values()
+            predicted = self.model.predicts.next_point(self.model.head, outputs)
             error = (predicted.double() - targets.double()) * scale.to(outputs.device)
             flat = error.reshape(-1, F)
             totals[1:1 + F] += flat.square().sum(0).cpu().numpy()

@@ -176,13 +176,14 @@ class RecurrentModel(nn.Module):
     def loss_sum(self, outputs: torch.Tensor, targets) -> torch.Tensor:
         """Summed (not averaged) loss, so segments and rows add up to the serial total.
 
-        `targets`: the next steps (a tensor), or a labelled task's LabelledTargets."""
+        `targets`: the next steps (a tensor; a HorizonTargets with train.horizon > 1), or a
+        labelled task's LabelledTargets."""
+        if self.predicts is not None:   # a next-step series head: one step or more, values or quantiles
+            return self.predicts.loss_sum(self.head, outputs, targets)
         if not isinstance(targets, torch.Tensor):
             return labelled_loss_sum(self.head, outputs, targets, self.hidden if self.bidirectional else None)
         prediction = self.head(outputs)
-        if self.vocab_size:
-            return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
-        return self.predicts.loss_sum(prediction, targets)
+        return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
 
     def forward(self, inputs: torch.Tensor, targets, state: torch.Tensor | None = None,
                 noise: DropoutKey | None = None, lengths=None):

@@ -5,11 +5,12 @@ and for each either one value (loss "mse") or one value per quantile (loss "quan
 pinball loss). Its outputs are laid out [H, F, Q] (step ahead, feature, quantile) and flattened,
 so horizon 1 with one value is the plain next-step head of width F.
 
-Targets are [..., F] (horizon 1) or [..., H, F] with NaN where the step lies past the end of
-the window (mpirnn/data/horizon.py): those terms are left out. The loss is a sum over the
-present targets (and, for quantiles, a mean over the quantiles), divided by the caller by the
-global count of present targets, so the units of any grid add up to the serial loss exactly.
-Pure; exercised by:
+With H > 1 the targets are a HorizonTargets (mpirnn/data/horizon.py): every step is scored on
+its next step, and the forecast origins (every H-th step back from the window's end) also on
+their steps 2 .. H ahead. So only the first F x Q rows of the head run at every step, and the
+whole head at the origins only. The loss is a sum over the scored terms (for quantiles, a mean
+over the quantiles), divided by the caller by the global count of terms, so the units of any
+grid add up to the serial loss exactly. Pure; exercised by:
     python -m pytest -q tests/test_series_head.py
 """
 
@@ -45,29 +46,37 @@ class SeriesOutputs:
             return self.quantiles.index(0.5)
         return len(self.quantiles) // 2
 
-    def shaped(self, prediction: torch.Tensor) -> torch.Tensor:
-        """[..., width] -> [..., H, F, Q]."""
-        return prediction.reshape(*prediction.shape[:-1], self.horizon, self.features, self.per_value)
+    def shaped(self, prediction: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """[..., steps x F x Q] -> [..., steps, F, Q] (steps: the horizon unless given)."""
+        return prediction.reshape(*prediction.shape[:-1], steps or self.horizon, self.features, self.per_value)
 
-    def point(self, prediction: torch.Tensor) -> torch.Tensor:
-        """The point forecast of every step ahead [..., H, F]."""
-        return self.shaped(prediction)[..., self.point_index]
+    def first_step(self, head, outputs: torch.Tensor) -> torch.Tensor:
+        """The head's outputs for the next step only [..., 1, F, Q]: its first F x Q rows."""
+        if self.horizon == 1:
+            return self.shaped(head(outputs))
+        rows = self.features * self.per_value
+        return self.shaped(F.linear(outputs, head.weight[:rows], head.bias[:rows]), 1)
 
-    def next_step(self, prediction: torch.Tensor) -> torch.Tensor:
-        """The point forecast of the next step [..., F] (what evaluation's RMSE scores)."""
-        return self.point(prediction)[..., 0, :]
+    def next_point(self, head, outputs: torch.Tensor) -> torch.Tensor:
+        """The point forecast of the next step [..., F] (the median where there are quantiles)."""
+        return self.first_step(head, outputs)[..., 0, :, self.point_index]
 
-    def loss_sum(self, prediction: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Summed squared error, or pinball loss averaged over the quantiles, over present targets."""
-        if self.horizon == 1 and not self.quantiles:   # the plain next-step head: every target is present
-            return F.mse_loss(prediction, targets, reduction="sum")
-        if self.horizon == 1 and targets.dim() == prediction.dim():
-            targets = targets.unsqueeze(-2)              # [..., F] -> [..., 1, F]
-        present = torch.isfinite(targets)
-        targets = torch.where(present, targets, torch.zeros((), dtype=targets.dtype, device=targets.device))
-        values = self.shaped(prediction).to(targets.dtype)   # no-op unless the head ran in bf16
-        # Absent targets contribute 0 and no gradient: their difference is replaced, not scaled.
-        diff = torch.where(present.unsqueeze(-1), targets.unsqueeze(-1) - values, torch.zeros_like(values))
+    def loss_sum(self, head, outputs: torch.Tensor, targets) -> torch.Tensor:
+        """Summed squared error, or pinball loss averaged over the quantiles, of a unit's top
+        `outputs` [b, n, hidden]: targets [b, n, F] (H = 1) or a HorizonTargets."""
+        if isinstance(targets, torch.Tensor):
+            if not self.quantiles:       # the plain next-step head
+                return F.mse_loss(head(outputs), targets, reduction="sum")
+            return self.terms(self.shaped(head(outputs)), targets.unsqueeze(-2))
+        total = self.terms(self.first_step(head, outputs), targets.next_values().unsqueeze(-2))
+        where, ahead = targets.origins()
+        if where.numel():
+            total = total + self.terms(self.shaped(head(outputs[:, where]))[..., 1:, :, :], ahead)
+        return total
+
+    def terms(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The summed loss of predictions [..., S, F, Q] against targets [..., S, F]."""
+        diff = targets.unsqueeze(-1) - values.to(targets.dtype)   # .to: a no-op unless the head ran in bf16
         if not self.quantiles:
             return diff.square().sum()
         return pinball(diff, self.quantiles).sum() / len(self.quantiles)
