@@ -117,3 +117,24 @@ def test_the_model_head_is_as_wide_as_its_outputs():
     cfg = load_config(None, ['train.loss="quantile"', "train.horizon=4", "model.hidden=8", "model.layers=1"])
     assert build_model(cfg, features=3).head.out_features == 4 * 3 * 3
     assert build_model(load_config(None, []), features=3).head.out_features == 3
+
+
+def test_tokens_and_labelled_tasks_refuse_the_series_settings():
+    from types import SimpleNamespace
+
+    from mpirnn.errors import ConfigError
+    from mpirnn.training.tasks import check_objective
+
+    def manifest(tokens, task="next"):
+        return SimpleNamespace(is_tokens=tokens, root="data/x",
+                               task_spec=SimpleNamespace(labelled=task != "next", task=task))
+
+    quantile = load_config(None, ['train.loss="quantile"'])
+    with pytest.raises(ConfigError, match=r"train.loss = 'quantile' applies to next-step series models and "
+                                          r"data/x holds tokens: leave train.loss = \"auto\""):
+        check_objective(quantile, manifest(True))
+    with pytest.raises(ConfigError, match="train.horizon = 3 applies to next-step series models and data/x "
+                                          "holds task 'classify'"):
+        check_objective(load_config(None, ["train.horizon=3"]), manifest(False, "classify"))
+    check_objective(quantile, manifest(False))                                       # a series: fine
+    check_objective(load_config(None, ['train.loss="mse"']), manifest(False, "regress"))   # its own loss
