@@ -106,7 +106,7 @@ def read_block(reader: Reader, windows, seq_len: int, segment: tuple[int, int], 
 def read_apart(reader: Reader, windows, seq_len: int, segment: tuple[int, int], reads_inputs: bool,
                reads_targets: bool, inputs: ModelInputs | None, horizon: int, dtype, device):
     """(inputs, targets) read apart: where the inputs are wider than the targets (lags, calendar),
-    or the targets reach past the segment (train.horizon > 1: [B, n, H, F], mpirnn/data/horizon.py)."""
+    or the targets reach past the segment (train.horizon > 1: a HorizonTargets, mpirnn/data/horizon.py)."""
     read = None
     if reads_inputs and inputs is not None and inputs.widens:
         read = read_inputs(reader, windows, seq_len, segment, inputs, dtype).to(device)

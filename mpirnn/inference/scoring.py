@@ -132,7 +132,7 @@ class SplitScorer:
                 score.predictions = tally.gather(self.comms.world) if self.keep else None
             return score
         per_value = self.cfg.data.seq_len * sequences   # one-step predictions (RMSE, MAE)
-        # Every loss term: with train.horizon > 1, each step's present targets ahead (mpirnn/data/horizon.py).
+        # Every loss term: with train.horizon > 1 also the origins' steps ahead (mpirnn/data/horizon.py).
         elements = self.loader.targets_per_window * sequences * (self.features or 1)
         score = Score(totals[0] / elements, elements, sequences)
         if self.features:
