@@ -1,5 +1,7 @@
 """Bidirectional layers on rows of different lengths: one step on a grid against references that
-never see the padding, on every rank (used by tests/mpi/test_bidirectional_exact.py).
+never see the padding, on every rank (used by tests/mpi/test_bidirectional_exact.py and
+tests/mpi8/test_bidirectional_composed.py), sequence parallelism included; and the check that a
+mutated reverse chain fails it.
 
 The references:
 - rnn, lstm, gru: PyTorch's own stacked nn.RNN / nn.LSTM / nn.GRU(bidirectional=True) over
@@ -47,11 +49,6 @@ def make_bidirectional_model(cell, task, layers, dtype=torch.float64):
                            features=None if tokens else FEATURES, outputs=TARGETS if task == "regress" else CLASSES,
                            bidirectional=True)
     return model.to(device=TEST_DEVICE, dtype=dtype)
-
-
-def supported(grid_shape) -> bool:
-    """The grids bidirectional layers run on (the others are refused before compute)."""
-    return grid_shape[1] == 1
 
 
 def reference(cell, task, layers):
@@ -155,11 +152,11 @@ def on_grid(cell, task, layers, grid_shape, microbatches=0):
 
 
 def check_bidirectional(cell, task, layers=2, microbatches=0, grid_list=None):
-    """Every supported grid of this world size equals the reference; returns the grids checked."""
+    """Every grid of this world size equals the reference; returns the grids checked."""
     expected_loss, expected_grads = reference(cell, task, layers)
     tolerance = TOLERANCE[torch.float64]
     checked = []
-    for grid_shape in grid_list or [g for g in grids(layers) if supported(g)]:
+    for grid_shape in grid_list or grids(layers):
         if grid_shape[0] > ROWS or microbatches > ROWS // grid_shape[0]:
             continue
         loss, grads, plan = on_grid(cell, task, layers, grid_shape, microbatches)
@@ -174,13 +171,22 @@ def check_bidirectional(cell, task, layers=2, microbatches=0, grid_list=None):
 
 
 def check_refused(cell, layers=2):
-    """Every grid of this world size that bidirectional layers do not support is refused by the
+    """Time chunks with bidirectional layers are refused on every grid of this world size by the
     plan, with one line naming model.bidirectional, before anything runs."""
-    refused = [g for g in grids(layers) if not supported(g)]
+    refused = grids(layers)
     for dp, sp, pp, tp in refused:
         grid = Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp)
         with pytest.raises(ConfigError, match="model.bidirectional") as caught:
             make_plan(grid, grid.coords(world.rank), batch_size=ROWS, seq_len=STEPS, layers=layers, cell=cell,
-                      hidden=HIDDEN, bidirectional=True)
+                      hidden=HIDDEN, bidirectional=True, chunks=2)
         assert "\n" not in str(caught.value)
     return refused
+
+
+def check_mutation_fails(cell, task, grid_shape, layers=2):
+    """Under a mutation of the reverse chain (the caller's monkeypatch), the step must NOT equal the
+    reference: the loss (summed over the world, so the same on every rank) differs on every rank."""
+    expected_loss, _ = reference(cell, task, layers)
+    loss, _, _ = on_grid(cell, task, layers, grid_shape)
+    assert abs(loss - expected_loss) > 1e-6 * abs(expected_loss), \
+        f"rank {world.rank}, {grid_shape}, {cell} {task}: a mutated reverse chain still matched the reference"

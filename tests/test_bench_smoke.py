@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(240)
 def test_tiny_bench_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "mpirnn.bench", "--tiny", "--steps", "1", "--warmup", "1",
-                           "--device", "cpu", "--out", str(out)],
+                           "--device", "cpu", "--bf16", "on", "--out", str(out)],
                           capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
@@ -37,7 +37,7 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert set(report["meta"]["ddp_ratio"]) == {"W1", "dp"} and "mpirnn dp=2 / PyTorch DDP" in done.stdout
     # The model predicted every timed mpirnn row with one thread per rank (a quick calibration made first).
     timed = [r for r in rows if r["median_step_s"] and not r["config"].startswith(("plain", "PyTorch"))
-             and "logcumsumexp" not in r["config"]]
+             and "logcumsumexp" not in r["config"] and r["precision"] == "float32"]
     assert timed and all(r["predicted_step_s"] and r["predicted_step_s"] > 0 for r in timed), timed
     assert report["meta"]["calibration"] and "performance model:" in done.stdout
     assert any(r["workload"] == "W1" and r["config"].startswith("sp=2") and r["exact"] for r in rows)
@@ -49,6 +49,16 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert sum(r["workload"] == "W3" and r["config"].startswith("1 rank,") for r in rows) >= 2
     assert {r["workload"] for r in rows if r["config"].startswith("plain")} == {"W1", "W3"}
     assert "| W1 |" in done.stdout  # the markdown table
+    # bf16 rows (emulated where the CPU has no native bf16) beside float32 on W1, W3, W4, W5: each grid
+    # within the bf16 bound of the serial bf16 run, speedups against the float32 1-rank baseline.
+    bf16 = [r for r in rows if r["precision"] == "bf16"]
+    assert {r["workload"] for r in bf16} == {"W1", "W3", "W4", "W5"}
+    assert all(r["exact"] is True and r["rtol"] == 6e-2 and not r["baseline"] for r in bf16), bf16
+    # Predicted from a bf16 calibration where bf16 is native; where it is emulated, training refuses it.
+    from mpirnn.host import native_bf16
+    assert all((r["predicted_step_s"] is not None) == bool(native_bf16()) for r in bf16 if r["median_step_s"]), bf16
+    assert bool(report["meta"]["calibration_bf16"]) == bool(native_bf16())
+    assert all(r["precision"] == "float32" for r in rows if r["baseline"])
 
 
 def test_unknown_workload_refused():
@@ -83,11 +93,22 @@ def test_a_failed_teardown_after_every_ddp_run_keeps_the_results(tmp_path, ddp, 
 def test_tiny_variable_length_bench_end_to_end(tmp_path):
     # W7 (mpirnn/tools/bench_lengths.py): every row ran, dp=2 and sp=2 gave the 1-rank losses, and
     # bucketing computed less padding than drawing rows at random.
+    # The performance model's column from a toy calibration: a fused time step costs 1e-4 s per row.
+    from test_perf_model import toy_calibration
+    calibration = tmp_path / "toy.json"
+    calibration.write_text(json.dumps(toy_calibration(step_per_row_s=1e-4)))
     out = tmp_path / "w7.json"
     done = subprocess.run([sys.executable, "-m", "mpirnn.tools.bench_lengths", "--tiny", "--steps", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=230)
+                           "--calibration", str(calibration), "--out", str(out)],
+                          capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     assert len(report["runs"]) == 4 and "| NO |" not in report["table"], report["table"]
     assert report["table"].count("| yes |") == 2, report["table"]
     assert report["padding_bucketed"] < report["padding_unbucketed"]
+    # Each step predicted at its batch's longest row per valid element: 2 layers x 1e-4 s x rows x steps
+    # (one microbatch at 1 rank), so padding raises the prediction per valid element above the toy cost.
+    serial = report["runs"][0]
+    floor = 1000 * 2 * 1e-4   # s per 1000 valid elements with no padding at all
+    assert serial["predicted_s_per_1000_elements"] >= floor * 0.999
+    assert all(r["predicted_s_per_1000_elements"] > 0 for r in report["runs"])

@@ -77,12 +77,38 @@ def test_stateful_is_refused():
         load_config(None, ["model.bidirectional=true", "train.stateful=true"])
 
 
-@pytest.mark.parametrize("axes, words", [(dict(sp=2), "parallel.sp = 2"), (dict(sp=2, dp=2), "parallel.sp = 2")])
-def test_sequence_parallelism_is_refused(axes, words):
+@pytest.mark.parametrize("axes, microbatches", [(dict(sp=2), 1), (dict(sp=2, dp=2), 1), (dict(sp=3), 4),
+                                                (dict(sp=2, pp=2), 4)])
+def test_sequence_parallelism_runs_one_chunk_per_segment(axes, microbatches):
+    # Microbatches fill the middle segments' wait (sp > 2) and the stages; two segments swap halves without them.
     grid = Grid(int(np.prod(list(axes.values()))), **axes)
-    with pytest.raises(ConfigError, match=words) as caught:
-        make_plan(grid, grid.coords(0), batch_size=4, seq_len=8, layers=2, cell="lstm", hidden=4, bidirectional=True)
-    assert "\n" not in str(caught.value)
+    plan = make_plan(grid, grid.coords(0), batch_size=32, seq_len=64, layers=2, cell="lstm", hidden=4,
+                     bidirectional=True)
+    assert plan.chunks == 1 and plan.mode == "chain" and plan.microbatches == microbatches
+    plan = make_plan(grid, grid.coords(0), batch_size=32, seq_len=64, layers=2, cell="mingru", hidden=4,
+                     bidirectional=True)
+    assert plan.chunks == 1 and plan.mode == "scan" and plan.microbatches == (4 if grid.pp > 1 else 1)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_one_direction_at_a_time_equals_the_packed_bidirectional_module(cell):
+    """Each direction run on its own (what sequence parallelism does), and the reverse one cut into two
+    segments with its state carried from the later one, equals PyTorch's packed bidirectional layer."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    from mpirnn.models.bidirectional import run_direction
+    torch.manual_seed(0)
+    layer = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        3, 4, batch_first=True, bidirectional=True).double()
+    x, lengths = torch.randn(5, 7, 3, dtype=torch.float64), torch.tensor([7, 3, 1, 5, 7])
+    out, _ = layer(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=7)
+    zero = torch.zeros(2 if cell == "lstm" else 1, 5, 4, dtype=torch.float64)
+    forward, _ = run_direction(layer, cell, x, zero, reverse=False)
+    valid = (torch.arange(7)[None] < lengths[:, None])[..., None]
+    torch.testing.assert_close(forward * valid, out[..., :4], rtol=1e-12, atol=1e-12)
+    late, carried = run_direction(layer, cell, x[:, 3:], zero, True, (lengths - 3).clamp(0, 4))
+    early, _ = run_direction(layer, cell, x[:, :3], carried, True, lengths.clamp(0, 3))
+    torch.testing.assert_close(torch.cat([early, late], 1), out[..., 4:], rtol=1e-12, atol=1e-12)
 
 
 def test_chunks_are_refused_and_stages_overlap_by_microbatches():

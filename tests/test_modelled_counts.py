@@ -96,3 +96,28 @@ def test_hand_set_counts_are_kept_and_a_missing_file_is_a_config_error(tmp_path)
     cfg = load_config(None, [f"parallel.calibration={tmp_path / 'none.json'}", "parallel.sp=2"])
     with pytest.raises(ConfigError, match="parallel.calibration"):
         modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
+
+
+def test_calibrations_are_found_by_the_precision_they_measured(tmp_path, monkeypatch):
+    """A bf16 run plans with a calibration measured in bf16, a float32 run with a float32 one; each
+    is named apart (docs/precision.md, "The performance model")."""
+    monkeypatch.setenv(calibration_file.USER_DIR_VARIABLE, str(tmp_path))
+    for precision, date in (("float32", "2026-01-01"), ("bf16", "2026-01-02")):
+        data = toy_calibration(step_per_row_s=1e-4)
+        data["host"] = {**data.get("host", {}), "cpu": "Test CPU", "device": "cpu", "precision": precision,
+                        "date": date}
+        (tmp_path / f"{precision}.json").write_text(json.dumps(data))
+    assert calibration_file.find_for_host("Test CPU").name == "float32.json"
+    assert calibration_file.find_for_host("Test CPU", precision="bf16").name == "bf16.json"
+    assert calibration_file.find_for_host("Test CPU", precision="fp16") is None
+    assert "-bf16-" in calibration_file.default_path("Test CPU", precision="bf16").name
+    assert "bf16" not in calibration_file.default_path("Test CPU").name
+
+
+def test_a_bf16_run_without_a_bf16_calibration_takes_the_rules_and_says_how_to_measure_one(monkeypatch):
+    asked = []
+    monkeypatch.setattr(calibration_file, "find_for_host", lambda cpu, cell, hidden, precision: asked.append(precision))
+    cfg = load_config(None, ["parallel.sp=2", "train.device=cpu", "train.precision=bf16"])
+    m, c, chooser = modelled_counts(cfg, Grid(2, dp=1, sp=2), 256, None)
+    assert asked == ["bf16"] and (m, c) == (0, 0)
+    assert "no bf16 calibration of this CPU" in chooser and "--calibrate --precision bf16" in chooser

@@ -178,6 +178,15 @@ def allreduce_sum(comm: MPI.Comm, tensor: torch.Tensor, timer=None) -> torch.Ten
     return summed
 
 
+def reduce_sum(comm: MPI.Comm, tensor: torch.Tensor, root: int = 0, timer=None) -> torch.Tensor:
+    """The elementwise sum over the ranks of `comm`, on `root` (a new tensor on tensor's device;
+    zeros elsewhere)."""
+    mine = _on_host(tensor)
+    summed = torch.zeros_like(mine)
+    _timed(timer, comm.Reduce, host_view(mine), host_view(summed), MPI.SUM, root)
+    return summed.to(tensor.device)
+
+
 def broadcast_(comm: MPI.Comm, tensor: torch.Tensor, root: int = 0) -> None:
     """Overwrite `tensor` on every rank with root's (in place, any device)."""
     host = _on_host(tensor)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mpirnn.models.bidirectional import DIRECTIONS, BidirectionalLinearCell, run_fused
+from mpirnn.models.bidirectional import DIRECTIONS, BidirectionalLinearCell, run_direction, run_fused
 from mpirnn.models.dropout import DropoutKey
 from mpirnn.models.linear_cells import MinGRU, MinLSTM, log_state
 from mpirnn.models.objectives import labelled_loss_sum
@@ -119,6 +119,16 @@ class RecurrentModel(nn.Module):
             return out, torch.cat([h, c])
         out, h = layer(x, state.contiguous())
         return out, h
+
+    def run_direction(self, index: int, x: torch.Tensor, state: torch.Tensor, reverse: bool,
+                      lengths: torch.Tensor | None = None):
+        """One direction of bidirectional rnn / lstm / gru layer `index` over x from that direction's
+        state [parts, B, H] (mpirnn/models/bidirectional.py `run_direction`; a tensor-parallel slice
+        runs its own); returns (that direction's outputs [B, T, H], its final state)."""
+        layer = self.layers[index]
+        if hasattr(layer, "run_direction"):
+            return layer.run_direction(x, state, reverse, lengths)
+        return run_direction(layer, self.cell, x, state, reverse, lengths)
 
     def layer_input(self, index: int, x: torch.Tensor, noise: DropoutKey | None) -> torch.Tensor:
         """What layer `index` reads: `x`, with dropout in training above the first layer

@@ -16,9 +16,11 @@ tests/mpi/test_labelled_exact.py).
 
 Bidirectional layers (outputs [forward; reverse]): a sequence's one prediction (classify,
 regress) reads both directions' ends, as PyTorch's h_n gives them: the forward half at the
-row's last valid step and the reverse half at step 0 (where the reverse direction ends). Such a
-unit always covers whole sequences (sequence parallelism and time chunks are refused with
-bidirectional layers, mpirnn/parallel/plan.py). `tag` reads [forward; reverse] at every valid step.
+row's last valid step and the reverse half at step 0 (where the reverse direction ends). A unit
+covers whole sequences (time chunks are refused with bidirectional layers); under sequence
+parallelism the two ends lie on different segments' ranks, which bring them together on
+segment 0 first (`ends_loss_sum`, mpirnn/parallel/bidirectional_wavefront.py). `tag` reads
+[forward; reverse] at every valid step.
 """
 
 from __future__ import annotations
@@ -49,3 +51,25 @@ def labelled_loss_sum(head, outputs, targets, reverse_from: int | None = None):
         return F.mse_loss(prediction, labels.to(prediction.dtype), reduction="sum")
     weights = None if targets.weights is None else targets.weights.to(prediction.dtype)
     return F.cross_entropy(prediction, labels, weight=weights, reduction="sum")
+
+
+def partial_ends(outputs, targets, reverse_from: int) -> torch.Tensor:
+    """A segment's share of its rows' [forward; reverse] ends [b, 2H] from its top outputs [b, width, 2H]
+    (sequence parallelism, bidirectional): the forward half of the rows whose last valid step lies
+    in it, the reverse half where it holds step 0, zeros elsewhere; summed over the segments they
+    are every row's ends."""
+    ends = outputs.new_zeros(outputs.shape[0], outputs.shape[2])
+    rows, last = targets.scored(outputs.shape[1])[0]
+    ends[rows, :reverse_from] = outputs[rows, last, :reverse_from]
+    if targets.t0 == 0:
+        ends[:, reverse_from:] = outputs[:, 0, reverse_from:]
+    return ends
+
+
+def ends_loss_sum(head, ends, targets):
+    """The summed loss of every row of a sequence task from its ends [b, 2H] (`partial_ends`, summed)."""
+    prediction = head(ends)
+    if targets.task == "regress":
+        return F.mse_loss(prediction, targets.labels.to(prediction.dtype), reduction="sum")
+    weights = None if targets.weights is None else targets.weights.to(prediction.dtype)
+    return F.cross_entropy(prediction, targets.labels, weight=weights, reduction="sum")

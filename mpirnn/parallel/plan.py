@@ -13,8 +13,9 @@ of the stack and hidden units [k*H/K, (k+1)*H/K) of each of those layers. It cut
 - "scan": linear cells with sp > 1. Every segment runs at once and the ranks of a stage
   exchange affine summaries per layer (mpirnn/parallel/linear_scan.py); C is 1.
 
-Bidirectional layers run in "chain" mode with sp = 1 and one chunk (`check_bidirectional`;
-docs/parallelism.md, "Bidirectional layers").
+Bidirectional layers run one chunk per segment (`check_bidirectional`); with sp > 1 their two
+directions are two opposite chains ("chain") or two cross-rank scans ("scan") per layer
+(mpirnn/parallel/bidirectional_wavefront.py; docs/parallelism.md, "Bidirectional layers").
 """
 
 from __future__ import annotations
@@ -127,18 +128,19 @@ def bubble(sp: int, pp: int, microbatches: int, chunks: int, mode: str = "chain"
     return lag / (units + lag)
 
 
-def check_bidirectional(grid: Grid, chunks: int) -> None:
-    """What bidirectional layers cannot run exactly yet, refused before any compute
+def check_bidirectional(grid: Grid, chunks: int, microbatches: int = 0, stage_layers: int = 1) -> None:
+    """What bidirectional layers cannot run exactly, refused before any compute
     (docs/parallelism.md, "Bidirectional layers")."""
-    if grid.sp > 1:
-        raise ConfigError(
-            f"parallel.sp = {grid.sp} with model.bidirectional = true: the reverse direction's states would have to flow "
-            f"from segment s+1 back to segment s, which is not built yet; use parallel.sp = 1 (dp, pp and tp work)")
     if chunks > 1:
         raise ConfigError(
             f"parallel.chunks = {chunks} with model.bidirectional = true: a bidirectional stage hands a chunk on only "
             f"once both directions covered it, which is the whole sequence; use parallel.chunks = 0 (one chunk) and "
             f"parallel.microbatches to overlap pipeline stages")
+    if grid.sp > 1 and 2 * microbatches * stage_layers > MAX_UNITS:
+        raise ConfigError(
+            f"parallel.microbatches x layers per pipeline stage = {microbatches} x {stage_layers} with "
+            f"model.bidirectional = true: at most {MAX_UNITS // 2} boundary states per direction and step are "
+            f"supported under parallel.sp > 1 (MPI message tags); use fewer microbatches")
 
 
 def nearest_divisible(value: int, divisor: int) -> list[int]:
@@ -249,18 +251,21 @@ def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers
     if bidirectional:
         check_bidirectional(grid, chunks)
     mode = mode_of(cell, grid.sp)
-    # Bidirectional stages run whole segments, one chunk each, as the scan mode does: only
-    # microbatches overlap their stages.
-    overlap = "scan" if bidirectional else mode
+    # Bidirectional stages run whole segments, one chunk each, as the scan mode does: microbatches
+    # overlap their stages, and the middle segments' wait for the two chains where sp > 2 (at sp = 2
+    # the chains swap halves with no idle tick: docs/parallelism.md, "Bidirectional layers").
+    overlap = mode if bidirectional and grid.sp > 2 else "scan" if bidirectional else mode
     fewest_rows = batch_size // grid.dp
     resolve_microbatches(microbatches, fewest_rows, grid.sp, grid.pp, overlap)  # refuse the same everywhere
     rows = rows_of(batch_size, grid, coords["dp"])
     m = resolve_microbatches(microbatches, rows[1] - rows[0], grid.sp, grid.pp, overlap)
     shortest_segment = seq_len // grid.sp
-    c = resolve_chunks(chunks, shortest_segment, grid.pp, m, overlap)
+    c = resolve_chunks(chunks, shortest_segment, grid.pp, m, "scan" if bidirectional else overlap)
     # With the most rows and layers any rank has, so that every rank refuses alike.
     most = resolve_microbatches(microbatches, -(-batch_size // grid.dp), grid.sp, grid.pp, overlap)
     check_state_tags(most, -(-layers // grid.pp), grid.sp, mode)
+    if bidirectional:
+        check_bidirectional(grid, c, most, -(-layers // grid.pp))
     width = (hidden or 0) // grid.tp
     return Plan(grid, dict(coords), rows, segment_of(seq_len, grid, coords["sp"]),
                 layers_of(layers, grid.pp, coords["pp"]), (coords["tp"] * width, (coords["tp"] + 1) * width),

@@ -11,8 +11,17 @@ from __future__ import annotations
 import torch
 
 from mpirnn.models.precision import FLOAT32
+from mpirnn.parallel.bidirectional_wavefront import BidirectionalWavefront
 from mpirnn.parallel.gradients import GradientReducer
 from mpirnn.parallel.wavefront import Wavefront
+
+
+def executor(model, plan, comms, precision=FLOAT32):
+    """The executor of a plan: bidirectional layers under sequence parallelism run two opposite
+    wavefronts (mpirnn/parallel/bidirectional_wavefront.py), everything else the one wavefront."""
+    if model.bidirectional and plan.grid.sp > 1:
+        return BidirectionalWavefront(model, plan, comms, precision)
+    return Wavefront(model, plan, comms, precision)
 
 
 class StepRunner:
@@ -21,7 +30,7 @@ class StepRunner:
     def __init__(self, model, plan, comms, bucket_mb: float, precision=FLOAT32):
         self.model, self.plan, self.comms = model, plan, comms
         self.precision = precision  # train.precision (mpirnn/models/precision.py)
-        self.wavefront = Wavefront(model, plan, comms, precision)
+        self.wavefront = executor(model, plan, comms, precision)
         self._by_length: dict[tuple, Wavefront] = {}   # wavefronts of shorter steps (Plan.for_length)
         self.reducer = GradientReducer(model.parameters(), comms.replicas, bucket_mb, comms.timer)
 
@@ -52,14 +61,14 @@ class StepRunner:
         loss, final = self.wavefront.evaluate(inputs, targets, state, norm, observe, lengths)
         return self._counted(loss), final
 
-    def _wavefront(self, plan) -> Wavefront:
+    def _wavefront(self, plan):
         if plan is None or (plan.segment, plan.chunks) == (self.plan.segment, self.plan.chunks):
             return self.wavefront
         key = (plan.segment, plan.chunks)
         if key not in self._by_length:
             if len(self._by_length) > 256:   # one per distinct step length; cheap to rebuild
                 self._by_length.clear()
-            self._by_length[key] = Wavefront(self.model, plan, self.comms, self.precision)
+            self._by_length[key] = executor(self.model, plan, self.comms, self.precision)
         return self._by_length[key]
 
     def _counted(self, loss):

@@ -116,10 +116,12 @@ class ShardedRecurrence(torch.autograd.Function):
 
     xw [B, T, G*h]: input products of every step; state [parts, B, h]; w_hh [G*h, H];
     b_hh [G*h] for gru (None otherwise). Returns (outputs [B, T, H], final state [parts, B, h]).
+    `active` [T, B] (bool, or None for every step of every row): a row's state is held where it
+    is False (the reverse direction of a row past its last valid step, tensor_bidirectional.py).
     """
 
     @staticmethod
-    def forward(ctx, xw, state, w_hh, b_hh, cell, group):
+    def forward(ctx, xw, state, w_hh, b_hh, cell, group, active=None):
         step, _ = STEPS[cell]
         batch, steps = xw.shape[:2]
         width = group.width * group.size
@@ -130,10 +132,11 @@ class ShardedRecurrence(torch.autograd.Function):
         saved = []
         for t in range(steps):
             extra = (b_hh, state[0]) if cell == "gru" else ()
-            state, keep = step(xw[:, t], hidden[t], state, times_w, *extra)
+            new, keep = step(xw[:, t], hidden[t], state, times_w, *extra)
+            state = new if active is None else torch.where(active[t][None, :, None], new, state)
             saved.append(keep)
             group.gather_into(state[0], hidden[t + 1])
-        ctx.cell, ctx.group, ctx.saved = cell, group, saved
+        ctx.cell, ctx.group, ctx.saved, ctx.active = cell, group, saved, active
         ctx.save_for_backward(hidden, w_hh)
         ctx.has_bias = b_hh is not None
         return hidden[1:].transpose(0, 1), state
@@ -155,6 +158,10 @@ class ShardedRecurrence(torch.autograd.Function):
             if grad_outputs is not None:
                 dstate[0] += grad_outputs[:, t, mine]
             dx, dh, direct = step_back(dstate, saved[t])
+            if ctx.active is not None:   # a held row: its state's gradient passes straight through
+                held = ~ctx.active[t][:, None]
+                dx, dh = dx.masked_fill(held, 0), dh.masked_fill(held, 0)
+                direct = torch.where(held[None], dstate, direct)
             dpre_x[:, t] = dx
             if dpre_h is not None:
                 dpre_h[t] = dh
@@ -165,7 +172,7 @@ class ShardedRecurrence(torch.autograd.Function):
         # One product for W_hh's gradient over all steps: sum_t dpre_t^T h_full_{t-1}.
         d_w_hh = products.reshape(-1, gates).t() @ hidden[:-1].reshape(-1, hidden.shape[2])
         d_b_hh = products.sum(dim=(0, 1)) if ctx.has_bias else None
-        return dpre_x, dstate, d_w_hh, d_b_hh, None, None
+        return dpre_x, dstate, d_w_hh, d_b_hh, None, None, None
 
 
 def _gate_rows(gates: int, hidden: int, group: TensorGroup) -> torch.Tensor:

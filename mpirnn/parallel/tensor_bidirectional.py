@@ -52,12 +52,29 @@ class ShardedBidirectionalLayer(nn.Module):
                 self.register_parameter(name, nn.Parameter(getattr(full, name).detach()[rows].clone()))
         self.tp_gates = gates
 
-    def _direction(self, x, state, suffix):
+    def _direction(self, x, state, suffix, active=None):
         w_ih, w_hh = getattr(self, f"weight_ih_l0{suffix}"), getattr(self, f"weight_hh_l0{suffix}")
         b_ih, b_hh = getattr(self, f"bias_ih_l0{suffix}"), getattr(self, f"bias_hh_l0{suffix}")
         if self.cell == "gru":
-            return ShardedRecurrence.apply(F.linear(x, w_ih, b_ih), state, w_hh, b_hh, self.cell, self.group)
-        return ShardedRecurrence.apply(F.linear(x, w_ih, b_ih + b_hh), state, w_hh, None, self.cell, self.group)
+            return ShardedRecurrence.apply(F.linear(x, w_ih, b_ih), state, w_hh, b_hh, self.cell, self.group, active)
+        return ShardedRecurrence.apply(F.linear(x, w_ih, b_ih + b_hh), state, w_hh, None, self.cell, self.group,
+                                       active)
+
+    def run_direction(self, x, state, reverse, lengths=None):
+        """One direction over x [B, T, D] from that direction's state slice [parts, B, h], as
+        mpirnn/models/bidirectional.py `run_direction` (sequence parallelism runs them apart): the
+        reverse direction of each row from its own last valid step (`lengths[b]` in x), a row's state
+        held past it, so the final state is the one at step 0 (the incoming one for a row with no
+        valid step here); outputs zero past a row's length."""
+        x = CopyToGroup.apply(x, self.group)
+        if not reverse:
+            return self._direction(x, state.contiguous(), "")
+        batch, steps = x.shape[:2]
+        valid = torch.full((batch,), steps, device=x.device) if lengths is None else lengths.to(x.device).clamp(0, steps)
+        index = reverse_index(valid, batch, steps, x.device)
+        active = torch.arange(steps, device=x.device)[:, None] < valid[None]   # [T, B]
+        out, final = self._direction(flip_rows(x, index), state.contiguous(), "_reverse", active)
+        return flip_rows(out * active.t().unsqueeze(-1), index), final
 
     def run(self, x, state, lengths=None):
         x = CopyToGroup.apply(x, self.group)
@@ -85,6 +102,13 @@ class ShardedBidirectionalLinearCell(nn.Module):
             setattr(self, f"linear{suffix}", piece)
         self.hidden_size = group.width
         self.tp_gates = projections
+
+    def shared_input(self, x):
+        """x as both directions read it: copied to the group once (its gradient summed once)."""
+        return CopyToGroup.apply(x, self.group)
+
+    def join(self, h):
+        return GatherHidden.apply(h, self.group)
 
     def run(self, x, state, lengths=None):
         x = CopyToGroup.apply(x, self.group)

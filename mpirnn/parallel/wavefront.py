@@ -16,9 +16,9 @@ step of its longest row inside its chunk, and none at all for a chunk that is al
 its rows (its final state is then its incoming one). The outputs past that point are zeros that
 nothing scores, so no padded step costs a recurrent step and none changes a result
 (docs/tasks.md, "Variable lengths"). The scan mode runs whole segments. Bidirectional layers
-run like the others, with each row's length in the unit (where its reverse direction starts);
-their plans have one segment and one chunk, so a unit holds whole rows (docs/parallelism.md,
-"Bidirectional layers").
+run like the others with sp = 1, with each row's length in the unit (where its reverse direction
+starts); their plans have one chunk, so a unit holds whole rows (docs/parallelism.md,
+"Bidirectional layers"). With sp > 1 they run on mpirnn/parallel/bidirectional_wavefront.py.
 
 Where states pass between segments (the chain with sp > 1), a unit runs its layers one at a
 time, each its own autograd graph, and sends each layer's final state as soon as that layer

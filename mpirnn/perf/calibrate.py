@@ -103,13 +103,15 @@ def what_is_measured(cells=None, hidden=None) -> str:
 
 
 def calibrate(out: str | Path | None = None, quick: bool = False, device: str = "cpu", cells=None,
-              hidden=None, say=print) -> Path:
+              hidden=None, say=print, precision: str = "float32") -> Path:
     """Measure, fit and write a calibration file (by default into the user's calibration folder,
     mpirnn/perf/calibration.py `user_dir`); returns its path.
 
     cells, hidden: measure only these (a config's or a benchmark's); the file records them as its
     "scope", and the lookup uses it only for models of those cells at those sizes.
     quick: toy sizes whose numbers mean little, for the benchmark's --tiny smoke test only.
+    precision: the compute is measured under train.precision's policy (float32 or bf16); runs
+    plan with a calibration of their own precision (docs/precision.md, "The performance model").
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **KEEP_MEMORY}
     started = datetime.datetime.now().astimezone()
@@ -119,11 +121,11 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
         extra = ["--quick"] if quick else []
         extra += ["--cells", ",".join(cells)] if cells else []
         extra += ["--hidden", ",".join(map(str, hidden))] if hidden else []
-        what = "toy sizes" if quick else what_is_measured(cells, hidden)
+        what = ("toy sizes" if quick else what_is_measured(cells, hidden)) + (f", {precision}" if precision != "float32" else "")
         say(f"mpirnn.plan: calibrating: [1/2] compute on {device}, {what} ...")
         phase = time.perf_counter()
         _run([sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "compute", "--device", device,
-              "--result", str(compute_file), *extra], env, "compute")
+              "--result", str(compute_file), "--precision", precision, *extra], env, "compute")
         say(f"mpirnn.plan: calibrating: [1/2] compute done in {time.perf_counter() - phase:.0f} s; "
             f"[2/2] communication (mpirun -n 2) ...")
         phase = time.perf_counter()
@@ -138,9 +140,9 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
     restricted = cells is not None or (hidden is not None and not set(CALIBRATED_HIDDEN) <= set(hidden))
     data = {
         "format": FORMAT,
-        # Compute is measured in float32; native_bf16 says whether train.precision = bf16 may run here.
+        # The precision the compute was measured in; native_bf16: whether train.precision = bf16 runs here.
         "host": {"cpu": cpu, "cores": os.cpu_count(), "device": device, "threads_per_rank": 1,
-                 "precision": "float32", "native_bf16": native_bf16(),
+                 "precision": precision, "native_bf16": native_bf16(),
                  "torch": version("torch"), "date": started.isoformat(timespec="seconds"),
                  "load_avg_start": load, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
         "source": "python -m mpirnn.plan --calibrate" + (" (toy sizes: the numbers mean little)" if quick else ""),
@@ -154,7 +156,7 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
         "comm_measured": comm["ops"],
         "comm_model_over_measured": errors,
     }
-    path = save(data, out or default_path(cpu, device, started))
+    path = save(data, out or default_path(cpu, device, started, precision))
     say(f"mpirnn.plan: calibration written to {path} ({(datetime.datetime.now().astimezone() - started).total_seconds():.0f} s)")
     return path
 
@@ -169,13 +171,15 @@ def worker(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cells")
     parser.add_argument("--hidden")
+    parser.add_argument("--precision", default="float32")
     args = parser.parse_args(argv)
     if args.worker == "compute":
         import torch
         from mpirnn.perf.compute_bench import measure
         torch.set_num_threads(1)
         result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
-                         hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None)
+                         hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None,
+                         precision=args.precision)
     else:
         from mpirnn.perf.comm_bench import measure
         result = measure(args.quick)

@@ -245,10 +245,12 @@ def search_dirs() -> list[Path]:
     return [user_dir(), *shipped]
 
 
-def default_path(cpu: str, device: str = "cpu", when: datetime.datetime | None = None) -> Path:
-    """<user dir>/<device or cpu model>-<date>-<time>.json (a new name for every calibration)."""
+def default_path(cpu: str, device: str = "cpu", when: datetime.datetime | None = None,
+                 precision: str = "float32") -> Path:
+    """<user dir>/<device or cpu model>[-bf16]-<date>-<time>.json (a new name for every calibration)."""
     when = when or datetime.datetime.now()
-    return user_dir() / f"{slug(device if device != 'cpu' else cpu)}-{when:%Y-%m-%d-%H%M%S}.json"
+    tag = "" if precision == "float32" else f"-{precision}"
+    return user_dir() / f"{slug(device if device != 'cpu' else cpu)}{tag}-{when:%Y-%m-%d-%H%M%S}.json"
 
 
 def covers(data: dict, cell: str | None, hidden: int | None) -> bool:
@@ -265,9 +267,10 @@ def covers(data: dict, cell: str | None, hidden: int | None) -> bool:
     return min(scope["hidden"]) <= hidden <= max(scope["hidden"])
 
 
-def calibrations_for_host(cpu: str, folder: Path, cell: str | None = None, hidden: int | None = None) -> list[Path]:
-    """Calibrations in `folder` measured on this CPU model (CPU calibrations only) covering the
-    cell and hidden size when given, newest first."""
+def calibrations_for_host(cpu: str, folder: Path, cell: str | None = None, hidden: int | None = None,
+                          precision: str = "float32") -> list[Path]:
+    """Calibrations in `folder` measured on this CPU model (CPU calibrations only) in `precision`,
+    covering the cell and hidden size when given, newest first."""
     found = []
     for path in folder.glob("*.json") if folder.is_dir() else ():
         try:
@@ -275,16 +278,18 @@ def calibrations_for_host(cpu: str, folder: Path, cell: str | None = None, hidde
         except (OSError, json.JSONDecodeError):
             continue
         host = data.get("host", {})
-        if host.get("cpu") == cpu and host.get("device", "cpu") == "cpu" and covers(data, cell, hidden):
+        if host.get("cpu") == cpu and host.get("device", "cpu") == "cpu" and covers(data, cell, hidden) \
+                and host.get("precision", "float32") == precision:
             found.append((host.get("date", ""), path))
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def find_for_host(cpu: str, cell: str | None = None, hidden: int | None = None) -> Path | None:
-    """The calibration to plan with on this CPU model: the newest of the user's own that covers the
-    cell and hidden size, else the newest shipped one (docs/performance.md, "Calibrations")."""
+def find_for_host(cpu: str, cell: str | None = None, hidden: int | None = None,
+                  precision: str = "float32") -> Path | None:
+    """The calibration to plan with on this CPU model in `precision`: the newest of the user's own that
+    covers the cell and hidden size, else the newest shipped one (docs/performance.md, "Calibrations")."""
     for folder in search_dirs():
-        found = calibrations_for_host(cpu, folder, cell, hidden)
+        found = calibrations_for_host(cpu, folder, cell, hidden, precision)
         if found:
             return found[0]
     return None

@@ -15,6 +15,7 @@ microbatches expensive).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -37,8 +38,11 @@ SIZES = {  # (full, quick): the quick set only exercises the machinery
 class Timer:
     """Times named measurements; a name measured again keeps its fastest time over every pass."""
 
-    def __init__(self, device: torch.device, reps: int):
+    def __init__(self, device: torch.device, reps: int, forward=None):
         self.device, self.reps = device, reps
+        # Around every measured forward, never a backward: train.precision's autocast (a training step
+        # runs its forward under it and its backward outside, custom autograd Functions included).
+        self.forward = forward or contextlib.nullcontext
         self.fastest: dict[tuple, float] = {}
         self.choices: dict[tuple, int] = {}   # sizes picked in the first pass, kept for the next
 
@@ -63,10 +67,11 @@ class Timer:
         return best
 
 
-def _layer_pass(layer, x, grad):
+def _layer_pass(timer, layer, x, grad):
     def run():
-        out = layer(x)[0]
-        out.backward(grad)
+        with timer.forward():
+            out = layer(x)[0]
+        out.to(grad.dtype).backward(grad)   # cast back to the master dtype, as a layer's outputs are
     return run
 
 
@@ -74,7 +79,7 @@ def fused_layer(timer: Timer, cell: str, rows: int, steps: int, d_in: int, hidde
     layer = FUSED[cell](d_in, hidden, batch_first=True).to(timer.device)
     x = torch.randn(rows, steps, d_in, device=timer.device, requires_grad=True)
     grad = torch.randn(rows, steps, hidden, device=timer.device)
-    return timer.best(("fused", cell, rows, steps, d_in, hidden), _layer_pass(layer, x, grad))
+    return timer.best(("fused", cell, rows, steps, d_in, hidden), _layer_pass(timer, layer, x, grad))
 
 
 def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[int, int]) -> dict:
@@ -142,10 +147,12 @@ def linear_layer(timer: Timer, cell: str, rows: int, steps: int, hidden: int) ->
         incoming = torch.randn(x.shape[0], hidden, device=timer.device)
 
         def run():
-            log_a, log_b = layer.gates(x)
-            log_h_zero = log_scan(log_a, log_b, None)
-            # + sum(log a) · 0: the segment summary's reduction is part of the real graph
-            torch.exp(enter_state(log_a, log_h_zero, incoming + log_a.sum(dim=1) * 0)).backward(grad)
+            with timer.forward():
+                log_a, log_b = layer.gates(x)
+                log_h_zero = log_scan(log_a, log_b, None)
+                # + sum(log a) · 0: the segment summary's reduction is part of the real graph
+                out = torch.exp(enter_state(log_a, log_h_zero, incoming + log_a.sum(dim=1) * 0))
+            out.to(grad.dtype).backward(grad)
         return run
 
     def per_element(d_in, segment=False):
@@ -153,7 +160,7 @@ def linear_layer(timer: Timer, cell: str, rows: int, steps: int, hidden: int) ->
         x = torch.randn(rows, steps, d_in, device=timer.device, requires_grad=True)
         grad = torch.randn(rows, steps, hidden, device=timer.device)
         seconds = timer.best(("linear", cell, rows, steps, d_in, hidden, segment),
-                             (segment_pass if segment else _layer_pass)(layer, x, grad))
+                             segment_pass(layer, x, grad) if segment else _layer_pass(timer, layer, x, grad))
         return seconds / (rows * steps * hidden)
 
     narrow, wide = hidden // 2, hidden * 2
@@ -175,7 +182,11 @@ def head(timer: Timer, tokens: int, hidden: int, vocab: int | None) -> float:
     else:
         target = torch.randn(tokens, 1, device=timer.device)
         loss = lambda: F.mse_loss(layer(x), target, reduction="sum")  # noqa: E731
-    return timer.best(("head", tokens, hidden, vocab), lambda: loss().backward()) / tokens
+    def run():
+        with timer.forward():
+            value = loss()
+        value.backward()
+    return timer.best(("head", tokens, hidden, vocab), run) / tokens
 
 
 def input_layer(timer: Timer, tokens: int, embed: int, vocab: int | None) -> float:
@@ -185,7 +196,11 @@ def input_layer(timer: Timer, tokens: int, embed: int, vocab: int | None) -> flo
     else:
         layer, x = nn.Linear(1, embed).to(timer.device), torch.randn(tokens, 1, device=timer.device)
     grad = torch.randn(tokens, embed, device=timer.device)
-    return timer.best(("input", tokens, embed, vocab), lambda: layer(x).backward(grad)) / (tokens * embed)
+    def run():
+        with timer.forward():
+            out = layer(x)
+        out.to(grad.dtype).backward(grad)
+    return timer.best(("input", tokens, embed, vocab), run) / (tokens * embed)
 
 
 def adam(timer: Timer, elements: int, tensors: int) -> float:
@@ -201,7 +216,11 @@ def unit_overhead(timer: Timer) -> float:
     from mpirnn.models.model import RecurrentModel
     model = RecurrentModel("lstm", 4, 1, 4, vocab_size=8).to(timer.device)
     x = torch.randint(0, 8, (1, 1), device=timer.device)
-    whole = timer.best(("tiny model",), lambda: model(x, x)[0].backward())
+    def run():
+        with timer.forward():
+            loss = model(x, x)[0]
+        loss.backward()
+    whole = timer.best(("tiny model",), run)
     layer = fused_layer(timer, "lstm", 1, 1, 4, 4)
     return max(0.0, whole - layer)
 
@@ -223,6 +242,16 @@ class LoneComm:
         pass
 
 
+class _Run:
+    """A tensor-parallel layer called like a module: layer(x) -> (outputs, final)."""
+
+    def __init__(self, layer, state):
+        self.layer, self.state = layer, state
+
+    def __call__(self, x):
+        return self.layer.run(x, self.state)
+
+
 def tp_steps(timer: Timer, shapes, degrees=(2, 4), steps: int = 32) -> list[list[float]]:
     """[rows, hidden, K, one fused step / K, one tp step] for mpirnn's sharded LSTM layer on one rank."""
     from mpirnn.parallel.tensor import ShardedRecurrentLayer, TensorGroup
@@ -235,7 +264,7 @@ def tp_steps(timer: Timer, shapes, degrees=(2, 4), steps: int = 32) -> list[list
         for k in degrees:
             layer = ShardedRecurrentLayer(full, "lstm", TensorGroup(LoneComm(k), hidden))
             state = torch.zeros(2, rows, hidden // k, device=timer.device)
-            tp = timer.best(("tp", rows, hidden, k, steps), lambda: layer.run(x, state)[0].backward(grad)) / steps
+            tp = timer.best(("tp", rows, hidden, k, steps), _layer_pass(timer, _Run(layer, state), x, grad)) / steps
             points.append([rows, hidden, k, fused / k, tp])
     return points
 
@@ -259,20 +288,26 @@ def cell_loop_step(timer: Timer, steps: int = 32) -> float:
     def run():
         h = c = torch.zeros(1, 16, device=timer.device)
         outs = []
-        for t in range(steps):
-            h, c = cell(x[t], (h, c))
-            outs.append(h)
-        torch.stack(outs).sum().backward()
+        with timer.forward():
+            for t in range(steps):
+                h, c = cell(x[t], (h, c))
+                outs.append(h)
+            total = torch.stack(outs).sum()
+        total.backward()
     return timer.best(("cell loop", steps), run) / steps
 
 
-def measure(device: str = "cpu", quick: bool = False, cells=None, hidden=None) -> dict:
+def measure(device: str = "cpu", quick: bool = False, cells=None, hidden=None, precision: str = "float32") -> dict:
     """The calibration's "compute" section for this process's device and thread count.
 
     cells / hidden: measure only these fused cells and hidden sizes (a benchmark needs few).
+    precision: train.precision's policy around every measurement (mpirnn/models/precision.py):
+    under bf16 the matmuls and, where native, the fused layers run under autocast while the
+    scans, the optimizer and the copies stay float32, as in a training step.
     """
+    from mpirnn.models.precision import for_device
     pick = 1 if quick else 0
-    timer = Timer(torch.device(device), SIZES["reps"][pick])
+    timer = Timer(torch.device(device), SIZES["reps"][pick], forward=for_device(precision, device).autocast)
     started = time.perf_counter()
     for _ in range(SIZES["passes"][pick]):
         compute = collect(timer, quick, cells, sorted(hidden or SIZES["hidden"][pick]))

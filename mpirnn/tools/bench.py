@@ -32,6 +32,7 @@ from mpirnn.perf.processes import KEEP_MEMORY, mpiexec
 from mpirnn.tools.shapes import W2_MICROBATCHES, WORKLOADS, shape_of
 
 RTOL = 1e-5        # the exactness contract in float32
+BF16_RTOL = 6e-2   # ... and in bf16, against the serial bf16 run (docs/design.md, "Exactness")
 DDP_NAME = "PyTorch DDP dp=2 (torchrun, gloo)"
 DDP_TARGET = 0.95  # mpirnn dp=2 step / DDP dp=2 step on the development machine
 PREDICTION_TOLERANCE = 0.20
@@ -59,6 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--sweep-counts", action="store_true",
                         help="also time every fixed microbatch/chunk count on W1, W2 and W5 beside the performance "
                              "model's choice (mpirnn/tools/count_sweep.py)")
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="bf16 rows (train.precision = bf16) beside the float32 ones for W1, W3, W4 and W5: "
+                             "auto = where bf16 runs natively (CUDA, a CPU with avx512_bf16 or amx_bf16); "
+                             "elsewhere training refuses it (docs/precision.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)   # spec file: this process is an MPI rank
     parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -75,7 +80,7 @@ def plan(args) -> list[dict]:
         raise SystemExit(f"mpirnn.bench: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     base = dict(tiny=args.tiny, device=args.device or "cpu", steps=args.steps, warmup=args.warmup, threads=1,
                 dp=1, sp=1, pp=1, tp=1, microbatches=0, chunks=0, method=None, plain=False, ddp=False, fresh=False, compare_to="1 rank",
-                target=None)
+                target=None, precision="float32")
     runs = []
 
     def add(workload, name, ranks, **kw):
@@ -127,6 +132,8 @@ def plan(args) -> list[dict]:
             add("dp", "dp=4 (-n 4, oversubscribed)", 4, dp=4)
         if not args.tiny and base["device"] == "cpu":
             add("dp", "1 rank × 2 threads", 1, threads=2)
+    if bf16_rows(args, base["device"]):
+        add_bf16(add, only)
     if getattr(args, "sweep_counts", False):
         from mpirnn.tools.count_sweep import add_sweeps
         add_sweeps(add, runs, only, args.tiny)
@@ -137,14 +144,55 @@ def plan(args) -> list[dict]:
     return runs
 
 
-def choose_modelled_counts(runs: list[dict], cal) -> list[dict]:
+def bf16_rows(args, device: str) -> bool:
+    """Whether the plan gets its bf16 rows: asked for, or (auto) where bf16 runs natively."""
+    choice = getattr(args, "bf16", "auto")
+    if choice != "auto":
+        return choice == "on"
+    from mpirnn.host import native_bf16
+    if device == "cuda" or native_bf16():
+        return True
+    print("mpirnn.bench: no bf16 rows: this CPU has no native bf16, so training refuses train.precision = bf16 "
+          "(docs/precision.md); --bf16 on times the emulation anyway", file=sys.stderr, flush=True)
+    return False
+
+
+def add_bf16(add, only: list[str]) -> None:
+    """bf16 beside float32 on W1, W3, W4, W5: the serial bf16 run, and each workload's main grid in bf16
+    compared with it (within BF16_RTOL). Speedups are against the float32 1-rank row, as training would
+    gain them; the targets are issue 22's for a CPU with AMX (benchmarks/README.md)."""
+    bf16 = dict(precision="bf16", compare_to="1 rank, bf16", rtol=BF16_RTOL)
+    if "W1" in only:
+        add("W1", "1 rank, bf16", 1, **{**bf16, "compare_to": "1 rank"}, target={"speedup": 1.8})
+        add("W1", "sp=2, M=4, bf16", 2, sp=2, microbatches=4, **bf16)
+        # bf16's fused layers pay a large fixed cost per time step (oneDNN, measured: docs/precision.md),
+        # so thin microbatches cost more than in float32: the count from a bf16 calibration.
+        add("W1", "sp=2, M by the model, bf16", 2, sp=2, microbatches="model", **bf16,
+            target={"speedup": 2.7, "exact": True})
+        add("W1", "dp=2 (-n 2), bf16", 2, dp=2, **bf16)
+        add("W1", "pp=2, C=8, bf16", 2, pp=2, chunks=8, **bf16)
+        add("W1", "tp=2, bf16", 2, tp=2, **bf16)
+    if "W3" in only:
+        add("W3", "1 rank, bf16", 1, **{**bf16, "compare_to": "1 rank, chunked"})
+        add("W3", "sp=2 (cross-rank scan), bf16", 2, sp=2, **bf16)
+    if "W4" in only:
+        add("W4", "1 rank, bf16", 1, **{**bf16, "compare_to": "1 rank"})
+        add("W4", "tp=2, bf16", 2, tp=2, **bf16)
+    if "W5" in only:
+        add("W5", "1 rank, bf16", 1, **{**bf16, "compare_to": "1 rank"})
+        add("W5", "pp=2, C=8, bf16", 2, pp=2, chunks=8, **bf16)
+
+
+def choose_modelled_counts(runs: list[dict], cals: dict) -> list[dict]:
     """Rows whose microbatch count is "model": the performance model's choice for the shape and grid,
-    as a run with parallel.calibration would make (mpirnn/training/layout.py); dropped without a calibration."""
+    as a run with parallel.calibration would make (mpirnn/training/layout.py), from the calibration in
+    the row's precision (`cals`: {precision: Calibration or None}); dropped without one."""
     from mpirnn.tools.bench_predictions import shape_for
     from mpirnn.perf.ranking import best_microbatches
     chosen = []
     for run in runs:
         if "model" in (run["microbatches"], run["chunks"]):
+            cal = cals.get(run["precision"])
             if cal is None:
                 continue
             grid = {axis: run.get(axis, 1) for axis in ("dp", "sp", "pp", "tp")}
@@ -274,14 +322,18 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
+def rows_for(workload: str, results: list[dict], cals: dict | None = None) -> list[dict]:
     """Table rows of one workload: speedups against its baseline, memory against 1 rank, exactness,
-    and the performance model's prediction when a calibration is given."""
+    and the performance model's prediction where a calibration in the row's precision is given
+    (`cals`: {precision: Calibration or None})."""
     runs = [r for r in results if r["workload"] == workload]
     if not runs:
         return []
-    serial = [r for r in runs if r["ranks"] == 1 and r["threads"] == 1 and not r["plain"] and r["median_step_s"]]
+    serial = [r for r in runs if r["ranks"] == 1 and r["threads"] == 1 and not r["plain"] and r["median_step_s"]
+              and r.get("precision", "float32") == "float32"]
     baseline = min(serial, key=lambda r: r["median_step_s"]) if serial else None
+    serial_all = [r for r in runs if r["ranks"] == 1 and r["threads"] == 1 and not r["plain"] and r["median_step_s"]
+                  and r.get("method") in (None, "chunked")]
     base_memory = max(baseline["saved_bytes_per_rank"]) if baseline else None
     rows = []
     for run in runs:
@@ -302,9 +354,15 @@ def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
                "state_vs_1_rank": (max(run["state_bytes_per_rank"]) / max(baseline["state_bytes_per_rank"])
                                    if baseline and run.get("state_bytes_per_rank") and baseline.get("state_bytes_per_rank")
                                    else None),
-               "bound": pipeline_bound(run)}
+               "bound": pipeline_bound(run), "precision": run.get("precision", "float32"),
+               "rtol": run.get("rtol", RTOL)}
+        own = next((r for r in serial_all if r.get("precision", "float32") == row["precision"]), None)
+        if row["precision"] != "float32" and own is not None and own is not run and median:
+            row["speedup_same_precision"] = own["median_step_s"] / median   # against 1 rank in bf16
         if row["bound"] and row["speedup"]:
-            row["bound_share"] = row["speedup"] / row["bound"]
+            # The stages' bound is over this row's own precision: its share too (bf16 against 1 rank bf16).
+            row["bound_share"] = row.get("speedup_same_precision", row["speedup"]) / row["bound"]
+        cal = (cals or {}).get(run.get("precision", "float32"))
         if cal is not None and median:
             from mpirnn.tools.bench_predictions import predicted_step_s
             row["predicted_step_s"] = predicted_step_s(run, shape_of(workload, run["tiny"]), cal)
@@ -319,7 +377,7 @@ def rows_for(workload: str, results: list[dict], cal=None) -> list[dict]:
         reference = next((r for r in runs if r["name"] == run["compare_to"]), None)
         if reference and reference is not run and run["threads"] == 1 and not run["plain"]:  # DDP included
             row["loss_rel_diff"] = relative(run["losses"][0], reference["losses"][0])
-            row["exact"] = row["loss_rel_diff"] <= RTOL
+            row["exact"] = row["loss_rel_diff"] <= run.get("rtol", RTOL)
             n = min(len(run["losses"]), len(reference["losses"]))
             row["trajectory_rel_diff"] = max(relative(a, b) for a, b in zip(run["losses"][:n], reference["losses"][:n]))
         row["target"], row["target_met"] = judge(run["target"], row)
@@ -396,6 +454,8 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         exact = "—" if r["exact"] is None else f"{'yes' if r['exact'] else 'NO'} ({r['loss_rel_diff']:.1e})"
+        if r["exact"] is not None and r.get("rtol", RTOL) != RTOL:
+            exact += f", bound {r['rtol']:.0e}"   # reduced precision: within its bound, not bit-for-bit
         memory = _mib(r["saved_mib"])
         if r["memory_vs_1_rank"] is not None and not r["baseline"]:
             memory += f" ({100 * r['memory_vs_1_rank']:.0f}%)"
@@ -403,6 +463,8 @@ def markdown(rows: list[dict]) -> str:
         step = "—" if r["median_step_s"] is None else f"{r['median_step_s']:.3f} ({r['min_step_s']:.3f}) {r['quiet']}"
         waits = " / ".join(f"{w:.3f}" for w in r["mpi_wait_s"]) if r["median_step_s"] and len(r["mpi_wait_s"]) > 1 else "—"
         speed = "baseline" if r["baseline"] else _fmt(r["speedup"], ".2f", "×")
+        if r.get("speedup_same_precision"):
+            speed += f" ({r['speedup_same_precision']:.2f}× over 1 rank {r['precision']})"
         if r.get("bound"):
             speed += f" (bound {r['bound']:.2f}×: {100 * r['bound_share']:.0f}%)"
         elif r.get("model_bound"):
@@ -452,7 +514,12 @@ def main(argv=None) -> int:
     from mpirnn.tools.bench_predictions import calibration_for
     cal = calibration_for(args, [shape_of(w, args.tiny) for w in {r["workload"] for r in runs}])
     meta["calibration"] = cal.path if cal else None
-    runs = choose_modelled_counts(runs, cal)
+    reduced = [r for r in runs if r["precision"] != "float32"]
+    cals = {"float32": cal}
+    if reduced:   # the bf16 rows are chosen and predicted from a calibration measured in bf16
+        cals["bf16"] = calibration_for(args, [shape_of(w, args.tiny) for w in {r["workload"] for r in reduced}], "bf16")
+        meta["calibration_bf16"] = cals["bf16"].path if cals["bf16"] else None
+    runs = choose_modelled_counts(runs, cals)
     results, errors, meta["load_per_pass"] = [], [], []
     with tempfile.TemporaryDirectory(prefix="mpirnn-bench-") as workdir:
         groups = launches(runs)
@@ -471,7 +538,7 @@ def main(argv=None) -> int:
     for r in results:
         shape = shape_of(r["workload"], r["tiny"])
         r["tokens_per_step"] = shape["batch"] * shape["seq_len"]
-    rows = [row for w in WORKLOADS for row in rows_for(w, results, cal)]
+    rows = [row for w in WORKLOADS for row in rows_for(w, results, cals)]
     meta["ddp_ratio"] = ddp_ratios(rows)
     meta["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["memory_method"] = results[0]["memory_method"] if results else None

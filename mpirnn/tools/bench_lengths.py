@@ -104,7 +104,7 @@ def run_worker(spec: dict) -> dict | None:
     g = torch.Generator().manual_seed(SEED)
     inputs_all = torch.randn(s["rows"], longest, s["features"], generator=g)
     labels_all = torch.randint(0, s["classes"], (s["rows"],), generator=g)
-    times, elements, losses = [], [], []
+    times, elements, losses, longest_rows = [], [], [], []
     for index, rows in enumerate(batches(s, True, spec["steps"] + 1)):
         rows = torch.as_tensor(rows)
         lengths = torch.as_tensor(lengths_all)[rows]
@@ -126,12 +126,13 @@ def run_worker(spec: dict) -> dict | None:
         if index:   # the first step warms up
             times.append(float(elapsed[0]))
             elements.append(int(lengths.sum()))
+            longest_rows.append(int(lengths.max()))
     runner.reducer.remove()
     comms.free()
     if world.rank:
         return None
     per_thousand = [1000 * t / e for t, e in zip(times, elements)]
-    return {**spec, "step_times_s": times, "valid_elements": elements, "losses": losses,
+    return {**spec, "step_times_s": times, "valid_elements": elements, "losses": losses, "longest": longest_rows,
             "median_s_per_1000_elements": statistics.median(per_thousand)}
 
 
@@ -172,15 +173,53 @@ def exact(run: dict, serial: dict) -> bool:
     return all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(run["losses"], serial["losses"]))
 
 
+def predicted_per_1000(run: dict, s: dict, cal) -> float | None:
+    """The performance model's seconds per 1000 valid elements for a run: each timed step predicted
+    as a step of its batch's longest row (what the step runs: Plan.for_length), divided by the
+    step's valid elements; the median over the steps, as measured. The head is the series head
+    at every step, an over-count for classify (its head reads one step per row) that is small
+    beside the recurrence."""
+    if cal is None:
+        return None
+    from mpirnn.perf.step_model import Layout, Shape, predict
+    from mpirnn.tools.bench_predictions import units
+    values = []
+    for longest, elements in zip(run["longest"], run["valid_elements"]):
+        model = Shape(s["cell"], s["layers"], s["hidden"], s["embed"], s["batch"], longest, vocab=None,
+                      features=s["features"])
+        m, c = units({**run, "pp": 1}, model)
+        layout = Layout(dp=run["dp"], sp=run["sp"], microbatches=m, chunks=c)
+        values.append(1000 * predict(model, layout, cal).step_s / elements)
+    return statistics.median(values)
+
+
+def calibration(args, s: dict):
+    """--calibration, else this CPU's newest float32 calibration for the shape's cell and hidden
+    size, else one measured now (about 20 s), as the bench does; None with --tiny."""
+    from mpirnn.perf import calibration as calibration_file
+    if args.calibration:
+        return calibration_file.load(args.calibration)
+    if args.tiny:
+        return None
+    found = calibration_file.find_for_host(cpu_model(), s["cell"], s["hidden"])
+    if found is None:
+        from mpirnn.perf.calibrate import calibrate
+        found = calibrate(cells=[s["cell"]], hidden=[s["hidden"]], say=lambda line: print(line, file=sys.stderr))
+    return calibration_file.load(found)
+
+
 def table(results: list[dict], s: dict) -> str:
     base = results[0]["median_s_per_1000_elements"]
     fixed = results[-1]["median_s_per_1000_elements"]
-    lines = ["| W7 run | median s per 1000 valid elements | speedup over 1 rank | vs one length | loss = 1 rank's |",
-             "|---|---|---|---|---|"]
+    lines = ["| W7 run | median s per 1000 valid elements | predicted (error) | speedup over 1 rank | vs one length "
+             "| loss = 1 rank's |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         m = r["median_s_per_1000_elements"]
         same = "—" if r["fixed"] or r is results[0] else ("yes" if exact(r, results[0]) else "NO")
-        lines.append(f"| {r['name']} | {m:.4f} | {base / m:.2f}× | {m / fixed:.2f} | {same} |")
+        p = r.get("predicted_s_per_1000_elements")
+        predicted = "—" if p is None else f"{p:.4f} ({100 * (p / m - 1):+.0f}%)"
+        lines.append(f"| {r['name']} | {m:.4f} | {predicted} | {base / m:.2f}× | {m / fixed:.2f} | {same} |")
     lines.append("")
     lines.append(f"padding computed per epoch: {100 * padding_share(s, True):.1f}% with data.bucket, "
                  f"{100 * padding_share(s, False):.1f}% without")
@@ -194,6 +233,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run every row this many times, interleaved")
     parser.add_argument("--out", default="runs/bench/w7.json")
     parser.add_argument("--tiny", action="store_true", help="toy sizes (smoke test; the numbers mean nothing)")
+    parser.add_argument("--calibration", help="performance-model calibration for the predicted column (default: "
+                                              "this CPU's newest, else one measured first)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -202,25 +243,29 @@ def main(argv=None) -> int:
             Path(args.worker).with_suffix(".result").write_text(json.dumps(result))
         return 0
     s = shape(args.tiny)
+    cal = calibration(args, s)
     pooled: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="mpirnn-w7-") as workdir:
         for _ in range(args.repeat):   # interleaved, so a burst of load elsewhere spoils one share of each row
             for spec in RUNS:
                 print(f"mpirnn.tools.bench_lengths: {spec['name']}", file=sys.stderr, flush=True)
                 got = launch({**spec, "steps": args.steps, "tiny": args.tiny}, Path(workdir))
-                first = pooled.setdefault(spec["name"], {**got, "step_times_s": [], "valid_elements": []})
+                first = pooled.setdefault(spec["name"], {**got, "step_times_s": [], "valid_elements": [], "longest": []})
                 first["step_times_s"] += got["step_times_s"]
                 first["valid_elements"] += got["valid_elements"]
+                first["longest"] += got["longest"]
     results = []
     for r in pooled.values():
         r["median_s_per_1000_elements"] = statistics.median(1000 * t / e for t, e in zip(r["step_times_s"],
                                                                                        r["valid_elements"]))
+        r["predicted_s_per_1000_elements"] = predicted_per_1000(r, s, cal)
         results.append(r)
     text = table(results, s)
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"shape": s, "cpu": cpu_model(), "runs": results, "table": text,
+                               "calibration": cal.path if cal else None,
                                "padding_bucketed": padding_share(s, True),
                                "padding_unbucketed": padding_share(s, False)}, indent=1) + "\n")
     print(f"{cpu_model()}; results in {out}")

@@ -34,17 +34,22 @@ def scope(shapes: list[dict]) -> tuple[list[str], list[int]]:
     return sorted({s["cell"] for s in shapes}), sorted({s["hidden"] for s in shapes})
 
 
-def calibration_for(args, shapes: list[dict]) -> Calibration | None:
-    """The bench's calibration: --calibration, or one measured now (before any run, so nothing shares the
-    cores with it) for the cells and hidden sizes of these shapes, written beside --out."""
+def calibration_for(args, shapes: list[dict], precision: str = "float32") -> Calibration | None:
+    """The bench's calibration in `precision`: --calibration (float32 rows only), or one measured now
+    (before any run, so nothing shares the cores with it) for the cells and hidden sizes of these
+    shapes, written beside --out."""
     if args.calibration:
-        return calibration.load(args.calibration)
+        return calibration.load(args.calibration) if precision == "float32" else None
     if (args.device or "cpu") != "cpu":
         return None   # calibrating here would time this CPU: give --calibration for GPU predictions
+    from mpirnn.models.precision import refusal
+    if refusal(precision, "cpu"):
+        return None   # bf16 emulated (--bf16 on without native bf16): training refuses it, nothing to predict
     from mpirnn.perf.calibrate import calibrate
     cells, hidden = scope(shapes)
-    out = Path(args.out).with_name(Path(args.out).stem + "-calibration.json")
-    path = calibrate(out, quick=args.tiny, cells=cells, hidden=hidden,
+    tag = "" if precision == "float32" else f"-{precision}"
+    out = Path(args.out).with_name(Path(args.out).stem + f"-calibration{tag}.json")
+    path = calibrate(out, quick=args.tiny, cells=cells, hidden=hidden, precision=precision,
                      say=lambda line: print(line, file=sys.stderr, flush=True))
     return calibration.load(path)
 
@@ -76,7 +81,8 @@ def units(run: dict, model: Shape) -> tuple[int, int]:
 def predicted_step_s(run: dict, shape: dict, cal: Calibration) -> float | None:
     """The model's step time for one benchmark run, or None for a run it does not describe."""
     if run["plain"] or run.get("ddp") or run["threads"] != 1 or not run["steps"] \
-            or run.get("method") not in DEFAULT_METHODS or (run["device"] == "cuda") != cal.gpu:
+            or run.get("method") not in DEFAULT_METHODS or (run["device"] == "cuda") != cal.gpu \
+            or run.get("precision", "float32") != cal.precision:
         return None
     model = shape_for(shape)
     m, c = units(run, model)

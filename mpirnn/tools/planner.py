@@ -72,30 +72,32 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def load_calibration(path: str | None, shape: Shape | None = None) -> Calibration:
-    """--calibration FILE, else this CPU's newest calibration covering the shape's cell and hidden size;
-    with a shape and none found, one measured now for that cell and size (stored in the user's folder)."""
+def load_calibration(path: str | None, shape: Shape | None = None, precision: str = "float32") -> Calibration:
+    """--calibration FILE, else this CPU's newest calibration in `precision` covering the shape's cell and
+    hidden size; with a shape and none found, one measured now for that cell and size (stored in the
+    user's folder)."""
     if path:
         return calibration_file.load(path)
     cpu = cpu_model()
     cell, hidden = (shape.cell, shape.hidden) if shape else (None, None)
-    found = calibration_file.find_for_host(cpu, cell, hidden)
+    found = calibration_file.find_for_host(cpu, cell, hidden, precision)
     if found is not None:
         return calibration_file.load(found)
     if shape is None:
         raise CalibrationError(f"no calibration for this CPU ({cpu}) in {calibration_file.searched()}: run "
                                f"python -m mpirnn.plan --calibrate, or pass --calibration FILE")
-    return calibration_file.load(calibrate_for(cpu, shape.cell, shape.hidden))
+    return calibration_file.load(calibrate_for(cpu, shape.cell, shape.hidden, precision))
 
 
-def calibrate_for(cpu: str, cell: str, hidden: int):
+def calibrate_for(cpu: str, cell: str, hidden: int, precision: str = "float32"):
     """Measure this CPU for one cell and hidden size, saying so first, with the time it should take."""
     from mpirnn.perf.calibrate import calibrate, expected_seconds, what_is_measured
-    say(f"mpirnn.plan: no calibration of this CPU ({cpu}) for {cell} at hidden {hidden} in "
+    kind = "" if precision == "float32" else f"{precision} "
+    say(f"mpirnn.plan: no {kind}calibration of this CPU ({cpu}) for {cell} at hidden {hidden} in "
         f"{calibration_file.searched()}: calibrating {what_is_measured([cell], [hidden])} now, expected about "
         f"{expected_seconds([cell], [hidden]):.0f} s; it is stored in {calibration_file.user_dir()} "
         f"(${calibration_file.USER_DIR_VARIABLE}) and used from then on")
-    return calibrate(cells=[cell], hidden=[hidden], say=say)
+    return calibrate(cells=[cell], hidden=[hidden], say=say, precision=precision)
 
 
 def parse_args(argv=None):
@@ -117,6 +119,9 @@ def parse_args(argv=None):
                                       "$MPIRNN_CALIBRATION_DIR or ~/.cache/mpirnn/calibration)")
     parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)   # removed: refused with why
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="with --calibrate: device measured")
+    parser.add_argument("--precision", choices=("float32", "bf16", "fp16"),
+                        help="train.precision the compute is measured in (--calibrate) or planned for "
+                             "(default: the config's train.precision)")
     parser.add_argument("--hidden", type=hidden_sizes, help="with --calibrate: hidden sizes to measure besides "
                                                              "64,128,256,512, e.g. 2048 (larger ones are otherwise "
                                                              "extrapolated, which is rough once the weights leave "
@@ -165,13 +170,18 @@ def calibrate_command(args) -> int:
     """--calibrate: every cell at the default sizes (plus --hidden), or only a config's cell and hidden size."""
     from mpirnn.perf.calibrate import calibrate, expected_seconds, what_is_measured
     cells, hidden = None, sorted(set(args.hidden) | set(CALIBRATED_HIDDEN)) if args.hidden else None
+    precision = args.precision or "float32"
     if args.config or args.overrides:
         from mpirnn.config import load_config
         cfg = load_config(args.config, args.overrides)
         cells, hidden = [cfg.model.cell], sorted({cfg.model.hidden, *(args.hidden or [])})
-    say(f"mpirnn.plan: calibrating {what_is_measured(cells, hidden)}, expected about "
+        precision = args.precision or cfg.train.precision
+    from mpirnn.models.precision import refusal
+    if refusal(precision, args.device):   # bf16 without native support, fp16 off CUDA: training refuses them
+        raise CalibrationError(refusal(precision, args.device))
+    say(f"mpirnn.plan: calibrating {what_is_measured(cells, hidden)} in {precision}, expected about "
         f"{expected_seconds(cells, hidden):.0f} s")
-    calibrate(args.out, device=args.device, cells=cells, hidden=hidden, say=say)
+    calibrate(args.out, device=args.device, cells=cells, hidden=hidden, say=say, precision=precision)
     return 0
 
 
@@ -206,7 +216,7 @@ def plan(args) -> int:
     from mpirnn.config import load_config
     cfg = load_config(args.config, args.overrides)
     shape = Shape.from_config(cfg, args.vocab)
-    cal = load_calibration(args.calibration, shape)
+    cal = load_calibration(args.calibration, shape, args.precision or cfg.train.precision)
     bucket = cfg.train.bucket_mb
     reference = serial(shape, cal, bucket)
     if args.grid:
@@ -225,6 +235,6 @@ def plan(args) -> int:
     print(f"{shape.cell} {shape.layers}×{shape.hidden}, embed {shape.embed}, batch {shape.batch}, "
           f"seq_len {shape.seq_len} ({data}); {args.ranks} rank(s) on {args.nodes} node(s); 1 rank: "
           f"{reference.step_s:.4g} s per step\ncalibration: {cal.path} ({cal.data['host'].get('cpu')}, "
-          f"{cal.data['host'].get('date', '?')[:10]})\n")
+          f"{cal.data['host'].get('date', '?')[:10]}, {cal.precision})\n")
     print(table(predictions, reference, args.ranks))
     return 0

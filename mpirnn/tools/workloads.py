@@ -237,7 +237,7 @@ def build_step(spec: dict, comms, device):
     # Inputs are read on the first stage, targets on the last (as training does).
     inputs = inputs[rows, segment].contiguous().to(device) if plan.first_stage else None
     state = model.zero_state(plan.local_rows, torch.empty(0, device=device), range(*plan.layers))
-    runner = StepRunner(model, plan, comms, bucket_mb=4.0)
+    runner = StepRunner(model, plan, comms, bucket_mb=4.0, precision=precision_of(spec, device))
 
     def cut(tensor):
         if tensor is None or not isinstance(tensor, torch.Tensor):
@@ -251,6 +251,13 @@ def build_step(spec: dict, comms, device):
             return runner(cut(inputs), cut(targets), state, norm)[0]
         return runner(inputs, targets, state, norm)[0]
     return model, step, runner
+
+
+def precision_of(spec: dict, device):
+    """The spec's train.precision as training would run it; `--bf16 on` on a CPU without native bf16
+    times the emulated policy (mpirnn/models/precision.py), which training itself refuses."""
+    from mpirnn.models.precision import for_device
+    return for_device(spec.get("precision", "float32"), device, emulate=True)
 
 
 def run_spec(spec: dict, world) -> dict | None:

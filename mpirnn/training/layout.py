@@ -39,7 +39,7 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None, threads:
         cal = calibration_file.load(path)
     except (CalibrationError, OSError) as exc:
         raise ConfigError(f"parallel.calibration = {p.calibration}: {exc}") from None
-    if cal.precision != cfg.train.precision:  # reduced-precision compute is not calibrated (issue 22 item 4)
+    if cal.precision != cfg.train.precision:  # a calibration given by path, measured in another precision
         return p.microbatches, p.chunks, (f"the fixed rules (calibration {calibration_file.shown_path(path)} "
                                           f"measured {cal.precision}, this run is {cfg.train.precision})")
     shape = Shape.from_config(cfg, vocab)
@@ -72,10 +72,14 @@ def _calibration_path(cfg, threads: int) -> tuple[str | None, str]:
     if _on_gpu(cfg):   # a CPU calibration says nothing about a GPU's kernels
         return None, "no calibration of this GPU: python -m mpirnn.plan --calibrate measures one"
     cpu = cpu_model()
-    found = calibration_file.find_for_host(cpu, cfg.model.cell, cfg.model.hidden)
+    precision = cfg.train.precision
+    found = calibration_file.find_for_host(cpu, cfg.model.cell, cfg.model.hidden, precision)
     if found is None:
-        return None, (f"no calibration of this CPU ({cpu}) for {cfg.model.cell} at hidden {cfg.model.hidden} in "
-                      f"{calibration_file.searched()}: python -m mpirnn.plan --calibrate measures one")
+        flag = "" if precision == "float32" else f" --precision {precision}"
+        kind = "" if precision == "float32" else f"{precision} "
+        return None, (f"no {kind}calibration of this CPU ({cpu}) for {cfg.model.cell} at hidden "
+                      f"{cfg.model.hidden} in {calibration_file.searched()}: python -m mpirnn.plan --calibrate{flag} "
+                      f"measures one")
     return str(found), ""
 
 

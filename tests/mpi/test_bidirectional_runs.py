@@ -1,6 +1,6 @@
 """Bidirectional training runs through the real entry point: a checkpoint written on one grid holds
 the reverse weights under their serial names, and a run resumed from it on every supported grid
-of this world size continues with the losses of the uninterrupted run.
+of this world size (sequence parallelism included) continues with the losses of the uninterrupted run.
 
     mpirun -n K python -m pytest --with-mpi -m mpi tests/mpi/test_bidirectional_runs.py   (K = 1, 2, 3, 4)
 """
@@ -60,7 +60,7 @@ def run(path: Path, name: str, **extra) -> list[float]:
 
 
 def test_checkpoint_resumes_on_every_supported_grid(tagged):
-    grids = [grid_settings(g) for g in factorizations(world.size, 2, HIDDEN) if g[1] == 1]
+    grids = [grid_settings(g) for g in factorizations(world.size, 2, HIDDEN)]
     written = max(grids, key=lambda g: sum(v > 1 for v in g.values()))
     expected = run(tagged, "whole", **written)
     for index, grid in enumerate(grids):
@@ -71,3 +71,14 @@ def test_checkpoint_resumes_on_every_supported_grid(tagged):
             assert saved["model"]["layers.1.weight_hh_l0_reverse"].shape == (4 * HIDDEN, HIDDEN)
         got = run(tagged, f"part-{index}", **grid, **{"checkpoint.dir": str(ckpt), "checkpoint.resume": "true"})
         assert got == pytest.approx(expected, rel=1e-10, abs=1e-12), f"rank {world.rank}: {written} -> {grid}"
+
+
+@pytest.mark.parametrize("cell", ["gru", "minlstm"])
+def test_dropout_and_validation_are_the_same_on_every_grid(tagged, cell):
+    # Dropout masks keyed on global rows and steps: the two opposite wavefronts of sp draw the serial ones too.
+    settings = {"model.cell": f'"{cell}"', "model.dropout": 0.3, "train.steps": 4, "train.eval_every": 2}
+    grids = [grid_settings(g) for g in factorizations(world.size, 2, HIDDEN)]
+    expected = run(tagged, f"dropout-{cell}", **grids[0], **settings)
+    for index, grid in enumerate(grids[1:]):
+        got = run(tagged, f"dropout-{cell}-{index}", **grid, **settings)
+        assert got == pytest.approx(expected, rel=1e-10, abs=1e-12), f"rank {world.rank}: {grid}"

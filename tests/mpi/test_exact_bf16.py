@@ -5,11 +5,13 @@
 Reduced precision is not bit-exact across grids: the schedules cut the batch and the sequence
 into GEMMs of other shapes, whose float32 sums round to other bf16 values. The contract
 (docs/design.md, "Exactness") is a bound on each tensor's largest deviation relative to its
-largest value, measured across rank counts at most 7.6e-3 and set at BF16_BOUND = 2e-2; a
-state message zeroed between segments moves the same measure by at least 0.13 (every cell,
-every grid with sp > 1), so the bound catches it. On a CPU without native bf16 the policy is
-emulated (mpirnn/models/precision.py: the fused cells' recurrence then runs in float32, the
-linear cells and every head and embedding in bf16), which is what these tests run here.
+largest value, measured across rank counts at most 7.6e-3 with emulated bf16 and 3.5e-2 with
+native bf16 (tensor-parallel grids on an AMX Xeon; docs/design.md), and set at BF16_BOUND = 6e-2;
+a state message zeroed between segments moves the same measure by at least 0.128 (every cell,
+every grid with sp > 1, both machines), so the bound catches it. On a CPU without native bf16
+the policy is emulated (mpirnn/models/precision.py: the fused cells' recurrence then runs in
+float32, the linear cells and every head and embedding in bf16); with native bf16 these tests
+run the native path, oneDNN's fused bf16 layers included.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from support import TEST_DEVICE
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(300)]
 
 BF16 = for_device("bf16", TEST_DEVICE, emulate=True)
-BF16_BOUND = 2e-2
+BF16_BOUND = 6e-2
 LAYERS = 2
 
 
