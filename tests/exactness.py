@@ -62,7 +62,7 @@ def make_batch(dtype, tokens=True, steps=STEPS, horizon=1):
     return data[:, :-1], data[:, 1:]
 
 
-def present(targets) -> float:
+def scored_terms(targets) -> float:
     """The loss's divisor: every scored term of the batch."""
     if isinstance(targets, HorizonTargets):
         rows, _, features = targets.values.shape
@@ -88,7 +88,7 @@ def serial(cell, dtype, layers, tokens, random_state, steps, precision=FLOAT32, 
     inputs, targets = make_batch(dtype, tokens, steps, predicts.horizon if predicts else 1)
     loss, final = serial_loss(model, inputs, targets, initial_state(model, dtype, random_state), precision,
                               dropout_key(dropout))
-    loss = loss / present(targets)
+    loss = loss / scored_terms(targets)
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, final.detach()
 
@@ -110,9 +110,9 @@ def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches
         local_inputs = inputs[rows, segment] if plan.first_stage else None
         local_targets = targets[rows, segment] if plan.last_stage else None
         # Forward only (validation) first: the same loss, the same final states, no gradients.
-        evaluated, evaluated_final = runner.evaluate(local_inputs, local_targets, state, present(targets))
+        evaluated, evaluated_final = runner.evaluate(local_inputs, local_targets, state, scored_terms(targets))
         assert all(p.grad is None for p in model.parameters())
-        loss, final = runner(local_inputs, local_targets, state, present(targets), noise=dropout_key(dropout))
+        loss, final = runner(local_inputs, local_targets, state, scored_terms(targets), noise=dropout_key(dropout))
         # Equal to rounding: the loss shares are summed in the other order, and without autograd
         # PyTorch may pick another kernel for the fused cells.
         bound = REDUCED_TOLERANCE if precision.reduced else TOLERANCE[dtype]

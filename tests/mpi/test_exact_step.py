@@ -100,8 +100,9 @@ QUANTILE_HEADS = {"quantiles": dict(quantiles=(0.1, 0.5, 0.9)), "horizon": dict(
 @pytest.mark.parametrize("head", QUANTILE_HEADS, ids=list(QUANTILE_HEADS))
 @pytest.mark.parametrize("cell", ["lstm", "mingru"])
 def test_quantile_and_horizon_heads(cell, head):
-    # The pinball loss and the direct multi-step head (targets 6 steps ahead, NaN past the window,
-    # so segments and chunks near the end score fewer of them): sums over present targets divided
-    # by their global count, so every grid gives the serial loss and gradients; chunks cut the segments.
+    # The pinball loss and the direct multi-step head (every step scored 1 step ahead, the origins
+    # 23 - 6k also 2-6 steps ahead, read past the end of the segment or chunk that holds them): sums
+    # over the scored terms divided by their global count, so every grid gives the serial loss and
+    # gradients; chunks cut the segments.
     check(cell, tokens=False, layers=3, chunks=2 if cell == "lstm" else 0,
           predicts=SeriesOutputs(exactness.FEATURES, **QUANTILE_HEADS[head]))
