@@ -7,7 +7,9 @@ interleaved in one process on the benchmark's series workloads (docs/forecasting
 Each variant is the benchmark's training step (mpirnn/tools/workloads.py build_step: the
 StepRunner's forward, backward and gradient reduction, 1 thread) on one rank; the variants
 run in turn, step by step, so a busy shared machine slows them alike. Prints each variant's
-median step time and the median of its per-round ratios to the one-step step.
+median step time and the median of its per-round ratios to the one-step step, in wall-clock
+seconds and in the process's CPU seconds (1 thread: the compute the step costs, which other
+processes competing for the cores change far less than they change the wall clock).
 """
 
 import argparse
@@ -58,10 +60,11 @@ def main() -> None:
         model, step, optimizer = steps[name]
         optimizer.zero_grad(set_to_none=True)
         world.Barrier()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         step()
         optimizer.step()
-        return world.allreduce(time.perf_counter() - started, op=MPI.MAX)
+        return (world.allreduce(time.perf_counter() - started, op=MPI.MAX),
+                world.allreduce(time.process_time() - cpu, op=MPI.MAX))
 
     for name in steps:   # warm-up
         timed(name)
@@ -71,12 +74,16 @@ def main() -> None:
         for name in order:
             times[name].append(timed(name))
     if world.rank == 0:
-        base = times["one step"]
         print(f"{args.workload} ({shape['cell']} {shape['hidden']}, batch {shape['batch']}, seq_len {shape['seq_len']}), "
               f"{world.size} rank(s) x 1 thread, {args.pairs} rounds:")
-        for name, seconds in times.items():
-            ratio = statistics.median(s / b for s, b in zip(seconds, base))
-            print(f"  {name:<28} median {statistics.median(seconds):.4f} s   per-round ratio to one step {ratio:.3f}")
+        for name, pairs in times.items():
+            line = f"  {name:<28}"
+            for kind, index in (("wall", 0), ("cpu", 1)):
+                seconds = [p[index] for p in pairs]
+                base = [p[index] for p in times["one step"]]
+                ratio = statistics.median(s / b for s, b in zip(seconds, base))
+                line += f"  {kind} median {statistics.median(seconds):.4f} s, ratio {ratio:.3f}"
+            print(line)
         sys.stdout.flush()
 
 
