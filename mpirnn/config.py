@@ -23,6 +23,7 @@ SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("float32", "bf16", "fp16")  # train.precision (mpirnn/models/precision.py)
 WINDOWS = ("auto", "every", "cut")
+LOSSES = ("auto", "mse", "quantile")  # train.loss (mpirnn/models/series_head.py)
 
 
 def doc(default, text: str):
@@ -104,6 +105,13 @@ class TrainConfig:
                                         "(n / (classes x count) on the train split), a list of one weight per "
                                         "class, or \"\" = equal weights")
     eval_batches: int = doc(0, "batches of data.batch_size val sequences per evaluation, in order; 0 = the whole val split")
+    loss: str = doc("auto", "series: mse (one value per step) or quantile (one value per train.quantiles, the "
+                            "pinball loss); auto = cross-entropy for tokens and classes, mse for values")
+    quantiles: list = field(default_factory=lambda: [0.1, 0.5, 0.9], metadata={
+        "doc": "with loss = quantile: the quantiles the head predicts, increasing, each between 0 and 1; the "
+               "median (or the middle one) is the point forecast"})
+    horizon: int = doc(1, "series: at every step the head predicts the next this many steps (a direct "
+                          "multi-step head, scored on the steps inside the window); 1 = the next step only")
     precision: str = doc("float32", "float32, or bf16 (matmuls under autocast, weights, gradients, optimizer state, "
                                     "states and messages in float32; on a CPU only with native bf16: avx512_bf16 or "
                                     "amx_bf16), or fp16 (the same, loss scaled; CUDA only): docs/precision.md")
@@ -296,6 +304,14 @@ def check(cfg: Config) -> None:
     if d.windows == "every" and t.stateful:
         raise ConfigError("data.windows = every with train.stateful = true: a carried state needs each row to "
                           "continue where it stopped; use data.windows = cut (or auto)")
+    if t.loss not in LOSSES:
+        raise ConfigError(f"train.loss = {t.loss!r}: choose one of {', '.join(LOSSES)}{_suggest(t.loss, LOSSES)}")
+    if not (t.quantiles and all(isinstance(q, float) and 0 < q < 1 for q in t.quantiles)
+            and all(a < b for a, b in zip(t.quantiles, t.quantiles[1:]))):
+        raise ConfigError(f"train.quantiles = {t.quantiles!r}: give increasing numbers between 0 and 1 (not "
+                          f"included), e.g. [0.1, 0.5, 0.9]")
+    if not 1 <= t.horizon <= d.seq_len:
+        raise ConfigError(f"train.horizon = {t.horizon}: give 1 to data.seq_len = {d.seq_len} steps ahead")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout = {m.dropout}: give a probability from 0 up to (not including) 1")
     if d.lags != "auto" and not (isinstance(d.lags, list) and all(

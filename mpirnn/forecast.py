@@ -7,8 +7,11 @@ The model warms up on the last N steps of the train split (--context; default th
 checkpoint's data.seq_len), then runs H steps ahead (--horizon) feeding its own predictions
 back. The forecast is compared, in data units, with the first H steps of the val split (which
 follow the train split in time), and so are two baselines on the same steps: the last
-observed value, and seasonal naive (the value one --season earlier). Writes F.csv
-(step,forecast,actual), F.json (rmse, mae, baselines.*) and the plot; prints the same.
+observed value, and seasonal naive (the value one --season earlier). A model trained with
+train.horizon = K predicts K steps at a time; one trained with train.loss = "quantile" also gives
+its quantiles, scored by the pinball loss, a CRPS estimate and the coverage of the band between the
+outermost ones. Writes F.csv (step,forecast,actual[,q...]), F.json (rmse, mae, baselines.*, and
+the quantile scores) and the plot; prints the same.
 Under `mpirun -n N` rank 0 computes with the whole model and the other ranks wait, so the
 numbers are those of one process. Format and rules: docs/inference.md.
 """
@@ -62,6 +65,7 @@ class Job:
     json: Path
     plot: Path | None
     scored: bool
+    trained_horizon: int = 1   # train.horizon of the checkpoint: steps its head predicts at once
 
 
 def check_request(args, located) -> Job:
@@ -115,7 +119,21 @@ def check_request(args, located) -> Job:
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install 'mpirnn[plots]'") from None
     return Job(info, train, val, args.horizon, context, args.season, csv, csv.with_suffix(".json"), plot,
-               not args.no_actuals)
+               not args.no_actuals, cfg.train.horizon)
+
+
+# A forecast this many times longer than the trained horizon runs mostly on its own predictions.
+FAR_PAST_TRAINED = 4
+
+
+def horizon_warning(job: Job) -> str | None:
+    """The line `forecast` prints when its horizon is far past the one the model was trained for."""
+    if job.horizon <= FAR_PAST_TRAINED * job.trained_horizon:
+        return None
+    return (f"mpirnn: warning: --horizon {job.horizon} is more than {FAR_PAST_TRAINED}x the {job.trained_horizon} "
+            f"step(s) the model was trained to predict at once (train.horizon = {job.trained_horizon}): past them "
+            f"it feeds on its own predictions and may drift; train with train.horizon closer to {job.horizon} "
+            f"(up to data.seq_len) for such forecasts")
 
 
 def run(job: Job, located) -> None:
@@ -127,6 +145,9 @@ def run(job: Job, located) -> None:
     from mpirnn.inference.load import build
 
     model, _, _ = build(located, "cpu")
+    warning = horizon_warning(job)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     H, F, T = job.horizon, job.info.features, job.train.length
     span = min(T, max(job.context, job.season or 0, 4 * (job.season or 0), 3 * H))
     reader = Reader(job.train)
@@ -140,8 +161,9 @@ def run(job: Job, located) -> None:
         reader.close()
     else:
         context = history[-job.context:]
-    forecast = forecasting.roll_forward(model, context, H, job.info.normalization, inputs, T - job.context,
-                                        job.train.time)
+    forecast, quantiles = forecasting.roll_quantiles(model, context, H, job.info.normalization, inputs,
+                                                     T - job.context, job.train.time)
+    levels = model.predicts.quantiles
     actual = np.full((H, F), np.nan)
     if job.val is not None:
         known = min(H, job.val.length)
@@ -149,34 +171,45 @@ def run(job: Job, located) -> None:
         actual[:known] = reader.read_span(0, known)
         reader.close()
     seasonal = forecasting.seasonal_naive(history, H, job.season) if job.season else None
-    result = summary(job, located, forecast, actual, forecasting.last_value(history, H), seasonal)
-    files = {job.csv: forecast_files.forecast_csv(forecast, actual), job.json: forecast_files.forecast_json(result)}
+    result = summary(job, located, forecast, actual, forecasting.last_value(history, H), seasonal,
+                     quantiles, levels)
+    files = {job.csv: forecast_files.forecast_csv(forecast, actual, quantiles, levels),
+             job.json: forecast_files.forecast_json(result)}
     if job.plot is not None:
         title = f"{H}-step forecast after {job.context} observed steps ({job.train.root.name})"
         files[job.plot] = forecast_files.forecast_plot(history, forecast, actual, seasonal,
-                                                       job.plot.suffix.lstrip("."), title)
+                                                       job.plot.suffix.lstrip("."), title, quantiles, levels)
     write_whole(files)
     print(report(result, files), flush=True)
 
 
-def summary(job: Job, located, forecast, actual, last, seasonal) -> dict:
+def summary(job: Job, located, forecast, actual, last, seasonal, quantiles=None, levels=()) -> dict:
     import numpy as np
 
     from mpirnn.inference.forecasting import errors
+    from mpirnn.inference.quantile_scores import quantile_scores
 
     result = {"checkpoint": str(located.path), "step": located.step, "data": str(job.train.root),
               "horizon": job.horizon, "context": job.context, "season": job.season, "features": job.info.features,
-              "unit": "data units", "scored": job.scored, "actual_steps": int((~np.isnan(actual[:, 0])).sum())}
+              "unit": "data units", "scored": job.scored, "actual_steps": int((~np.isnan(actual[:, 0])).sum()),
+              "trained_horizon": job.trained_horizon, "quantiles": list(levels) or None}
     model = errors(forecast, actual) if job.scored else [{"rmse": None, "mae": None}] * job.info.features
     naive = errors(last, actual) if job.scored else model
     seasons = errors(seasonal, actual) if job.scored and seasonal is not None else None
     # The first feature under the plain names (as in the CSV); every feature in per_feature.
     result.update(rmse=model[0]["rmse"], mae=model[0]["mae"],
                   baselines={"last_value": naive[0], "seasonal_naive": seasons[0] if seasons else None})
+    # A quantile model's pinball, crps, coverage and band: the first feature under the plain names.
+    spread = [{}] * job.info.features
+    if quantiles is not None:
+        unscored = dict.fromkeys(("pinball", "pinball_by_quantile", "crps", "coverage"))
+        unscored["band"] = [levels[0], levels[-1]]
+        spread = quantile_scores(quantiles, actual, levels) if job.scored else [unscored] * job.info.features
+        result.update(spread[0])
     if job.info.features > 1:
-        result["per_feature"] = [{**model[j], "baselines": {"last_value": naive[j],
-                                                            "seasonal_naive": seasons[j] if seasons else None}}
-                                 for j in range(job.info.features)]
+        result["per_feature"] = [{**model[j], **spread[j], "baselines": {
+            "last_value": naive[j], "seasonal_naive": seasons[j] if seasons else None}}
+            for j in range(job.info.features)]
     return result
 
 
@@ -191,7 +224,10 @@ def report(result: dict, files: dict) -> str:
              + (", first feature" if result["features"] > 1 else "") + ", data units:"]
     if result["scored"]:
         season = result["season"]
-        lines += [row("model", result), row("last value", result["baselines"]["last_value"]),
+        band = result.get("band")
+        quantile = (f"  pinball {result['pinball']:.6g}  CRPS~ {result['crps']:.6g}  {band[0]:g}-{band[1]:g} "
+                    f"coverage {result['coverage']:.3f}" if band and result.get("pinball") is not None else "")
+        lines += [row("model", result) + quantile, row("last value", result["baselines"]["last_value"]),
                   row(f"seasonal naive{f' ({season})' if season else ''}",
                       result["baselines"]["seasonal_naive"]) + ("" if season else " (no --season given)")]
     else:

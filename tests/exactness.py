@@ -12,6 +12,7 @@ import pytest
 import torch
 from mpi4py import MPI
 
+from mpirnn.data.horizon import HorizonTargets, targets_per_window
 from mpirnn.distributed.mesh import Comms
 from mpirnn.models.dropout import DropoutKey
 from mpirnn.models.model import RecurrentModel
@@ -39,21 +40,34 @@ def grids(layers: int, n: int | None = None) -> list[tuple[int, int, int, int]]:
     return factorizations(world.size if n is None else n, layers, HIDDEN)
 
 
-def make_model(cell, dtype, layers, tokens=True):
+def make_model(cell, dtype, layers, tokens=True, predicts=None):
+    """`predicts`: a series head's steps ahead and quantiles (mpirnn/models/series_head.py; None: next step)."""
     torch.manual_seed(1234)
     model = RecurrentModel(cell, hidden=HIDDEN, layers=layers, embed=5,
-                           vocab_size=VOCAB if tokens else None, features=None if tokens else FEATURES)
+                           vocab_size=VOCAB if tokens else None, features=None if tokens else FEATURES,
+                           predicts=predicts)
     return model.to(device=TEST_DEVICE, dtype=dtype)
 
 
-def make_batch(dtype, tokens=True, steps=STEPS):
+def make_batch(dtype, tokens=True, steps=STEPS, horizon=1):
+    """(inputs, targets); with `horizon` > 1 the targets are a HorizonTargets (mpirnn/data/horizon.py)."""
     generator = torch.Generator().manual_seed(99)
     if tokens:
         data = torch.randint(0, VOCAB, (ROWS, steps + 1), generator=generator)
     else:
         data = torch.randn(ROWS, steps + 1, FEATURES, generator=generator, dtype=dtype)
     data = data.to(TEST_DEVICE)
+    if horizon > 1:   # the window's next steps; the executor cuts them per unit
+        return data[:, :-1], HorizonTargets(data[:, 1:], 0, steps, steps, horizon)
     return data[:, :-1], data[:, 1:]
+
+
+def scored_terms(targets) -> float:
+    """The loss's divisor: every scored term of the batch."""
+    if isinstance(targets, HorizonTargets):
+        rows, _, features = targets.values.shape
+        return float(rows * targets_per_window(targets.seq_len, targets.horizon) * features)
+    return float(targets.numel())
 
 
 def initial_state(model, dtype, random, layers=None):
@@ -69,26 +83,26 @@ def dropout_key(dropout):
     return DropoutKey(dropout, seed=11, step=3) if dropout else None
 
 
-def serial(cell, dtype, layers, tokens, random_state, steps, precision=FLOAT32, dropout=0.0):
-    model = make_model(cell, dtype, layers, tokens)
-    inputs, targets = make_batch(dtype, tokens, steps)
+def serial(cell, dtype, layers, tokens, random_state, steps, precision=FLOAT32, dropout=0.0, predicts=None):
+    model = make_model(cell, dtype, layers, tokens, predicts)
+    inputs, targets = make_batch(dtype, tokens, steps, predicts.horizon if predicts else 1)
     loss, final = serial_loss(model, inputs, targets, initial_state(model, dtype, random_state), precision,
                               dropout_key(dropout))
-    loss = loss / targets.numel()
+    loss = loss / scored_terms(targets)
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}, final.detach()
 
 
 def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches, steps, chunks=0,
-             precision=FLOAT32, dropout=0.0):
+             precision=FLOAT32, dropout=0.0, predicts=None):
     dp, sp, pp, tp = grid_shape
     comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp))
     try:
         plan = make_plan(comms.grid, comms.coords, batch_size=ROWS, seq_len=steps, layers=layers, cell=cell,
                          microbatches=microbatches, chunks=chunks, hidden=HIDDEN)
         group = TensorGroup(comms.axis["tp"], HIDDEN, comms.timer) if tp > 1 else None
-        model = stage_model(make_model(cell, dtype, layers, tokens), plan, group)
-        inputs, targets = make_batch(dtype, tokens, steps)
+        model = stage_model(make_model(cell, dtype, layers, tokens, predicts), plan, group)
+        inputs, targets = make_batch(dtype, tokens, steps, predicts.horizon if predicts else 1)
         rows, segment = slice(*plan.rows), slice(*plan.segment)
         stage = slice(*plan.layers)
         state = initial_state(model, dtype, random_state, layers)[stage, :, rows, slice(*plan.hidden)]
@@ -96,9 +110,9 @@ def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches
         local_inputs = inputs[rows, segment] if plan.first_stage else None
         local_targets = targets[rows, segment] if plan.last_stage else None
         # Forward only (validation) first: the same loss, the same final states, no gradients.
-        evaluated, evaluated_final = runner.evaluate(local_inputs, local_targets, state, float(targets.numel()))
+        evaluated, evaluated_final = runner.evaluate(local_inputs, local_targets, state, scored_terms(targets))
         assert all(p.grad is None for p in model.parameters())
-        loss, final = runner(local_inputs, local_targets, state, float(targets.numel()), noise=dropout_key(dropout))
+        loss, final = runner(local_inputs, local_targets, state, scored_terms(targets), noise=dropout_key(dropout))
         # Equal to rounding: the loss shares are summed in the other order, and without autograd
         # PyTorch may pick another kernel for the fused cells.
         bound = REDUCED_TOLERANCE if precision.reduced else TOLERANCE[dtype]
@@ -117,15 +131,15 @@ def parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches
 
 
 def check(cell, dtype=torch.float64, layers=2, tokens=True, random_state=False, microbatches=0, steps=STEPS,
-          chunks=0, grid_list=None, dropout=0.0):
+          chunks=0, grid_list=None, dropout=0.0, predicts=None):
     expected_loss, expected_grads, expected_final = serial(cell, dtype, layers, tokens, random_state, steps,
-                                                           dropout=dropout)
+                                                           dropout=dropout, predicts=predicts)
     for grid_shape in grid_list or grids(layers):
         if grid_shape[0] > ROWS or microbatches > ROWS // grid_shape[0]:
             continue  # data.batch_size < dp and microbatches > rows are refused before compute (tests/test_plan.py)
         chained = mode_of(cell, grid_shape[1]) == "chain"
         loss, grads, final, plan = parallel(cell, dtype, layers, tokens, random_state, grid_shape, microbatches,
-                                            steps, chunks if chained else 0, dropout=dropout)
+                                            steps, chunks if chained else 0, dropout=dropout, predicts=predicts)
         where = (f"rank {world.rank}, dp×sp×pp×tp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {cell}, "
                  f"{dtype}, {layers} layers")
         assert loss == pytest.approx(expected_loss, rel=TOLERANCE[dtype]["rtol"], abs=TOLERANCE[dtype]["atol"]), where

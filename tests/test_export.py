@@ -74,10 +74,11 @@ torch.save({"outputs": outputs, "metadata": metadata}, f"{ROOT}/{FORMAT}-results
 """
 
 
-def write_checkpoint(directory: Path, cell: str, info: ModelInfo) -> None:
-    """A checkpoint as the trainer writes it (serial names, resolved config, "dataset" record)."""
+def write_checkpoint(directory: Path, cell: str, info: ModelInfo, extra=()) -> None:
+    """A checkpoint as the trainer writes it (serial names, resolved config, "dataset" record);
+    `extra`: more --set settings."""
     cfg = load_config(None, [f"model.cell={cell}", "model.hidden=8", "model.layers=2", "model.embed=5",
-                             "train.seed=3"])
+                             "train.seed=3", *extra])
     model = build_model(cfg, vocab_size=info.vocab_size, features=info.features)
     state = {"format": 2, "step": 2, "model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []}}
     checkpoint.save(directory, 2, state, cfg.to_dict(), {"dataset": info.to_json()})
@@ -147,6 +148,28 @@ def test_torch_file_names_parameters_as_pytorch_and_converts_units(tmp_path):
     data = torch.tensor([[[7.0, 3.0, 1.0]]])
     assert torch.allclose(m.normalize(data), torch.tensor([[[1.0, 4.0, 2.0]]]))
     assert torch.allclose(m.denormalize(m.normalize(data)), data)
+
+
+@pytest.mark.parametrize("fmt", ["torch", "safetensors"])
+def test_a_quantile_multi_step_head_exports_whole(tmp_path, fmt):
+    # 4 steps ahead x 3 features x 3 quantiles = 36 outputs per step, laid out [H, F, Q].
+    write_checkpoint(tmp_path / "ck", "gru", KINDS["series"], ['train.loss="quantile"', "train.horizon=4"])
+    assert export(["--checkpoint", str(tmp_path / "ck"), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}")]) == 0
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1))
+    if fmt == "torch":
+        extra = {"mpirnn.json": ""}
+        got = torch.jit.load(tmp_path / "m.torch", _extra_files=extra)(x)
+        returns = json.loads(extra["mpirnn.json"])["returns"]
+        assert "[batch, time, 4 x 3 x 3]" in returns and "quantile [0.1, 0.5, 0.9]" in returns
+    else:
+        from safetensors import safe_open
+
+        from mpirnn.inference import standalone
+        with safe_open(tmp_path / f"m.{fmt}", "pt") as f:
+            meta, serial = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        got = standalone.from_serial(serial, json.loads(meta["config"]), json.loads(meta["dataset"]))(x).detach()
+    want = serial_output(build(locate(tmp_path / "ck"))[0], x)
+    assert got.shape == want.shape == (2, 5, 36) and (got - want).abs().max().item() < 1e-5
 
 
 def test_missing_packages_and_folders_are_refused_in_one_line(tmp_path, monkeypatch):

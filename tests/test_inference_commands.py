@@ -130,6 +130,39 @@ def test_forecast_a_sine_on_a_trend(trained):
     assert (root / "fc-1.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_forecast_quantiles_of_a_multi_step_model(trained):
+    # Trained with the pinball loss and a 5-step head; a 30-step forecast is 6x that, so it warns.
+    root = trained["root"]
+    ckpt = train(root, trained["trend"], "trend-q", **{"model.cell": "gru", "data.seq_len": 50, "train.eval_every": 20,
+                                                       "train.loss": '"quantile"', "train.horizon": 5})
+    out = root / "fq.csv"
+    done = run(2, "mpirnn.forecast", "--checkpoint", ckpt, "--horizon", 30, "--season", 25, "--context", 100,
+               "--out", out, "--plot", root / "fq.png")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("mpirnn: warning: --horizon 30")]
+    assert len(warnings) == 1 and "train.horizon = 5" in warnings[0], done.stderr
+    assert "coverage" in done.stdout and "pinball" in done.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["step", "forecast", "actual", "q0.1", "q0.5", "q0.9"]
+    q = np.array([[float(r[k]) for k in ("q0.1", "q0.5", "q0.9")] for r in rows])
+    actual = np.array([float(r["actual"]) for r in rows])
+    assert np.all(np.diff(q, axis=1) >= 0) and [float(r["forecast"]) for r in rows] == q[:, 1].tolist()
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["quantiles"] == [0.1, 0.5, 0.9] and summary["band"] == [0.1, 0.9]
+    assert summary["trained_horizon"] == 5
+    assert summary["coverage"] == pytest.approx(np.mean((actual >= q[:, 0]) & (actual <= q[:, 2])))
+    diff = actual[:, None] - q
+    pinball = np.maximum(np.array([0.1, 0.5, 0.9]) * diff, (np.array([0.1, 0.5, 0.9]) - 1) * diff).mean()
+    assert summary["pinball"] == pytest.approx(pinball) and summary["crps"] == pytest.approx(2 * pinball)
+    assert summary["rmse"] == pytest.approx(math.sqrt(np.mean((q[:, 1] - actual) ** 2)))
+    assert (root / "fq.png").read_bytes().startswith(b"\x89PNG")
+    # evaluate scores the same objective as training's validation (the pinball loss over 5 steps ahead).
+    logged = [json.loads(line) for line in (root / "trend-q.jsonl").read_text().splitlines()][-2]["val_loss"]
+    done = run(2, "mpirnn.evaluate", "--checkpoint", ckpt, "--set", "parallel.sp=2", "--out", root / "q.json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((root / "q.json").read_text())["loss"] == pytest.approx(logged, rel=1e-5)
+
+
 def test_generate_is_the_same_at_any_rank_count(trained):
     texts = [run(n, "mpirnn.generate", "--checkpoint", trained["token_model"], "--prompt", "def ", "--bytes", 40,
                  "--seed", 3) for n in (1, 2)]

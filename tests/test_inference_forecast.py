@@ -87,3 +87,47 @@ def test_plot_is_an_image():
     history = np.sin(np.arange(30.0))[:, None]
     png = forecast_files.forecast_plot(history, history[:5], history[5:10], history[:5], "png", "t")
     assert png.startswith(b"\x89PNG")
+
+
+def test_a_multi_step_head_forecasts_its_horizon_at_once_then_feeds_the_median_back():
+    from mpirnn.models.series_head import SeriesOutputs
+
+    torch.manual_seed(2)
+    head = SeriesOutputs(features=1, horizon=3, quantiles=(0.1, 0.5, 0.9))
+    model = RecurrentModel("gru", 8, 1, 4, features=1, predicts=head).double()
+    context = np.cos(np.arange(12.0))[:, None]
+    points, quantiles = forecasting.roll_quantiles(model, context, 7)
+    assert points.shape == (7, 1) and quantiles.shape == (7, 1, 3)
+    assert np.all(np.diff(quantiles, axis=-1) >= 0) and np.array_equal(points, quantiles[..., 1])
+    # By brute force: from the whole sequence so far, the head's 3 steps; their sorted medians go in.
+    sequence, expected = torch.tensor(context), []
+    while len(expected) < 7:
+        out, _ = model.run_stack(model.embed(sequence[None]), model.zero_state(1, sequence))
+        ahead = torch.sort(head.shaped(model.head(out[0, -1])).detach(), dim=-1).values   # [3, 1, 3]
+        expected += list(ahead[:7 - len(expected)])
+        sequence = torch.cat([sequence, ahead[:, :, 1]])
+    np.testing.assert_allclose(quantiles, torch.stack(expected).numpy(), atol=1e-12)
+
+
+def test_quantile_scores_by_hand():
+    from mpirnn.inference.quantile_scores import quantile_scores
+
+    levels = (0.1, 0.5, 0.9)
+    quantiles = np.array([[[1.0, 2.0, 3.0]], [[1.0, 2.0, 3.0]], [[0.0, 1.0, 2.0]]])   # [H=3, F=1, Q=3]
+    actual = np.array([[2.5], [4.0], [np.nan]])
+    (scores,) = quantile_scores(quantiles, actual, levels)
+    # step 1 (y = 2.5): 0.1*1.5, 0.5*0.5, 0.1*0.5; step 2 (y = 4): 0.1*3, 0.5*2, 0.9*1; step 3 has no actual
+    by_quantile = [(0.15 + 0.3) / 2, (0.25 + 1.0) / 2, (0.05 + 0.9) / 2]
+    assert scores["pinball_by_quantile"] == pytest.approx(by_quantile)
+    assert scores["pinball"] == pytest.approx(np.mean(by_quantile)) and scores["crps"] == pytest.approx(
+        2 * np.mean(by_quantile))
+    assert scores["coverage"] == 0.5 and scores["band"] == [0.1, 0.9]
+
+
+def test_csv_layout_with_quantiles():
+    forecast = np.array([[2.0, 20.0]])
+    quantiles = np.array([[[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]])
+    lines = forecast_files.forecast_csv(forecast, np.full((1, 2), np.nan), quantiles, (0.1, 0.5, 0.9))
+    assert lines.decode().splitlines() == [
+        "step,forecast,actual,forecast_1,actual_1,q0.1,q0.5,q0.9,q0.1_1,q0.5_1,q0.9_1",
+        "1,2.0,,20.0,,1.0,2.0,3.0,10.0,20.0,30.0"]

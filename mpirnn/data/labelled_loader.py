@@ -145,9 +145,11 @@ class LabelledEvaluationLoader:
         self.data.close()
 
 
-def evaluation_loader(manifest: Manifest, seq_len: int, batch_size: int, device, dtype, weights=None, inputs=None):
+def evaluation_loader(manifest: Manifest, seq_len: int, batch_size: int, device, dtype, weights=None, inputs=None,
+                      horizon: int = 1):
     """The loader that scores a split in order: labelled rows, or windows of a stream or rows
-    (`inputs`: a series model's lags and calendar, mpirnn/data/model_inputs.py)."""
+    (`inputs`: a series model's lags and calendar, mpirnn/data/model_inputs.py; `horizon`: the
+    steps ahead its head predicts, mpirnn/data/horizon.py)."""
     if manifest.task_spec.labelled:
         return LabelledEvaluationLoader(manifest, batch_size, device, dtype, weights)
-    return EvaluationLoader(manifest, seq_len, batch_size, device, dtype, inputs)
+    return EvaluationLoader(manifest, seq_len, batch_size, device, dtype, inputs, horizon)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpirnn import faults
+from mpirnn.data.horizon import read_horizon_targets, targets_per_window
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.model_inputs import ModelInputs, read_inputs, resolve_inputs
 from mpirnn.data.reader import Reader
@@ -46,8 +47,9 @@ class BatchLoader:
         self.reads_inputs, self.reads_targets = reads.inputs, reads.targets
         self.windows = self.reader.n_windows(self.seq_len)
         self.device, self.dtype = device, dtype
+        self.horizon = cfg.train.horizon   # steps ahead each step predicts (mpirnn/data/horizon.py)
         # Every loss term of the global batch: the serial loss is a mean over these.
-        self.elements = self.batch_size * self.seq_len * (manifest.features or 1)
+        self.elements = self.batch_size * targets_per_window(self.seq_len, self.horizon) * (manifest.features or 1)
 
     def global_windows(self, step: int) -> np.ndarray:
         if self.stateful:
@@ -68,9 +70,9 @@ class BatchLoader:
         if not (self.reads_inputs or self.reads_targets):
             return None, None
         windows = self.global_windows(step)[slice(*self.rows)]
-        if self.inputs is not None and self.inputs.widens:
-            return read_widened(self.reader, windows, self.seq_len, self.segment, self.reads_inputs,
-                                self.reads_targets, self.inputs, self.dtype, self.device)
+        if self.horizon > 1 or self.inputs is not None and self.inputs.widens:
+            return read_apart(self.reader, windows, self.seq_len, self.segment, self.reads_inputs,
+                              self.reads_targets, self.inputs, self.horizon, self.dtype, self.device)
         block = read_block(self.reader, windows, self.seq_len, self.segment, self.reads_inputs,
                            self.reads_targets, self.dtype)
         block = faults.corrupt_batch(self.rank, step + 1, block)
@@ -101,15 +103,22 @@ def read_block(reader: Reader, windows, seq_len: int, segment: tuple[int, int], 
     return reader.block(windows, seq_len, first, last, dtype=dtype)
 
 
-def read_widened(reader: Reader, windows, seq_len: int, segment: tuple[int, int], reads_inputs: bool,
-                 reads_targets: bool, inputs: ModelInputs, dtype, device):
-    """(inputs, targets) where the inputs are wider than the targets (lags, calendar): read apart."""
-    wide = read_inputs(reader, windows, seq_len, segment, inputs, dtype).to(device) if reads_inputs else None
+def read_apart(reader: Reader, windows, seq_len: int, segment: tuple[int, int], reads_inputs: bool,
+               reads_targets: bool, inputs: ModelInputs | None, horizon: int, dtype, device):
+    """(inputs, targets) read apart: where the inputs are wider than the targets (lags, calendar),
+    or the targets reach past the segment (train.horizon > 1: a HorizonTargets, mpirnn/data/horizon.py)."""
+    read = None
+    if reads_inputs and inputs is not None and inputs.widens:
+        read = read_inputs(reader, windows, seq_len, segment, inputs, dtype).to(device)
+    elif reads_inputs:
+        read = reader.block(windows, seq_len, segment[0], segment[1] - 1, dtype=dtype).to(device)
     targets = None
-    if reads_targets:
+    if reads_targets and horizon > 1:
+        targets = read_horizon_targets(reader, windows, seq_len, segment, horizon, dtype).to(device)
+    elif reads_targets:
         block = reader.block(windows, seq_len, segment[0] + 1, segment[1], dtype=dtype)
         targets = block[:, :segment[1] - segment[0]].to(device)
-    return wide, targets
+    return read, targets
 
 
 def split_block(block, segment: tuple[int, int], reads_inputs: bool, reads_targets: bool):
@@ -155,8 +164,9 @@ class EvaluationLoader:
     """
 
     def __init__(self, manifest: Manifest, seq_len: int, batch_size: int, device, dtype,
-                 inputs: ModelInputs | None = None):
-        """`inputs`: what the model reads (lags and calendar; None: the stored values)."""
+                 inputs: ModelInputs | None = None, horizon: int = 1):
+        """`inputs`: what the model reads (lags and calendar; None: the stored values); `horizon`:
+        the steps ahead its head predicts (train.horizon)."""
         if inputs is not None:
             inputs.check_data(manifest)
         self.inputs = inputs
@@ -165,6 +175,8 @@ class EvaluationLoader:
         self.windows = check_eval_fit(manifest, seq_len, origin=first_window(inputs))
         self.device, self.dtype = device, dtype
         self.values_per_step = manifest.features or 1
+        self.horizon = horizon
+        self.targets_per_window = targets_per_window(seq_len, horizon)   # per feature
 
     def batches(self, limit: int = 0) -> list:
         """Window ids of each batch, in order (`limit` > 0: only the first `limit` batches)."""
@@ -175,9 +187,9 @@ class EvaluationLoader:
         if not (reads.inputs or reads.targets) or reads.local_rows == 0:
             return None, None
         mine = windows[slice(*reads.rows)]
-        if self.inputs is not None and self.inputs.widens:
-            return read_widened(self.reader, mine, self.seq_len, reads.segment, reads.inputs, reads.targets,
-                                self.inputs, self.dtype, self.device)
+        if self.horizon > 1 or self.inputs is not None and self.inputs.widens:
+            return read_apart(self.reader, mine, self.seq_len, reads.segment, reads.inputs, reads.targets,
+                              self.inputs, self.horizon, self.dtype, self.device)
         block = read_block(self.reader, mine, self.seq_len, reads.segment, reads.inputs, reads.targets,
                            self.dtype)
         check_token_ids(block, self.manifest, f"{self.manifest.split} split, sequences {int(mine[0])}-"

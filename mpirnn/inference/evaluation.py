@@ -147,7 +147,7 @@ def score_checkpoint(args, world, done, keep: bool = False, check=None):
         manifest = agree(world, open_split, cfg, args.split, info, located.path, world)
         args.split = manifest.split
         loader = agree(world, evaluation_loader, manifest, cfg.data.seq_len, cfg.data.batch_size, device,
-                       getattr(torch, cfg.model.dtype), inputs=info.inputs)
+                       getattr(torch, cfg.model.dtype), inputs=info.inputs, horizon=cfg.train.horizon)
         # One row per data-parallel group and one microbatch always fit; each batch's own plan follows.
         plan = agree(world, make_plan, grid, comms.coords, batch_size=grid.dp, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell, microbatches=1, chunks=cfg.parallel.chunks,

@@ -54,6 +54,12 @@ def metadata(located, cfg, info) -> dict[str, str]:
                      f"step, then the {info.inputs.calendar} calendar (sin, cos) of the predicted step, as "
                      f"mpirnn.data.model_inputs.ModelInputs.build makes them (dataset.inputs)")
         returns = f"the next step's normalized values [batch, time, {info.features}], {dtype}: y * std + mean"
+        t = cfg.train
+        quantiles = list(t.quantiles) if t.loss == "quantile" else []
+        if t.horizon > 1 or quantiles:   # a wider series head (mpirnn/models/series_head.py)
+            returns = (f"normalized values [batch, time, {t.horizon} x {info.features} x {max(1, len(quantiles))}], "
+                       f"{dtype}, laid out [steps ahead 1..{t.horizon}, feature, "
+                       f"{'quantile ' + str(quantiles) if quantiles else 'value'}]: y * std + mean")
     return {"format": "mpirnn export 1", "takes": takes, "returns": returns,
             "initial_state": "zeros (every sequence starts from a zero state)",
             "checkpoint": str(located.path), "step": str(located.step),

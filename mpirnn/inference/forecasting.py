@@ -22,11 +22,22 @@ from mpirnn.models.model import refuse_bidirectional
 @torch.no_grad()
 def roll_forward(model, context: np.ndarray, horizon: int, normalization=None, inputs=None, first: int = 0,
                  time=None) -> np.ndarray:
-    """Forecast `horizon` steps [H, F] (data units) after `context` [N, F] (data units).
+    """Forecast `horizon` steps [H, F] (data units) after `context` [N, F] (data units): the point
+    forecasts of `roll_quantiles`."""
+    return roll_quantiles(model, context, horizon, normalization, inputs, first, time)[0]
 
-    The model runs over the context from zero states; its prediction for the step after the
-    context is the first forecast, which is fed back as the next input, and so on (each
-    forecast step is one more step of the recurrence from the state reached so far).
+
+@torch.no_grad()
+def roll_quantiles(model, context: np.ndarray, horizon: int, normalization=None, inputs=None, first: int = 0,
+                   time=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(point forecasts [H, F], quantiles [H, F, Q] or None for a one-value head), data units.
+
+    The model runs over the context from zero states. Its head predicts, from the last step
+    reached, the next `model.predicts.horizon` steps (train.horizon; 1 for a next-step model):
+    those are forecast, their points (the median, or the middle quantile) are fed back one step
+    at a time as inputs, and the head at the last of them predicts the next ones, until `horizon`
+    steps are forecast. Quantiles that cross are sorted at each step (a rearrangement that never
+    raises the pinball loss).
 
     With `inputs` (mpirnn/data/model_inputs.py) that add lags or calendar, `context` holds
     `inputs.back` more steps before the N the model warms up on, `first` is the split's index of
@@ -34,6 +45,7 @@ def roll_forward(model, context: np.ndarray, horizon: int, normalization=None, i
     function as in training, the lags from the context and the forecast so far.
     """
     refuse_bidirectional(model, "forecast")
+    head = model.predicts
     series = np.asarray(context if normalization is None else normalization.normalize(context), np.float64)
     widen = inputs is not None and inputs.widens
     back = inputs.back if widen else 0
@@ -44,17 +56,20 @@ def roll_forward(model, context: np.ndarray, horizon: int, normalization=None, i
     warm_up = inputs.build(series, first, time) if widen else series
     state = model.zero_state(1, as_tensor(warm_up))
     outputs, state = model.run_stack(model.embed(as_tensor(warm_up)), state)
-    predictions = []
-    for h in range(horizon):
-        prediction = model.head(outputs[:, -1:])
-        predictions.append(prediction[0, 0].double().cpu().numpy())
-        if h == horizon - 1:
-            break
-        series = np.concatenate([series, predictions[-1][None]])
-        step = inputs.build(series[-(back + 1):], first + len(series) - back - 1, time) if widen else series[-1:]
-        outputs, state = model.run_stack(model.embed(as_tensor(step)), state)
-    normalized = np.stack(predictions)
-    return normalized if normalization is None else normalization.denormalize(normalized)
+    produced = []   # [F, Q] per forecast step, normalized
+    while len(produced) < horizon:
+        ahead = np.sort(head.shaped(model.head(outputs[0, -1])).double().cpu().numpy(), axis=-1)
+        for values in ahead[:horizon - len(produced)]:
+            produced.append(values)
+            if len(produced) == horizon:
+                break
+            series = np.concatenate([series, values[None, :, head.point_index]])
+            step = inputs.build(series[-(back + 1):], first + len(series) - back - 1, time) if widen else series[-1:]
+            outputs, state = model.run_stack(model.embed(as_tensor(step)), state)
+    quantiles = np.stack(produced)                                   # [H, F, Q]
+    if normalization is not None:   # per feature: move F last, de-normalize, move it back
+        quantiles = normalization.denormalize(quantiles.swapaxes(1, 2)).swapaxes(1, 2)
+    return quantiles[..., head.point_index], (quantiles if head.quantiles else None)
 
 
 def last_value(history: np.ndarray, horizon: int) -> np.ndarray:

@@ -131,8 +131,9 @@ class SplitScorer:
                 score.metrics = tally.metrics()
                 score.predictions = tally.gather(self.comms.world) if self.keep else None
             return score
-        per_value = self.cfg.data.seq_len * sequences
-        elements = per_value * (self.features or 1)
+        per_value = self.cfg.data.seq_len * sequences   # one-step predictions (RMSE, MAE)
+        # Every loss term: with train.horizon > 1 also the origins' steps ahead (mpirnn/data/horizon.py).
+        elements = self.loader.targets_per_window * sequences * (self.features or 1)
         score = Score(totals[0] / elements, elements, sequences)
         if self.features:
             F = self.features
@@ -144,7 +145,10 @@ class SplitScorer:
         F, scale = self.features, self.scale
 
         def observe(outputs, targets):
-            error = (self.model.head(outputs).double() - targets.double()) * scale.to(outputs.device)
+            # The point forecast of the next step (the median where the head predicts quantiles).
+            targets = targets if isinstance(targets, torch.Tensor) else targets.next_values()
+            predicted = self.model.predicts.next_point(self.model.head, outputs)
+            error = (predicted.double() - targets.double()) * scale.to(outputs.device)
             flat = error.reshape(-1, F)
             totals[1:1 + F] += flat.square().sum(0).cpu().numpy()
             totals[1 + F:] += flat.abs().sum(0).cpu().numpy()

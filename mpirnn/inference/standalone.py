@@ -72,7 +72,7 @@ class Standalone(nn.Module):
 
     def __init__(self, cell: str, hidden: int, layers: int, embed: int, vocab_size: int | None,
                  features: int | None, mean: List[float] | None = None, std: List[float] | None = None,
-                 inputs: int | None = None):
+                 inputs: int | None = None, outputs: int | None = None):
         super().__init__()
         # `inputs`: the input width where seasonal lags and calendar features widen it (docs/export.md).
         self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(inputs or features, embed)
@@ -80,7 +80,8 @@ class Standalone(nn.Module):
             self.rnn = FUSED[cell](embed, hidden, num_layers=layers, batch_first=True)
         else:
             self.rnn = MinStack(cell, embed, hidden, layers)
-        self.head = nn.Linear(hidden, vocab_size or features)
+        # `outputs`: a series head predicting several steps ahead or quantiles ([H, F, Q] flattened).
+        self.head = nn.Linear(hidden, outputs or vocab_size or features)
         # Series only: the train split's statistics, so a user can go to and from data units.
         self.register_buffer("mean", torch.tensor(mean or [], dtype=torch.float64))
         self.register_buffer("scale", torch.tensor([s if s > 0 else 1.0 for s in (std or [])], dtype=torch.float64))
@@ -117,7 +118,7 @@ def from_serial(serial: Dict[str, torch.Tensor], config: dict, dataset: dict) ->
     m, norm = config["model"], dataset.get("normalization") or {}
     plain = Standalone(m["cell"], m["hidden"], m["layers"], m["embed"], dataset.get("vocab_size"),
                        dataset.get("features"), norm.get("mean"), norm.get("std"),
-                       (dataset.get("inputs") or {}).get("width"))
+                       (dataset.get("inputs") or {}).get("width"), int(serial["head.weight"].shape[0]))
     for part in (plain.input, plain.rnn, plain.head):  # the statistics stay float64
         part.to(dtype=getattr(torch, m["dtype"]))
     plain.load_state_dict({**standalone_names(serial, m["cell"]), "mean": plain.mean, "scale": plain.scale})

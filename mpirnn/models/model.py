@@ -17,6 +17,7 @@ from mpirnn.models.bidirectional import DIRECTIONS, BidirectionalLinearCell, run
 from mpirnn.models.dropout import DropoutKey
 from mpirnn.models.linear_cells import MinGRU, MinLSTM, log_state
 from mpirnn.models.objectives import labelled_loss_sum
+from mpirnn.models.series_head import SeriesOutputs, outputs_from_config
 
 FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 LINEAR = {"mingru": MinGRU, "minlstm": MinLSTM}
@@ -40,12 +41,15 @@ class RecurrentModel(nn.Module):
 
     def __init__(self, cell: str, hidden: int, layers: int, embed: int,
                  vocab_size: int | None = None, features: int | None = None, outputs: int | None = None,
-                 inputs: int | None = None, bidirectional: bool = False):
+                 inputs: int | None = None, bidirectional: bool = False, predicts: SeriesOutputs | None = None):
         super().__init__()
         if (vocab_size is None) == (features is None):
             raise ValueError("give exactly one of vocab_size (tokens) or features (series)")
         self.cell, self.hidden, self.vocab_size, self.features = cell, hidden, vocab_size, features
         self.outputs = outputs  # a labelled task's head width (classes or targets); None: next step
+        # A next-step series model's head: steps ahead and quantiles (mpirnn/models/series_head.py).
+        self.predicts = predicts if predicts is not None else (
+            SeriesOutputs(features) if features and outputs is None else None)
         self.linear = cell in LINEAR
         self.parts = 2 if cell == "lstm" else 1
         self.bidirectional = bidirectional
@@ -55,7 +59,7 @@ class RecurrentModel(nn.Module):
         self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(inputs or features, embed)
         self.layers = nn.ModuleList(self._make_layer(embed if i == 0 else self.output_width)
                                     for i in range(layers))
-        self.head = nn.Linear(self.output_width, outputs or vocab_size or features)
+        self.head = nn.Linear(self.output_width, outputs or vocab_size or self.predicts.width)
         self._owned = (0, layers)
         self.state_width = hidden  # hidden units per layer this copy holds (H/K under tensor parallelism)
 
@@ -182,13 +186,14 @@ class RecurrentModel(nn.Module):
     def loss_sum(self, outputs: torch.Tensor, targets) -> torch.Tensor:
         """Summed (not averaged) loss, so segments and rows add up to the serial total.
 
-        `targets`: the next steps (a tensor), or a labelled task's LabelledTargets."""
+        `targets`: the next steps (a tensor; a HorizonTargets with train.horizon > 1), or a
+        labelled task's LabelledTargets."""
+        if self.predicts is not None:   # a next-step series head: one step or more, values or quantiles
+            return self.predicts.loss_sum(self.head, outputs, targets)
         if not isinstance(targets, torch.Tensor):
             return labelled_loss_sum(self.head, outputs, targets, self.hidden if self.bidirectional else None)
         prediction = self.head(outputs)
-        if self.vocab_size:
-            return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
-        return F.mse_loss(prediction, targets, reduction="sum")
+        return F.cross_entropy(prediction.reshape(-1, self.vocab_size), targets.reshape(-1), reduction="sum")
 
     def forward(self, inputs: torch.Tensor, targets, state: torch.Tensor | None = None,
                 noise: DropoutKey | None = None, lengths=None):
@@ -225,9 +230,10 @@ def refuse_bidirectional(model, what: str) -> None:
 def build_model(cfg, vocab_size=None, features=None, device="cpu", outputs=None, inputs=None) -> RecurrentModel:
     """The same parameters on every rank for the same seed, whatever the grid."""
     dtype = getattr(torch, cfg.model.dtype)
+    predicts = outputs_from_config(cfg.train, features) if features and outputs is None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
         model = RecurrentModel(cfg.model.cell, cfg.model.hidden, cfg.model.layers, cfg.model.embed,
                                vocab_size=vocab_size, features=features, outputs=outputs, inputs=inputs,
-                               bidirectional=getattr(cfg.model, "bidirectional", False))
+                               bidirectional=getattr(cfg.model, "bidirectional", False), predicts=predicts)
     return model.to(device=device, dtype=dtype)

@@ -65,11 +65,15 @@ def make_batch(shape: dict, dtype=torch.float32):
     return data[:, :-1], data[:, 1:]
 
 
-def make_model(shape: dict, device):
+def make_model(shape: dict, device, horizon: int = 1, quantiles: tuple = ()):
+    """`horizon`, `quantiles`: a series head's train.horizon and train.quantiles (mpirnn/models/series_head.py)."""
     cfg = Config()
     for key in ("cell", "hidden", "layers", "embed"):
         setattr(cfg.model, key, shape[key])
     cfg.train.seed = SEED
+    cfg.train.horizon = horizon
+    if quantiles:
+        cfg.train.loss, cfg.train.quantiles = "quantile", list(quantiles)
     tokens = shape["data"] == "tokens"
     return build_model(cfg, vocab_size=VOCAB if tokens else None, features=None if tokens else FEATURES,
                        device=device)
@@ -220,16 +224,25 @@ def build_step(spec: dict, comms, device):
     if comms.grid.tp > 1:
         from mpirnn.parallel.tensor import TensorGroup
         group = TensorGroup(comms.axis["tp"], shape["hidden"], comms.timer)
-    model = stage_model(make_model(shape, device), plan, group)
+    horizon, quantiles = spec.get("horizon", 1), tuple(spec.get("quantiles", ()))
+    model = stage_model(make_model(shape, device, horizon, quantiles), plan, group)
     rows, segment = slice(*plan.rows), slice(*plan.segment)
+    if horizon > 1:   # a direct multi-step head's targets (mpirnn/data/horizon.py), cut as training's are
+        from mpirnn.data.horizon import HorizonTargets, targets_per_window
+        norm = float(shape["batch"] * targets_per_window(shape["seq_len"], horizon) * FEATURES)
+        whole = HorizonTargets(targets.contiguous(), 0, shape["seq_len"], shape["seq_len"], horizon)
+        targets = whole[rows, segment].to(device) if plan.last_stage else None
+    else:
+        targets = targets[rows, segment].contiguous().to(device) if plan.last_stage else None
     # Inputs are read on the first stage, targets on the last (as training does).
     inputs = inputs[rows, segment].contiguous().to(device) if plan.first_stage else None
-    targets = targets[rows, segment].contiguous().to(device) if plan.last_stage else None
     state = model.zero_state(plan.local_rows, torch.empty(0, device=device), range(*plan.layers))
     runner = StepRunner(model, plan, comms, bucket_mb=4.0, precision=precision_of(spec, device))
 
     def cut(tensor):
-        return None if tensor is None else tensor[:, :2].contiguous()
+        if tensor is None or not isinstance(tensor, torch.Tensor):
+            return None if tensor is None else tensor[:, :2]
+        return tensor[:, :2].contiguous()
 
     def step(prime=False):
         # A few time steps first: one-time allocations (thread pools, kernels) before memory is read.

@@ -195,6 +195,7 @@ def train(cfg, grid) -> int:
         plan = plan_the_run(cfg, grid, comms, manifest.vocab_size if tokens else None,
                             None if tokens else manifest.features)
         weights = agree(world, tasks.class_weights, cfg, manifest)
+        agree(world, tasks.check_objective, cfg, manifest)   # train.loss / horizon: series only
         inputs = resolve_inputs(manifest, cfg)  # lags and calendar; checked in open_data
         model = build_model(cfg, vocab_size=manifest.vocab_size if tokens else None,
                             features=None if tokens else manifest.features, device=device,

@@ -40,6 +40,22 @@ def head_outputs(manifest: Manifest) -> int | None:
     return (spec.n_classes or spec.targets) if spec.labelled else None
 
 
+def check_objective(cfg, manifest: Manifest) -> None:
+    """train.loss, train.quantiles and train.horizon shape a next-step series head only
+    (mpirnn/models/series_head.py): refuse them, in one line, for tokens and labelled tasks."""
+    t = cfg.train
+    values = not manifest.is_tokens and not labelled(manifest)
+    if values:
+        return
+    what = f"task {manifest.task_spec.task!r}" if labelled(manifest) else "tokens"
+    if t.loss in ("mse", "quantile") and not (t.loss == "mse" and manifest.task_spec.task == "regress"):
+        raise ConfigError(f"train.loss = {t.loss!r} applies to next-step series models and {manifest.root} holds "
+                          f"{what}: leave train.loss = \"auto\"")
+    if t.horizon != 1:
+        raise ConfigError(f"train.horizon = {t.horizon} applies to next-step series models and {manifest.root} holds "
+                          f"{what}: leave train.horizon = 1")
+
+
 def class_weights(cfg, manifest: Manifest) -> np.ndarray | None:
     """train.class_weights resolved against the dataset's classes (None: equal weights)."""
     setting, spec = cfg.train.class_weights, manifest.task_spec

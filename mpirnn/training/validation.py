@@ -62,7 +62,8 @@ class Validator:
         """`weights`: a labelled task's class weights (as in training), or None."""
         self.every, self.limit, self.last = cfg.train.eval_every, cfg.train.eval_batches, cfg.train.steps
         self.loader = evaluation_loader(manifest, cfg.data.seq_len, cfg.data.batch_size, device,
-                                        getattr(torch, cfg.model.dtype), weights, resolve_inputs(manifest, cfg))
+                                        getattr(torch, cfg.model.dtype), weights, resolve_inputs(manifest, cfg),
+                                        cfg.train.horizon)
         spec = manifest.task_spec
         self.scorer = SplitScorer(cfg, comms, plan, model, self.loader, spec=spec if spec.classes else None)
         self.metric = cfg.checkpoint.best_metric

@@ -14,6 +14,7 @@ import torch
 
 import exactness
 from exactness import CELLS, check
+from mpirnn.models.series_head import SeriesOutputs
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(300)]
 
@@ -90,3 +91,18 @@ def test_dropout_masks_are_the_same_on_every_grid(cell):
     # Dropout between 3 layers, keyed on global rows and steps (mpirnn/models/dropout.py): every
     # grid draws the serial run's masks, so loss and gradients stay exact; chunks cut the segments.
     check(cell, layers=3, dropout=0.4, chunks=2 if cell in ("rnn", "lstm", "gru") else 0)
+
+
+QUANTILE_HEADS = {"quantiles": dict(quantiles=(0.1, 0.5, 0.9)), "horizon": dict(horizon=6),
+                  "both": dict(horizon=6, quantiles=(0.1, 0.5, 0.9))}
+
+
+@pytest.mark.parametrize("head", QUANTILE_HEADS, ids=list(QUANTILE_HEADS))
+@pytest.mark.parametrize("cell", ["lstm", "mingru"])
+def test_quantile_and_horizon_heads(cell, head):
+    # The pinball loss and the direct multi-step head (every step scored 1 step ahead, the origins
+    # 23 - 6k also 2-6 steps ahead, read past the end of the segment or chunk that holds them): sums
+    # over the scored terms divided by their global count, so every grid gives the serial loss and
+    # gradients; chunks cut the segments.
+    check(cell, tokens=False, layers=3, chunks=2 if cell == "lstm" else 0,
+          predicts=SeriesOutputs(exactness.FEATURES, **QUANTILE_HEADS[head]))

@@ -1,0 +1,39 @@
+"""Export the monthly El Niño sea surface temperatures that statsmodels ships (no download) as a CSV.
+
+    pip install 'mpirnn[examples]'                    # statsmodels
+    python inputs/export_elnino.py data/elnino.csv    # 732 months, 1950-01 to 2010-12
+
+statsmodels stores the series as one row per year with a column per month (degrees Celsius,
+the Niño 1+2 region); this writes it as one row per month, `date,sst` (the month's first day),
+so prepare --time-column date finds a monthly frequency (season 12) by itself. The forecasting
+example that uses it: docs/forecasting.md, "A second series".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the CSV to write")
+    args = parser.parse_args()
+    try:
+        from statsmodels.datasets import elnino
+    except ImportError:
+        raise SystemExit("export_elnino: needs statsmodels: pip install 'mpirnn[examples]'") from None
+    frame = elnino.load_pandas().data
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as out:
+        out.write("date,sst\n")
+        for _, row in frame.iterrows():
+            for month, name in enumerate(MONTHS, start=1):
+                out.write(f"{int(row['YEAR'])}-{month:02d}-01,{float(row[name])!r}\n")
+    print(f"wrote {args.out}: {len(frame) * 12} months")
+
+
+if __name__ == "__main__":
+    main()
