@@ -201,13 +201,9 @@ def pinned_buffer(numel: int, dtype, for_device) -> torch.Tensor:
 
 # -- collectives repeated every time step (tensor parallelism's exchanges) ---------------------
 
-ROUTES = ("host", "device", "staged")
-"""Where MPI reads and writes a tensor's bytes: a CPU tensor's own memory; a CUDA tensor's own
-memory (CUDA-aware MPI); or a pinned host copy made for it (staged)."""
-
-
 def route(is_cuda: bool, device_direct: bool, stage_host: bool = False) -> str:
-    """The route of one tensor: CUDA tensors go device-direct only when MPI is CUDA-aware."""
+    """Where MPI reads and writes a tensor's bytes: "host" (a CPU tensor's own memory), "device"
+    (a CUDA tensor's own memory: only when MPI is CUDA-aware) or "staged" (a pinned host copy)."""
     if is_cuda:
         return "device" if device_direct else "staged"
     return "staged" if stage_host else "host"
@@ -236,7 +232,7 @@ class GroupExchange:
     def _route(self, tensor: torch.Tensor) -> str:
         return route(tensor.is_cuda, self.device_direct, self.stage_host)
 
-    def buffer(self, purpose: str, shape, dtype, device) -> torch.Tensor:
+    def buffer(self, purpose: str, shape, dtype, device, pinned: bool = False) -> torch.Tensor:
         """The reused buffer for one purpose and shape (made on first use)."""
         device = torch.device(device)
         key = (purpose, tuple(shape), dtype, device)
@@ -244,12 +240,12 @@ class GroupExchange:
         if found is None:
             if len(self.buffers) >= self.keep:
                 del self.buffers[next(iter(self.buffers))]
-            pin = device.type == "cpu" and purpose.startswith("staged") and torch.cuda.is_available()
-            found = self.buffers[key] = torch.empty(tuple(shape), dtype=dtype, device=device, pin_memory=pin)
+            found = self.buffers[key] = torch.empty(tuple(shape), dtype=dtype, device=device, pin_memory=pinned)
         return found
 
     def _staged(self, purpose: str, shape, dtype) -> torch.Tensor:
-        return self.buffer(f"staged {purpose}", shape, dtype, "cpu")
+        """A host buffer standing in for a CUDA tensor: pinned (no CUDA, as in the CPU tests: plain)."""
+        return self.buffer(f"staged {purpose}", shape, dtype, "cpu", pinned=torch.cuda.is_available())
 
     def _call(self, name: str, *args):
         method = getattr(self.comm, name)
