@@ -234,7 +234,7 @@ class GroupExchange:
 
     def buffer(self, purpose: str, shape, dtype, device, pinned: bool = False) -> torch.Tensor:
         """The reused buffer for one purpose and shape (made on first use)."""
-        device = torch.device(device)
+        device = device if isinstance(device, torch.device) else torch.device(device)
         key = (purpose, tuple(shape), dtype, device)
         found = self.buffers.get(key)
         if found is None:
@@ -260,8 +260,9 @@ class GroupExchange:
         return tensor if tensor.is_cuda else host_view(tensor)
 
     @staticmethod
-    def _device_ready(*tensors: torch.Tensor) -> None:
-        if any(t.is_cuda for t in tensors):
+    def _device_ready(tensor: torch.Tensor) -> None:
+        """MPI reads and writes GPU memory outside torch's stream: let the queued kernels finish first."""
+        if tensor.is_cuda:
             torch.cuda.current_stream().synchronize()
 
     def allgather(self, piece: torch.Tensor) -> torch.Tensor:
