@@ -2,12 +2,15 @@
 
     mpirun -n 2 .venv/bin/python benchmarks/ab_step.py --rev 47e3030 --module wavefront --workload W1 -M 4
     mpirun -n 2 .venv/bin/python benchmarks/ab_step.py --rev 47e3030 --module linear_scan --workload W3
+    mpirun -n 2 .venv/bin/python benchmarks/ab_step.py --rev 135c568 --module tensor --workload W4
 
 On a shared machine two runs minutes apart differ by 10-30%, so a change to the step is
 judged by alternating its old and new versions step by step in the same processes. The
 old module is read from `git show REV:mpirnn/parallel/MODULE.py` and swapped in for one
 step at a time: `wavefront` swaps the executor (mpirnn/parallel/wavefront.py), `linear_scan`
-the cross-rank scan (mpirnn/parallel/linear_scan.py). Everything else is this tree's.
+the cross-rank scan (mpirnn/parallel/linear_scan.py), `tensor` the tp group whose exchanges
+every sharded layer calls (mpirnn/parallel/tensor.py's TensorGroup, on a tp grid of all ranks).
+Everything else is this tree's.
 The workload's step is the benchmark's (mpirnn/tools/workloads.py, 1 thread per rank) on an
 sp grid of all ranks (or pp with --pp), with plain SGD at lr 0 so that every step is the
 same step. Prints the medians and the median of the per-pair ratios; checks both give
@@ -50,7 +53,7 @@ def old_module(rev: str, module: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", required=True, help="the commit to compare with")
-    parser.add_argument("--module", choices=("wavefront", "linear_scan"), required=True)
+    parser.add_argument("--module", choices=("wavefront", "linear_scan", "tensor"), required=True)
     parser.add_argument("--workload", default="W1")
     parser.add_argument("-M", "--microbatches", type=int, default=0, help="0: the planner's fixed rule")
     parser.add_argument("--pp", action="store_true", help="a pp grid (8 chunks) instead of sp")
@@ -62,15 +65,25 @@ def main() -> None:
     world = MPI.COMM_WORLD
     n = world.size
     axes = dict(sp=1, pp=n, chunks=8) if args.pp else dict(sp=n, pp=1, chunks=0)
+    if args.module == "tensor":
+        axes = dict(sp=1, pp=1, tp=n, chunks=0)
     spec = dict(workload=args.workload, tiny=False, microbatches=args.microbatches, dp=1, threads=1,
                 device="cpu", **axes)
-    comms = Comms.create(Grid(n, dp=1, sp=axes["sp"], pp=axes["pp"]), world)
+    comms = Comms.create(Grid(n, dp=1, sp=axes["sp"], pp=axes["pp"], tp=axes.get("tp", 1)), world)
     model, step, runner = build_step(spec, comms, torch.device("cpu"))
     old = old_module(args.rev, args.module)
     if args.module == "wavefront":
         executors = {"old": old.Wavefront(model, runner.plan, comms), "new": runner.wavefront}
         def use(name):
             runner.wavefront = executors[name]
+    elif args.module == "tensor":
+        layers = [m for m in model.modules() if hasattr(m, "group")]
+        new_group = layers[0].group
+        groups = {"old": old.TensorGroup(new_group.comm, new_group.width * new_group.size, comms.timer),
+                  "new": new_group}
+        def use(name):
+            for layer in layers:
+                layer.group = groups[name]
     else:
         scans = {"old": old.scan_layers, "new": wavefront.scan_layers}
         def use(name):
@@ -99,6 +112,7 @@ def main() -> None:
         old_s, new_s = statistics.median(times["old"]), statistics.median(times["new"])
         ratios = statistics.median(b / a for a, b in zip(times["old"], times["new"]))
         grid = f"pp={n}, C=8" if args.pp else f"sp={n}, M={args.microbatches or 'rule'}"
+        grid = f"tp={n}" if args.module == "tensor" else grid
         print(f"{args.workload} {grid}, {args.module} at {args.rev} against this tree: "
               f"old {old_s:.4f} s, new {new_s:.4f} s, new/old {new_s / old_s:.3f}, "
               f"per-pair median {ratios:.3f}; same losses: {losses['old'] == losses['new']}")

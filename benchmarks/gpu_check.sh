@@ -3,6 +3,7 @@
 #   - the MPI exactness and training-run tests with CUDA tensors at -n 1 and -n 2 (two ranks, one GPU)
 #   - the demo on the GPU at -n 1 and -n 2 (tokens/s), and on that machine's CPU for comparison
 #   - the launch line of slurm/job.sh run by hand with mpirun -n 2: both ranks bind to the one GPU
+#   - tp's exchanges on CUDA tensors (tests/test_transport_exchange.py, benchmarks/tp_gpu_check.py: issue 22)
 #   - python -m mpirnn.bench --device cuda --only W1,W3 (mpirnn vs plain PyTorch cuDNN at -n 1)
 # Needs wheels for mpich, mpi4py and pytest-mpi in .gpu/wheels (pip download them here first).
 #   bash benchmarks/gpu_check.sh          # results under $OUT (default /tmp/gpu-check)
@@ -36,6 +37,10 @@ timeout 200 "$MPIRUN" -n 1 "$PY" -m mpirnn.train "${common[@]}" --set train.step
     --set train.threads=16 --set output.sample_bytes=0 --set output.metrics="$OUT/demo-cpu16-n1.jsonl" 2>&1 | tail -1
 section "placement (the job script's launch line, by hand with mpirun -n 2)"
 tail -1 "$OUT/demo-gpu-n2.jsonl" | "$PY" -c 'import json,sys; [print(p["rank"], p["local_rank"], p["device"]) for p in json.load(sys.stdin)["placement"]]'
+
+section "tp's per-step exchanges: the transport's CUDA routes, and a W4 tp=2 step through each against 1 rank"
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_transport_exchange.py 2>&1 | tail -2
+timeout 300 "$MPIRUN" -n 2 "$PY" benchmarks/tp_gpu_check.py 2>&1 | tail -6
 
 section "benchmark W1, W3 on CUDA against plain PyTorch"
 timeout 240 "$PY" -m mpirnn.bench --device cuda --only W1,W3 --out "$OUT/bench-cuda.json" 2>&1 | tail -20

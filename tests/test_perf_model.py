@@ -263,3 +263,21 @@ def test_a_tp_step_is_floored_by_one_fused_step_on_gpus_only():
     assert gpu.tp_step_s("lstm", 1, 16, 16, 4) == pytest.approx(1e-4)     # never below one fused step
     assert cpu.tp_step_s("lstm", 8, 16, 16, 2) == pytest.approx(4e-4)     # above the floor both agree
     assert gpu.tp_step_s("lstm", 8, 16, 16, 2) == pytest.approx(4e-4)
+
+
+def test_tp_exchanges_pay_host_staging_only_for_gpus_without_cuda_aware_mpi():
+    # mpirnn/distributed/transport.py: CUDA tensors reach MPI through pinned host copies unless
+    # MPI is CUDA-aware; CPU tensors never are copied. The calibration records that as a link.
+    assert links.staging("cuda", cuda_aware_mpi=False) is links.HOST_STAGING
+    assert links.staging("cuda", cuda_aware_mpi=True) is None
+    assert links.staging("cpu", cuda_aware_mpi=False) is None
+    plain = toy_calibration(step_per_row_s=0.0)
+    staged = {**plain, "links": {**plain["links"], "staging": links.HOST_STAGING.to_dict()}}
+    layout = Layout(tp=2)
+    extra = predict(LSTM, layout, Calibration(staged)).step_s - predict(LSTM, layout, Calibration(plain)).step_s
+    # The wire costs nothing here: what is left is the staging hop of every per-step exchange.
+    rows, steps, b, H, S = 8, 10, 4, 16, links.HOST_STAGING
+    per_step = links.allgather(S, rows * H * b / 2, 2) + links.reduce_scatter(S, rows * H * b, 2)
+    inputs = links.allreduce(S, rows * steps * 8 * b, 2) + links.allreduce(S, rows * steps * H * b, 2)
+    assert extra == pytest.approx(2 * steps * per_step + inputs)
+    assert extra > 0

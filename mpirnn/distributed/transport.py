@@ -1,8 +1,11 @@
-"""All tensor traffic: nonblocking sends and receives, and the host staging of CUDA tensors.
+"""All tensor traffic: nonblocking sends and receives, collectives, and the host staging of CUDA tensors.
 
 Tensors travel with buffer (upper case) mpi4py methods only, never pickle. CUDA tensors go
 straight to MPI when the library is CUDA-aware and through pinned host buffers otherwise
-(reused per message, because pinning memory is slow).
+(reused per message, because pinning memory is slow). `GroupExchange` does the same for the
+collectives a step repeats many times (tensor parallelism's per-time-step exchanges).
+
+    python -m pytest -q tests/test_transport_exchange.py
 """
 
 from __future__ import annotations
@@ -203,3 +206,120 @@ def iallreduce_sum_(comm: MPI.Comm, host: torch.Tensor):
 def pinned_buffer(numel: int, dtype, for_device) -> torch.Tensor:
     """A host buffer for MPI; pinned when it is filled from a GPU, so the copy is one fast DMA."""
     return torch.zeros(numel, dtype=dtype, pin_memory=torch.device(for_device).type == "cuda")
+
+
+# -- collectives repeated every time step (tensor parallelism's exchanges) ---------------------
+
+def route(is_cuda: bool, device_direct: bool, stage_host: bool = False) -> str:
+    """Where MPI reads and writes a tensor's bytes: "host" (a CPU tensor's own memory), "device"
+    (a CUDA tensor's own memory: only when MPI is CUDA-aware) or "staged" (a pinned host copy)."""
+    if is_cuda:
+        return "device" if device_direct else "staged"
+    return "staged" if stage_host else "host"
+
+
+class GroupExchange:
+    """Allgather, Reduce_scatter_block and Allreduce over one communicator, for tensors on any device.
+
+    A tensor-parallel layer calls these once per time step with the same shapes, so every buffer
+    MPI needs is made once and reused: keyed by (purpose, shape, dtype, device), at most
+    `keep` of them (the oldest is dropped first: shapes that change from batch to batch cannot
+    grow it without bound). Staging buffers are pinned when CUDA is present (one DMA per copy).
+    A CPU tensor is handed to MPI as it is when it is contiguous (no copy); a CUDA tensor too
+    when MPI is CUDA-aware (after the stream's pending kernels finish, since MPI does not know
+    torch's stream). `device_direct=None` asks MPI (`cuda_aware()`); `stage_host=True` stages
+    CPU tensors as if they were on a GPU, so that path is tested without one.
+    """
+
+    def __init__(self, comm: MPI.Comm, timer=None, label: str = "", device_direct: bool | None = None,
+                 stage_host: bool = False, keep: int = 16):
+        self.comm, self.timer, self.label = comm, timer, label
+        self.device_direct = cuda_aware() if device_direct is None else device_direct
+        self.stage_host, self.keep = stage_host, keep
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def _route(self, tensor: torch.Tensor) -> str:
+        return route(tensor.is_cuda, self.device_direct, self.stage_host)
+
+    def buffer(self, purpose: str, shape, dtype, device, pinned: bool = False) -> torch.Tensor:
+        """The reused buffer for one purpose and shape (made on first use)."""
+        device = device if isinstance(device, torch.device) else torch.device(device)
+        key = (purpose, tuple(shape), dtype, device)
+        found = self.buffers.get(key)
+        if found is None:
+            if len(self.buffers) >= self.keep:
+                del self.buffers[next(iter(self.buffers))]
+            found = self.buffers[key] = torch.empty(tuple(shape), dtype=dtype, device=device, pin_memory=pinned)
+        return found
+
+    def _staged(self, purpose: str, shape, dtype) -> torch.Tensor:
+        """A host buffer standing in for a CUDA tensor: pinned (no CUDA, as in the CPU tests: plain)."""
+        return self.buffer(f"staged {purpose}", shape, dtype, "cpu", pinned=torch.cuda.is_available())
+
+    def _call(self, name: str, *args):
+        method = getattr(self.comm, name)
+        if self.timer is None:
+            return method(*args)
+        with self.timer.waiting(f"{self.label} {name}".strip()):
+            return method(*args)
+
+    @staticmethod
+    def _mpi(tensor: torch.Tensor):
+        """What MPI is given: a numpy view of host memory, or the CUDA tensor itself (CUDA array interface)."""
+        return tensor if tensor.is_cuda else host_view(tensor)
+
+    @staticmethod
+    def _device_ready(tensor: torch.Tensor) -> None:
+        """MPI reads and writes GPU memory outside torch's stream: let the queued kernels finish first."""
+        if tensor.is_cuda:
+            torch.cuda.current_stream().synchronize()
+
+    def allgather(self, piece: torch.Tensor) -> torch.Tensor:
+        """Every rank's piece stacked along a new first dim: [size, *piece.shape].
+
+        Returns a reused buffer, valid until the next allgather of this shape: on piece's device,
+        or pinned host memory when staged (copy it where it is needed; copy_ crosses devices).
+        """
+        piece = piece.detach()
+        shape = (self.comm.size, *piece.shape)
+        if self._route(piece) == "staged":
+            send = self._staged("allgather send", piece.shape, piece.dtype)
+            send.copy_(piece)
+            gathered = self._staged("allgather", shape, piece.dtype)
+        else:
+            send = piece.contiguous()   # a contiguous tensor itself: no copy
+            gathered = self.buffer("allgather", shape, piece.dtype, piece.device)
+            self._device_ready(send)
+        self._call("Allgather", self._mpi(send), self._mpi(gathered))
+        return gathered
+
+    def reduce_scatter_block(self, blocks: torch.Tensor) -> torch.Tensor:
+        """blocks [size, ...] summed over the ranks; this rank's block returned (a new tensor on blocks' device)."""
+        blocks = blocks.detach()
+        if self._route(blocks) == "staged":
+            send = self._staged("reduce-scatter send", blocks.shape, blocks.dtype)
+            send.copy_(blocks)
+            mine = self._staged("reduce-scatter", blocks.shape[1:], blocks.dtype)
+            self._call("Reduce_scatter_block", self._mpi(send), self._mpi(mine), MPI.SUM)
+            return mine.to(blocks.device, copy=True)   # the pinned buffer is the next step's
+        send = blocks
+        if not blocks.is_contiguous():
+            send = self.buffer("reduce-scatter send", blocks.shape, blocks.dtype, blocks.device)
+            send.copy_(blocks)
+        mine = torch.empty(blocks.shape[1:], dtype=blocks.dtype, device=blocks.device)
+        self._device_ready(send)
+        self._call("Reduce_scatter_block", self._mpi(send), self._mpi(mine), MPI.SUM)
+        return mine
+
+    def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum over the ranks (a new tensor on tensor's device; `tensor` is left as it was)."""
+        tensor = tensor.detach()
+        if self._route(tensor) == "staged":
+            summed = self._staged("allreduce", tensor.shape, tensor.dtype)
+            summed.copy_(tensor)
+            self._call("Allreduce", MPI.IN_PLACE, self._mpi(summed), MPI.SUM)
+            return summed.to(tensor.device, copy=True)
+        summed = tensor.clone(memory_format=torch.contiguous_format)
+        self._device_ready(summed)
+        self._call("Allreduce", MPI.IN_PLACE, self._mpi(summed), MPI.SUM)
+        return summed

@@ -28,40 +28,31 @@ from mpi4py import MPI
 from torch import nn
 from torch.nn import functional as F
 
-from mpirnn.distributed.transport import host_view
+from mpirnn.distributed.transport import GroupExchange
 from mpirnn.models import cells
 
 
 class TensorGroup:
-    """A tp communicator and the reused host buffers of its per-step exchanges."""
+    """A tp communicator, this rank's slice of the hidden units, and the group's per-step exchanges.
 
-    def __init__(self, comm: MPI.Comm, hidden: int, timer=None):
+    The exchanges go through mpirnn/distributed/transport.py's `GroupExchange`, the one place that
+    knows how a tensor reaches MPI (its own memory on the CPU or with CUDA-aware MPI, reused
+    pinned buffers otherwise) and that keeps the buffers a step reuses at every time step.
+    """
+
+    def __init__(self, comm: MPI.Comm, hidden: int, timer=None, exchange: GroupExchange | None = None):
         self.comm, self.timer = comm, timer
         self.size, self.rank = comm.size, comm.rank
         self.width = hidden // self.size
         self.slice = slice(self.rank * self.width, (self.rank + 1) * self.width)
-        self._buffers: dict = {}
-
-    def _buffer(self, name: str, shape, dtype) -> torch.Tensor:
-        key = (name, tuple(shape), dtype)
-        if key not in self._buffers:
-            self._buffers[key] = torch.empty(shape, dtype=dtype)
-        return self._buffers[key]
-
-    def _call(self, fn, *args):
-        if self.timer is None:
-            return fn(*args)
-        with self.timer.waiting(f"tp {fn.__name__}"):
-            return fn(*args)
+        self.exchange = exchange if exchange is not None else GroupExchange(comm, timer, label="tp")
 
     def gather_into(self, piece: torch.Tensor, out: torch.Tensor) -> None:
         """Slices [..., h] of every rank into `out` [..., H] (rank k's slice at columns k*h...)."""
         if self.size == 1:
             out.copy_(piece)
             return
-        host = piece.detach().cpu().contiguous()
-        gathered = self._buffer("gather", (self.size, *host.shape), host.dtype)
-        self._call(self.comm.Allgather, host_view(host), host_view(gathered))
+        gathered = self.exchange.allgather(piece)   # [K, ..., h]
         view = out.view(*out.shape[:-1], self.size, self.width)
         view.copy_(gathered.movedim(0, -2))
 
@@ -69,18 +60,13 @@ class TensorGroup:
         """[..., H] summed over the ranks, this rank's slice [..., h] returned."""
         if self.size == 1:
             return partial
-        blocks = self._buffer("scatter-in", (self.size, *partial.shape[:-1], self.width), partial.dtype)
-        blocks.copy_(partial.detach().cpu().view(*partial.shape[:-1], self.size, self.width).movedim(-2, 0))
-        mine = torch.empty((*partial.shape[:-1], self.width), dtype=partial.dtype)
-        self._call(self.comm.Reduce_scatter_block, host_view(blocks), host_view(mine), MPI.SUM)
-        return mine.to(partial.device)
+        blocks = partial.detach().view(*partial.shape[:-1], self.size, self.width).movedim(-2, 0)
+        return self.exchange.reduce_scatter_block(blocks)
 
     def allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.size == 1:
             return tensor
-        host = tensor.detach().cpu().contiguous().clone()
-        self._call(self.comm.Allreduce, MPI.IN_PLACE, host_view(host), MPI.SUM)
-        return host.to(tensor.device)
+        return self.exchange.allreduce_sum(tensor)
 
 
 class CopyToGroup(torch.autograd.Function):

@@ -137,12 +137,14 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
     intra, errors = fit_links(comm)
     from importlib.metadata import version
     cpu = cpu_model()
+    # GPU messages are staged through the host only when MPI cannot read device memory.
+    staging = links.staging(device, comm.get("cuda_aware", False))
     restricted = cells is not None or (hidden is not None and not set(CALIBRATED_HIDDEN) <= set(hidden))
     data = {
         "format": FORMAT,
         # The precision the compute was measured in; native_bf16: whether train.precision = bf16 runs here.
         "host": {"cpu": cpu, "cores": os.cpu_count(), "device": device, "threads_per_rank": 1,
-                 "precision": precision, "native_bf16": native_bf16(),
+                 "precision": precision, "native_bf16": native_bf16(), "cuda_aware_mpi": comm.get("cuda_aware", False),
                  "torch": version("torch"), "date": started.isoformat(timespec="seconds"),
                  "load_avg_start": load, "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
         "source": "python -m mpirnn.plan --calibrate" + (" (toy sizes: the numbers mean little)" if quick else ""),
@@ -150,7 +152,7 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
                  if restricted else None,
         "compute": compute,
         "links": {"intra": intra.to_dict(), "inter": links.NDR_INFINIBAND.to_dict(),
-                  "staging": links.HOST_STAGING.to_dict() if device == "cuda" else None},
+                  "staging": staging.to_dict() if staging else None},
         "async_progress": comm["async_progress"],
         "lockstep_sync_s": comm["lockstep_sync_s"],
         "comm_measured": comm["ops"],

@@ -17,6 +17,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from mpirnn.distributed.transport import cuda_aware
+
 SIZES = (8, 1024, 16384, 131072, 1048576, 4194304)
 QUICK_SIZES = (8, 16384, 1048576)
 
@@ -176,5 +178,5 @@ def measure(quick: bool = False) -> dict | None:
         raise SystemExit(f"the communication calibration runs on 2 ranks, not {comm.size}")
     result = {"ops": ops(comm, QUICK_SIZES if quick else SIZES), "async_progress": async_progress(comm),
               "slowdown": slowdown(comm, quick), "lockstep_sync_s": lockstep(comm, quick), "same_node": _same_node(comm),
-              "library": MPI.Get_library_version().splitlines()[0]}
+              "library": MPI.Get_library_version().splitlines()[0], "cuda_aware": cuda_aware()}
     return result if comm.rank == 0 else None

@@ -254,6 +254,7 @@ class _Run:
 
 def tp_steps(timer: Timer, shapes, degrees=(2, 4), steps: int = 32) -> list[list[float]]:
     """[rows, hidden, K, one fused step / K, one tp step] for mpirnn's sharded LSTM layer on one rank."""
+    from mpirnn.distributed.transport import GroupExchange
     from mpirnn.parallel.tensor import ShardedRecurrentLayer, TensorGroup
     points = []
     for rows, hidden in shapes:
@@ -262,7 +263,11 @@ def tp_steps(timer: Timer, shapes, degrees=(2, 4), steps: int = 32) -> list[list
         grad = torch.randn(rows, steps, hidden, device=timer.device)
         fused = fused_layer(timer, "lstm", rows, steps, hidden, hidden) / steps
         for k in degrees:
-            layer = ShardedRecurrentLayer(full, "lstm", TensorGroup(LoneComm(k), hidden))
+            # Device-direct even on a GPU: host staging is a link of the calibration (links.staging),
+            # so the step model counts it once, on the messages, not here in the compute too.
+            comm = LoneComm(k)
+            group = TensorGroup(comm, hidden, exchange=GroupExchange(comm, device_direct=True))
+            layer = ShardedRecurrentLayer(full, "lstm", group)
             state = torch.zeros(2, rows, hidden // k, device=timer.device)
             tp = timer.best(("tp", rows, hidden, k, steps), _layer_pass(timer, _Run(layer, state), x, grad)) / steps
             points.append([rows, hidden, k, fused / k, tp])

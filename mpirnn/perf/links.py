@@ -88,6 +88,12 @@ NVLINK4 = Link(
     source="NVLink 4: 900 GB/s per H100 in both directions together = 450 GB/s per direction (NVIDIA H100 "
            "datasheet); ~3 us latency through NVSwitch (assumed, typical NCCL small-message figure); gamma: "
            "adding at ~1.5 TB/s, half of HBM3's 3.35 TB/s (three streams per add)")
+def staging(device: str, cuda_aware_mpi: bool) -> "Link | None":
+    """The extra hop every message of a run pays: device->host->device copies only for CUDA
+    tensors under an MPI that is not CUDA-aware (mpirnn/distributed/transport.py's routes)."""
+    return HOST_STAGING if device == "cuda" and not cuda_aware_mpi else None
+
+
 HOST_STAGING = Link(
     alpha_s=1.0e-5, beta_s_per_byte=2 / 50e9, gamma_s_per_byte=1 / 10e9,
     source="mpirnn's transport without CUDA-aware MPI copies every GPU message to pinned host memory and "
