@@ -160,3 +160,26 @@ def make_dated_series(out: Path, length: int = 400, frequency: str = "daily", st
                 fill="interpolate" if skip else None, val_fraction=val_fraction, shard_size=shard_size,
                 season=season)
     return out
+
+
+def shared_temp_dir(world, prepare):
+    """A temporary folder every rank of `world` sees, made and filled by rank 0 (`prepare(path)`) and
+    removed after; in a module fixture: `yield from shared_temp_dir(world, prepare)`."""
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix="mpirnn-test-") if world.rank == 0 else None
+    path = Path(world.bcast(path, root=0))
+    if world.rank == 0:
+        prepare(path)
+    world.Barrier()
+    yield path
+    world.Barrier()
+    if world.rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def metric_records(world, metrics: Path) -> list[dict]:
+    """A run's metrics lines, the summary left out, once every rank is past the run."""
+    import json
+    world.Barrier()
+    return [r for r in map(json.loads, metrics.read_text().splitlines()) if not r.get("summary")]

@@ -7,15 +7,12 @@ segment (mpirnn/data/horizon.py), and the losses and val losses equal the serial
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 from mpi4py import MPI
 
-from support import TEST_DEVICE, factorizations, grid_settings, make_dated_series
+from support import TEST_DEVICE, factorizations, grid_settings, make_dated_series, metric_records, shared_temp_dir
 from mpirnn.config import load_config
 from mpirnn.reference import serial_losses
 from mpirnn.train import main
@@ -28,21 +25,13 @@ HIDDEN = 12  # divisible by tp = 2, 3, 4
 
 @pytest.fixture(scope="module")
 def shared_dir():
-    path = tempfile.mkdtemp(prefix="mpirnn-test-") if world.rank == 0 else None
-    path = Path(world.bcast(path, root=0))
-    if world.rank == 0:   # shards of 70 steps: a window's targets ahead cross shard files
+    def prepare(path):   # shards of 70 steps: a window's targets ahead cross shard files
         make_dated_series(path / "daily", length=400, frequency="daily", val_fraction=0.2, shard_size=70)
-    world.Barrier()
-    yield path
-    world.Barrier()
-    if world.rank == 0:
-        shutil.rmtree(path, ignore_errors=True)
+    yield from shared_temp_dir(world, prepare)
 
 
 def records(path: Path, run: str) -> list[dict]:
-    world.Barrier()
-    lines = (path / run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if not r.get("summary")]
+    return metric_records(world, path / run / "metrics.jsonl")
 
 
 @pytest.mark.parametrize("cell, head", [("lstm", {"train.loss": '"quantile"', "train.horizon": 5}),

@@ -6,15 +6,12 @@ segment (plus the steps its lags reach back), and the losses equal the serial ru
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 from mpi4py import MPI
 
-from support import TEST_DEVICE, factorizations, grid_settings, make_dated_series
+from support import TEST_DEVICE, factorizations, grid_settings, make_dated_series, metric_records, shared_temp_dir
 from mpirnn.config import load_config
 from mpirnn.reference import serial_losses
 from mpirnn.train import main
@@ -27,21 +24,13 @@ HIDDEN = 12  # divisible by tp = 2, 3, 4
 
 @pytest.fixture(scope="module")
 def shared_dir():
-    path = tempfile.mkdtemp(prefix="mpirnn-test-") if world.rank == 0 else None
-    path = Path(world.bcast(path, root=0))
-    if world.rank == 0:   # hourly: hour, weekday and year calendar (6 features) beside 2 values
+    def prepare(path):   # hourly: hour, weekday and year calendar (6 features) beside 2 values
         make_dated_series(path / "hourly", length=500, frequency="hourly", val_fraction=0.1, shard_size=90)
-    world.Barrier()
-    yield path
-    world.Barrier()
-    if world.rank == 0:
-        shutil.rmtree(path, ignore_errors=True)
+    yield from shared_temp_dir(world, prepare)
 
 
 def losses(path: Path, run: str) -> list[float]:
-    world.Barrier()
-    lines = (path / run / "metrics.jsonl").read_text().splitlines()
-    return [r["loss"] for r in map(json.loads, lines) if not r.get("summary")]
+    return [r["loss"] for r in metric_records(world, path / run / "metrics.jsonl")]
 
 
 @pytest.mark.parametrize("cell, windows", [("gru", "every"), ("mingru", "cut")])
