@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from mpirnn.errors import UsageError, one_line
 
 EXIT_FAILURE = 1
+ABORT_GRACE_S = 0.5   # between a failing rank's one line and its MPI_Abort (see run_guarded)
 
 
 class RankZeroParser(argparse.ArgumentParser):
@@ -60,5 +62,9 @@ def run_guarded(main, argv=None) -> int:
                 import traceback
                 traceback.print_exc()
         if size > 1:
+            # The launcher forwards each rank's stderr through a pipe of its own, and MPI_Abort's
+            # kill can overtake the line just written there (MPICH's Hydra under load lost it in CI).
+            # A brief pause lets the forwarder read it; a failing job ends a fraction of a second later.
+            time.sleep(ABORT_GRACE_S)
             world.Abort(EXIT_FAILURE)
         return EXIT_FAILURE
