@@ -110,11 +110,20 @@ class TrainConfig:
     quantiles: list = field(default_factory=lambda: [0.1, 0.5, 0.9], metadata={
         "doc": "with loss = quantile: the quantiles the head predicts, increasing, each between 0 and 1; the "
                "median (or the middle one) is the point forecast"})
-    horizon: int = doc(1, "series: at every step the head predicts the next this many steps (a direct "
-                          "multi-step head, scored on the steps inside the window); 1 = the next step only")
+    horizon: str | int = doc("auto", "series: at every step the head predicts the next this many steps (a direct "
+                                     "multi-step head, scored on the steps inside the window); 1 = the next step "
+                                     "only; auto = min(season, data.seq_len / 4) for a series stream with a "
+                                     "season (a time column or prepare --season), else 1")
     precision: str = doc("float32", "float32, or bf16 (matmuls under autocast, weights, gradients, optimizer state, "
                                     "states and messages in float32; on a CPU only with native bf16: avx512_bf16 or "
                                     "amx_bf16), or fp16 (the same, loss scaled; CUDA only): docs/precision.md")
+
+
+def steps_ahead(train: TrainConfig) -> int:
+    """train.horizon as a number of steps. The training run resolves "auto" against its dataset's
+    season before building anything (mpirnn/training/tasks.py); a model or loader built without a
+    dataset (a benchmark, a test) knows no season, so "auto" is the next step only."""
+    return 1 if train.horizon == "auto" else train.horizon
 
 
 @dataclass
@@ -207,6 +216,8 @@ def config_from_dict(table: dict, origin: str = "checkpoint") -> Config:
     """
     cfg = Config()
     _apply(cfg, {section: values for section, values in table.items()}, origin)
+    if cfg.train.horizon == "auto":  # a run records the number it resolved; older runs had only next-step heads
+        cfg.train.horizon = 1
     cfg.explicit.clear()
     check(cfg)
     return cfg
@@ -310,8 +321,9 @@ def check(cfg: Config) -> None:
             and all(a < b for a, b in zip(t.quantiles, t.quantiles[1:]))):
         raise ConfigError(f"train.quantiles = {t.quantiles!r}: give increasing numbers between 0 and 1 (not "
                           f"included), e.g. [0.1, 0.5, 0.9]")
-    if not 1 <= t.horizon <= d.seq_len:
-        raise ConfigError(f"train.horizon = {t.horizon}: give 1 to data.seq_len = {d.seq_len} steps ahead")
+    if t.horizon != "auto" and not (isinstance(t.horizon, int) and 1 <= t.horizon <= d.seq_len):
+        raise ConfigError(f"train.horizon = {t.horizon!r}: give \"auto\" or 1 to data.seq_len = {d.seq_len} "
+                          f"steps ahead")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout = {m.dropout}: give a probability from 0 up to (not including) 1")
     if d.lags != "auto" and not (isinstance(d.lags, list) and all(

@@ -33,6 +33,7 @@ def serial_losses(cfg, steps: int | None = None) -> list[float]:
     """Losses of `steps` optimizer steps of the serial run of `cfg`."""
     manifest = load_manifest(cfg.data.path)
     tasks.adopt_row_length(cfg, manifest, say=False)
+    tasks.adopt_horizon(cfg, manifest)
     dtype = getattr(torch, cfg.model.dtype)
     inputs = resolve_inputs(manifest, cfg)
     model = build_model(cfg, vocab_size=manifest.vocab_size if manifest.is_tokens else None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpirnn import faults
+from mpirnn.config import steps_ahead
 from mpirnn.data.horizon import read_horizon_targets, targets_per_window
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.model_inputs import ModelInputs, read_inputs, resolve_inputs
@@ -27,7 +28,7 @@ def training_stride(manifest: Manifest, cfg) -> int | None:
     if not manifest.is_stream:
         return None
     return window_stride(cfg.data.windows, manifest.kind, cfg.train.stateful, cfg.data.seq_len, manifest.length,
-                         cfg.data.batch_size)
+                         cfg.data.batch_size, steps_ahead(cfg.train))
 
 
 def first_window(inputs: ModelInputs | None) -> int:
@@ -47,7 +48,7 @@ class BatchLoader:
         self.reads_inputs, self.reads_targets = reads.inputs, reads.targets
         self.windows = self.reader.n_windows(self.seq_len)
         self.device, self.dtype = device, dtype
-        self.horizon = cfg.train.horizon   # steps ahead each step predicts (mpirnn/data/horizon.py)
+        self.horizon = steps_ahead(cfg.train)   # steps ahead each step predicts (mpirnn/data/horizon.py)
         # Every loss term of the global batch: the serial loss is a mean over these.
         self.elements = self.batch_size * targets_per_window(self.seq_len, self.horizon) * (manifest.features or 1)
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def window_stride(setting: str, kind: str, stateful: bool, seq_len: int, length: int, batch_size: int) -> int:
+def window_stride(setting: str, kind: str, stateful: bool, seq_len: int, length: int, batch_size: int,
+                  horizon: int = 1) -> int:
     """Steps between the starts of consecutive training windows of a stream of `length` steps
-    (data.windows). `auto` cuts non-overlapping windows, and starts them at every step only for a
-    series too short to fill one batch that way: measured, every-step windows fit the next step
-    better but forecast long horizons worse (docs/data.md)."""
+    (data.windows). `auto` starts a series' windows at every step for a multi-step head (cuts
+    would give it only seq_len / horizon forecast origins per window, each window seen once an
+    epoch) and for a series too short to fill one batch with cuts; otherwise it cuts
+    non-overlapping windows: measured, every-step windows fit a next-step model's next step better
+    but its rolled-forward long horizons worse (docs/data.md)."""
     if setting == "every":
         return 1
     if setting == "cut" or stateful or kind != "series":
         return seq_len
-    return 1 if (length - 1) // seq_len < batch_size else seq_len
+    return 1 if horizon > 1 or (length - 1) // seq_len < batch_size else seq_len
 
 
 def shuffled_batch(step: int, batch_size: int, n_windows: int, seed: int) -> np.ndarray:

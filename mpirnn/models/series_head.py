@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from mpirnn.config import steps_ahead
+
 LOSSES = ("auto", "mse", "quantile")
 
 
@@ -93,4 +95,4 @@ def pinball(diff: torch.Tensor, quantiles) -> torch.Tensor:
 def outputs_from_config(train, features: int) -> SeriesOutputs:
     """The head of a next-step series model under train.loss, train.quantiles and train.horizon."""
     quantiles = tuple(float(q) for q in train.quantiles) if train.loss == "quantile" else ()
-    return SeriesOutputs(features, train.horizon, quantiles)
+    return SeriesOutputs(features, steps_ahead(train), quantiles)

@@ -27,9 +27,10 @@ from mpirnn import checkpoint
 
 # Settings that define what a checkpoint holds or which batches it continues with.
 ADOPTED = ("model.", "data.path", "data.seq_len", "data.batch_size", "data.windows", "train.seed", "train.stateful",
-           "output.run_name", "output.metrics")
-# Of those, the ones a checkpoint cannot be used with when they differ (the parameter shapes).
-MODEL = "model."
+           "train.horizon", "train.loss", "train.quantiles", "output.run_name", "output.metrics")
+# Of those, the ones a checkpoint cannot be used with when they differ (the parameter shapes: the
+# series head's width follows train.horizon, train.loss and train.quantiles).
+MODEL = ("model.", "train.horizon", "train.loss", "train.quantiles")
 
 
 def newest_checkpoint(comms, directory: str) -> int | None:
@@ -115,7 +116,7 @@ def take_settings(cfg, saved: dict) -> tuple[list[str], list[str], str | None]:
             elif name.startswith(MODEL):
                 raise CheckpointError(
                     f"{name} = {here!r} here, {old!r} in the checkpoint: resume with the checkpoint's model "
-                    f"settings (leave {name} out), or start a new run in another checkpoint.dir")
+                    f"and head settings (leave {name} out), or start a new run in another checkpoint.dir")
             elif not name.startswith("output."):
                 warnings.append(f"{name} = {here!r} here, {old!r} in the checkpoint")
     return adopted, warnings, original

@@ -69,6 +69,7 @@ def open_data(cfg, grid, world):
     manifest = load_manifest(cfg.data.path)
     validate_dataset(manifest, part=world.rank, parts=world.size, scan_values=cfg.data.validate)
     tasks.adopt_row_length(cfg, manifest, say=world.rank == 0)
+    tasks.adopt_horizon(cfg, manifest)
     check_fit(manifest, cfg, grid)
     check_best_metric(cfg, manifest.task_spec)
     return manifest
