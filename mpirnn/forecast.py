@@ -43,7 +43,8 @@ def parse_args(argv):
     parser.add_argument("--context", type=int, metavar="N",
                         help="observed steps to warm up on (default: the checkpoint's data.seq_len)")
     parser.add_argument("--data", help="dataset directory (default: the one the checkpoint was trained on)")
-    parser.add_argument("--season", type=int, metavar="S", help="season length for the seasonal-naive baseline")
+    parser.add_argument("--season", type=int, metavar="S", help="season length for the seasonal-naive baseline (default: the dataset's season, "
+                             "from prepare --season or its time column's frequency; none without one)")
     parser.add_argument("--out", required=True, metavar="F.csv", help="the forecast CSV; F.json is written beside it")
     parser.add_argument("--plot", metavar="F.png", help="plot history, forecast and actual (needs matplotlib)")
     parser.add_argument("--no-actuals", action="store_true",
@@ -93,8 +94,9 @@ def check_request(args, located) -> Job:
                           f"length{lags})")
     if info.input_width:
         info.inputs.check_data(train)
-    if args.season is not None and not 1 <= args.season <= train.length:
-        raise ConfigError(f"--season {args.season}: use 1 to {train.length} steps (the train split's length)")
+    season = train.season if args.season is None else args.season
+    if season is not None and not 1 <= season <= train.length:
+        raise ConfigError(f"--season {season}: use 1 to {train.length} steps (the train split's length)")
     val = load_manifest(data, split="val") if "val" in train.splits else None
     if not args.no_actuals:
         if val is None:
@@ -118,7 +120,7 @@ def check_request(args, located) -> Job:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install 'mpirnn[plots]'") from None
-    return Job(info, train, val, args.horizon, context, args.season, csv, csv.with_suffix(".json"), plot,
+    return Job(info, train, val, args.horizon, context, season, csv, csv.with_suffix(".json"), plot,
                not args.no_actuals, cfg.train.horizon)
 
 

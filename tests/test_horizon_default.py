@@ -8,6 +8,8 @@ The resolved number is what the checkpoint records, a resume adopts and a foreca
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +99,9 @@ def test_training_with_only_the_data_path_records_the_resolved_horizon(weekly, t
     meta = json.loads(next(ckpt.glob("ckpt-*.json")).read_text())
     assert meta["config"]["train"]["horizon"] == 26
     assert "train.horizon = 26" in done.stderr   # the run says what "auto" chose
+    forecast = subprocess.run([sys.executable, "-m", "mpirnn.forecast", "--checkpoint", str(ckpt), "--horizon", "52",
+                               "--out", str(tmp_path / "f.csv")], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+    assert forecast.returncode == 0, forecast.stderr
+    assert "seasonal naive (52)" in forecast.stdout      # the dataset's season, without --season
+    assert "warning" not in forecast.stderr               # 52 steps is within what a 26-step head is trained for
