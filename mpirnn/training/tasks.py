@@ -72,7 +72,7 @@ def check_objective(cfg, manifest: Manifest) -> None:
                           f"{what}: leave train.loss = \"auto\"")
     if t.horizon not in (1, "auto"):
         raise ConfigError(f"train.horizon = {t.horizon} applies to next-step series models and {manifest.root} holds "
-                          f"{what}: leave train.horizon = 1")
+                          f"{what}: leave train.horizon out (\"auto\" is 1 here)")
 
 
 def class_weights(cfg, manifest: Manifest) -> np.ndarray | None:
