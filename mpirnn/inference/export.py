@@ -51,8 +51,8 @@ def labelled_io(info, dtype: str) -> tuple[str, str]:
              f"taken as 1), as the dataset's manifest records (anything finite at padded steps)")
     takes = f"x: {x}; lengths: [batch] int64, each row's valid steps (1 to time)"
     if spec.task == "tag":
-        returns = (f"logits [batch, time, {spec.n_classes}], {dtype}, one class per step (classes); steps at and "
-                   f"after a row's length are not predictions; softmax gives predict's probabilities")
+        returns = (f"logits [batch, time, {spec.n_classes}], {dtype}, one class per step (classes), 0 at steps at "
+                   f"and after a row's length (no prediction there); softmax gives predict's probabilities")
     elif spec.task == "classify":
         returns = (f"logits [batch, {spec.n_classes}], {dtype}, one class per row (classes); softmax gives "
                    f"predict's probabilities")
@@ -124,6 +124,18 @@ def torch_bytes(plain: Standalone, meta: dict) -> bytes:
     return buffer.getvalue()
 
 
+class WithLengths(torch.nn.Module):
+    """A labelled model for ONNX: both inputs required (an optional one becomes an If node that
+    onnxruntime runs only for the length it was exported with)."""
+
+    def __init__(self, plain: Standalone):
+        super().__init__()
+        self.model = plain
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(x, lengths)
+
+
 def has_linear_cells(plain: Standalone) -> bool:
     """minGRU / minLSTM layers, one-direction or bidirectional: their loop over time."""
     if isinstance(plain.rnn, MinStack):
@@ -147,7 +159,8 @@ def onnx_bytes(plain: Standalone, meta: dict, info) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on batch_first RNNs and scripted loops
         # The linear cells' loop over time must stay a loop (ONNX Loop), not be traced flat: scripted.
-        module = script(plain) if has_linear_cells(plain) else plain
+        module = WithLengths(plain) if len(example) > 1 else plain
+        module = script(module) if has_linear_cells(plain) else module
         torch.onnx.export(module, example, buffer, dynamo=False,
                           input_names=names, output_names=["y"], dynamic_axes=axes)
     proto = onnx.load_from_string(buffer.getvalue())

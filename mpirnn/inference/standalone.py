@@ -134,11 +134,12 @@ class Standalone(nn.Module):
     """Token ids [B, T] (int64) or normalized values [B, T, F] in, zero initial states; out:
     next-step models: the head at every step, [B, T, vocab] logits or [B, T, F] normalized values;
     labelled models, given each row's length ([B] int64, every row T long when left out):
-    tag [B, T, classes] logits (steps at and after a row's length are not predictions),
+    tag [B, T, classes] logits (0 at steps at and after a row's length: no prediction there),
     classify [B, classes] logits, regress [B, K] normalized targets (docs/export.md)."""
 
     bidirectional: Final[bool]
     per_sequence: Final[bool]
+    labelled: Final[bool]
 
     def __init__(self, cell: str, hidden: int, layers: int, embed: int, vocab_size: int | None,
                  features: int | None, mean: List[float] | None = None, std: List[float] | None = None,
@@ -149,6 +150,7 @@ class Standalone(nn.Module):
         # `inputs`: the input width where seasonal lags and calendar features widen it (docs/export.md).
         self.input = nn.Embedding(vocab_size, embed) if vocab_size else nn.Linear(inputs or features, embed)
         self.bidirectional, self.per_sequence = bidirectional, task in ("classify", "regress")
+        self.labelled = task != "next"
         self.hidden = hidden
         if bidirectional:
             self.rnn = BiStack(cell, embed, hidden, layers)
@@ -170,14 +172,22 @@ class Standalone(nn.Module):
                                                        dtype=torch.float64))
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self.input(x)
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        return self.predict(x, lengths)
+
+    @torch.jit.export
+    def predict(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`forward` with every row's length given (what the ONNX graph runs: no optional input)."""
+        h = self.input(x)
         if self.bidirectional:
             out = self.rnn(h, lengths)
         else:
             out = self.rnn(h)[0]
         if not self.per_sequence:
+            if self.labelled:   # tag: logits 0 at steps past a row's length (they predict nothing)
+                valid = torch.arange(x.shape[1], device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+                return self.head(out) * valid.unsqueeze(-1).to(out.dtype)
             return self.head(out)
         last = at_step(out, lengths - 1)
         if self.bidirectional:
