@@ -64,10 +64,10 @@ except ImportError:
 import numpy as np
 import torch
 rows = torch.load(ROOT + "/rows.pt")
-raw, lengths, names = rows["raw"], rows["lengths"], rows["names"]
-valid = torch.arange(raw.shape[1])[None] < lengths[:, None]
 outputs = {}
-for name in names:
+for name in rows["names"]:
+    raw, lengths = rows["raw"][name.split("-")[0]], rows["lengths"][name.split("-")[0]]   # the task's val rows
+    valid = torch.arange(raw.shape[1])[None] < lengths[:, None]
     path = f"{ROOT}/{name}.{FORMAT}"
     if FORMAT == "torch":
         extra = {"mpirnn.json": ""}
@@ -166,11 +166,14 @@ def exported(tmp_path_factory):
                     assert export(["--checkpoint", str(ck), "--format", fmt, "--out",
                                    str(root / f"{name}.{fmt}")]) == 0
                     names.setdefault(fmt, []).append(name)
-    raw, row_lengths = val_rows(root / "classify")   # the same val rows in every task's dataset
-    assert int(row_lengths.min()) < int(row_lengths.max()), "the val rows must have different lengths"
+    rows = {task: val_rows(root / task) for task in TASKS}   # each task draws its own val rows
+    for _, row_lengths in rows.values():
+        assert int(row_lengths.min()) < int(row_lengths.max()), "the val rows must have different lengths"
     results = {}
     for fmt in FORMATS:
-        torch.save({"raw": raw.to(getattr(torch, DTYPES[fmt])), "lengths": row_lengths, "names": names[fmt]},
+        dtype = getattr(torch, DTYPES[fmt])
+        torch.save({"raw": {task: raw.to(dtype) for task, (raw, _) in rows.items()},
+                    "lengths": {task: lengths for task, (_, lengths) in rows.items()}, "names": names[fmt]},
                    root / "rows.pt")
         code = f"SITE, ROOT, FORMAT, PAD = {str(SITE)!r}, {str(root)!r}, {fmt!r}, {PAD!r}\n{OPEN}"
         done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=root, capture_output=True, text=True,

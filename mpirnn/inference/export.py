@@ -136,6 +136,19 @@ class WithLengths(torch.nn.Module):
         return self.model.predict(x, lengths)
 
 
+class WholeRows(torch.nn.Module):
+    """A next-step model for ONNX: x alone, every row whole (a scripted module may not be
+    exported with an argument left None)."""
+
+    def __init__(self, plain: Standalone):
+        super().__init__()
+        self.model = plain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        return self.model.predict(x, lengths)
+
+
 def has_linear_cells(plain: Standalone) -> bool:
     """minGRU / minLSTM layers, one-direction or bidirectional: their loop over time."""
     if isinstance(plain.rnn, MinStack):
@@ -159,7 +172,7 @@ def onnx_bytes(plain: Standalone, meta: dict, info) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on batch_first RNNs and scripted loops
         # The linear cells' loop over time must stay a loop (ONNX Loop), not be traced flat: scripted.
-        module = WithLengths(plain) if len(example) > 1 else plain
+        module = WithLengths(plain) if len(example) > 1 else WholeRows(plain)
         module = script(module) if has_linear_cells(plain) else module
         torch.onnx.export(module, example, buffer, dynamo=False,
                           input_names=names, output_names=["y"], dynamic_axes=axes)
