@@ -4,7 +4,8 @@ baseline: the measurement the examples print (japanese-vowels.sh, spoken-words.s
     python inputs/val_accuracy.py runs/japanese-vowels/checkpoints data/japanese-vowels
 
 Each val row runs through the whole model up to its own length, and the class is the head
-at its last valid step, as the classify loss reads it (mpirnn/models/objectives.py). Two
+where the classify loss reads it (mpirnn/models/objectives.py): at the row's last valid step,
+and for bidirectional layers the reverse direction's end at step 0 beside it. Two
 constant answers are the baselines: the train split's most frequent class (ties: the lower
 id), a rule one could learn, and the val split's own most frequent class, the best any
 constant answer can score on these rows.
@@ -20,8 +21,10 @@ import sys
 import numpy as np
 import torch
 
+from mpirnn.data.labelled_targets import LabelledTargets
 from mpirnn.data.manifest import load_manifest
 from mpirnn.data.row_reader import RowReader
+from mpirnn.models.objectives import scored_outputs
 
 
 def load_classifier(path: str):
@@ -52,9 +55,11 @@ def predict_classes(model, dataset: str, split: str = "val") -> tuple[np.ndarray
     finally:
         reader.close()
     state = model.zero_state(len(batch.lengths), batch.inputs)
-    outputs, _ = model.run_stack(model.embed(batch.inputs), state)
-    last = outputs[torch.arange(len(batch.lengths)), batch.lengths - 1]   # [rows, hidden]
-    return model.head(last).argmax(dim=1).numpy(), batch.labels.numpy()
+    # The lengths tell a bidirectional layer where each row's reverse direction starts.
+    outputs, _ = model.run_stack(model.embed(batch.inputs), state, lengths=batch.lengths)
+    targets = LabelledTargets("classify", batch.labels, batch.lengths)
+    ends, _ = scored_outputs(outputs, targets, model.hidden if model.bidirectional else None)
+    return model.head(ends).argmax(dim=1).numpy(), batch.labels.numpy()
 
 
 def majority_accuracy(dataset: str, truth: np.ndarray) -> tuple[float, str, float, str]:

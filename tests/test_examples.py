@@ -1,6 +1,7 @@
-"""The two labelled examples end to end, shortened: JapaneseVowels (inputs/japanese-vowels.sh)
-and espeak-ng spoken words (inputs/spoken-words.sh), each run as a user runs it, with fewer
-training steps (STEPS) and, for the words, one reading of the list per voice (RENDITIONS).
+"""The labelled examples end to end, shortened: JapaneseVowels (inputs/japanese-vowels.sh),
+espeak-ng spoken words (inputs/spoken-words.sh, also with BIDIRECTIONAL=1) and per-frame speech
+activity (inputs/speech-activity.sh), each run as a user runs it, with fewer training steps
+(STEPS) and less speech (RENDITIONS: one reading of the list per voice; UTTERANCES).
 They check that the command completes and prints an accuracy and its baselines, not the
 accuracy itself (the README has the full runs' numbers). About 22 s for both on 2 cores.
 They write where a user's run does (data/, runs/), replacing a full run's dataset and
@@ -60,3 +61,23 @@ def test_spoken_words_example_runs():
     assert "the rows of val" in out                  # the val split is the held-out voices
     assert 0.0 <= accuracy(out) <= 1.0 and "of 288 rows right" in out
     assert "majority-class baselines" in out and "0.0556" in out
+
+
+@needs_mpirun
+@pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                    reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
+def test_spoken_words_bidirectional_example_runs():
+    out = run_example("spoken-words.sh", STEPS="10", RENDITIONS="1", BIDIRECTIONAL="1")
+    assert "runs/spoken-words-bilstm/metrics.jsonl" in out   # the BiLSTM config's run
+    assert 0.0 <= accuracy(out) <= 1.0 and "of 288 rows right" in out
+
+
+@needs_mpirun
+@pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                    reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
+def test_speech_activity_example_runs():
+    out = run_example("speech-activity.sh", STEPS="6", UTTERANCES="40")
+    assert "40 utterances" in out and "task tag: one of 2 classes per time step (silence, speech)" in out
+    found = re.search(r"accuracy (\d\.\d{4}), macro-F1 (\d\.\d{4})", out)
+    assert found and 0.0 <= float(found.group(1)) <= 1.0, out[-2000:]
+    assert "baseline, always 'silence'" in out and "baseline, frame energy above" in out

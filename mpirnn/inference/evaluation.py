@@ -7,6 +7,9 @@ regress) is scored row by row, each row one whole sequence, with its task's metr
 model's shape. The grid starts from one data-parallel rank per process (parallel.dp = -1,
 sp = pp = tp = 1), whatever grid trained the model. The data is normalized with the
 checkpoint's own statistics (those the model was trained with), also for another dataset.
+`loss` is the plain mean cross-entropy; a model trained with train.class_weights also gets
+`loss_weighted`, its training loss's class-weighted mean, with the weights it was trained with
+(docs/tasks.md, "Class weights").
 
     mpirun -n 2 python -m pytest -q --with-mpi -m mpi tests/mpi/test_evaluation.py
 """
@@ -20,12 +23,14 @@ import torch
 
 from mpirnn import config as config_module
 from mpirnn.data.labelled_loader import evaluation_loader
+from mpirnn.data.labelled_targets import balanced_weights
 from mpirnn.data.manifest import load_manifest
+from mpirnn.data.row_stats import lengths_and_counts
 from mpirnn.data.validate import validate_dataset
 from mpirnn.distributed.agreement import agree
 from mpirnn.distributed.device import bind
 from mpirnn.distributed.mesh import Comms
-from mpirnn.errors import ConfigError
+from mpirnn.errors import ConfigError, DataError
 from mpirnn.inference.command import check_model_fits, find_checkpoint, on_rank0, write_whole
 from mpirnn.inference.load import build, model_info, saved_config
 from mpirnn.inference.scoring import SplitScorer
@@ -70,6 +75,24 @@ def open_split(cfg, split: str | None, info, checkpoint_path, world):
     return manifest
 
 
+def trained_class_weights(located, cfg, info) -> list[float] | None:
+    """The class weights the checkpoint's training loss used (recorded in its JSON; for a checkpoint
+    written before they were recorded, train.class_weights resolved as training resolved it)."""
+    recorded = located.meta.get("class_weights")
+    if recorded is not None or not info.task_spec.classes:
+        return recorded
+    setting = cfg.train.class_weights
+    if setting in ("", []):
+        return None
+    if setting != "balanced":
+        return [float(w) for w in setting]
+    try:   # from the train split the model was trained on, as training computed them
+        _, counts = lengths_and_counts(load_manifest(saved_config(located).data.path))
+    except (OSError, DataError):
+        return None   # that dataset is gone: the weighted loss is left out
+    return [float(w) for w in balanced_weights(counts)]
+
+
 def summary(score, info, located, cfg, split: str, grid) -> dict:
     result = {"split": split, "data": str(cfg.data.path), "checkpoint": str(located.path), "step": located.step,
               "loss": score.loss, "loss_name": info.loss_name, "loss_unit": info.loss_unit,
@@ -80,6 +103,8 @@ def summary(score, info, located, cfg, split: str, grid) -> dict:
     if score.metrics is not None:
         result.update({("scored" if key == "scored" else key): value for key, value in score.metrics.items()})
         result["task"] = info.task
+    if score.weights is not None:
+        result.update(loss_weighted=score.weighted_loss, class_weights=list(score.weights))
     if score.rmse is not None:
         # The first feature under the plain names (as in forecast.csv); every feature in the lists.
         result.update(rmse=score.rmse[0], mae=score.mae[0], rmse_per_feature=score.rmse,
@@ -92,6 +117,8 @@ def report(result: dict) -> str:
             f"{result['loss_unit']})")
     if "bits_per_byte" in result:
         text += f" = {result['bits_per_byte']:.4f} bits per byte"
+    if result.get("loss_weighted") is not None:
+        text += f"; class-weighted loss {result['loss_weighted']:.6f} (train.class_weights, as training weighs it)"
     if "rmse_per_feature" in result:
         text += f"; RMSE {result['rmse']:.6g}, MAE {result['mae']:.6g} (data units"
         text += ", first feature)" if len(result["rmse_per_feature"]) > 1 else ")"
@@ -156,9 +183,12 @@ def score_checkpoint(args, world, done, keep: bool = False, check=None):
         group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None
         model = stage_model(model, plan, group)
         spec = info.task_spec if info.task_spec.labelled else None
-        scorer = agree(world, SplitScorer, cfg, comms, plan, model, loader, manifest.normalization, spec, keep)
+        weights = agree(world, trained_class_weights, located, cfg, info)
+        scorer = agree(world, SplitScorer, cfg, comms, plan, model, loader, manifest.normalization, spec, keep,
+                       weights)
         try:
             score = scorer.score()
+            score.weights = weights
         finally:
             scorer.close()
             loader.close()

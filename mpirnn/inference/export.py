@@ -5,8 +5,10 @@ so an export depends only on the checkpoint. `torch` and `onnx` write the plain-
 mpirnn/inference/standalone.py (PyTorch's own names for rnn / lstm / gru); `safetensors` writes
 the serial parameters under mpirnn's names. Every file records what it takes and returns, the
 config and, for series, the normalization (JSON strings: `metadata(...)`); docs/export.md.
+A labelled model (tag, classify, regress) takes each row's length as a second input
+(`lengths`), and its file records the class names or the targets' normalization.
 
-    python -m pytest -q tests/test_export.py
+    python -m pytest -q tests/test_export.py tests/test_export_labelled.py
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import warnings
 import torch
 
 from mpirnn.errors import ConfigError
-from mpirnn.inference.standalone import MinStack, Standalone, from_serial
+from mpirnn.inference.standalone import BiStack, MinStack, Standalone, from_serial
 
 FORMATS = ("torch", "onnx", "safetensors")
 EXTRAS = {"onnx": ("onnx", "onnxruntime"), "safetensors": ("safetensors",)}
@@ -39,10 +41,34 @@ def standalone_model(model, cfg, info) -> Standalone:
     return from_serial(model.state_dict(), cfg.to_dict(), info.to_json())
 
 
+def labelled_io(info, dtype: str) -> tuple[str, str]:
+    """(takes, returns) of a labelled model (docs/export.md, "Labelled models")."""
+    spec = info.task_spec
+    if info.tokens:
+        x = "token ids [batch, time], int64 (any valid id at padded steps, e.g. 0)"
+    else:
+        x = (f"values [batch, time, {info.features}], {dtype}, normalized: (x - mean) / std per feature (std 0 "
+             f"taken as 1), as the dataset's manifest records (anything finite at padded steps)")
+    takes = f"x: {x}; lengths: [batch] int64, each row's valid steps (1 to time)"
+    if spec.task == "tag":
+        returns = (f"logits [batch, time, {spec.n_classes}], {dtype}, one class per step (classes), 0 at steps at "
+                   f"and after a row's length (no prediction there); softmax gives predict's probabilities")
+    elif spec.task == "classify":
+        returns = (f"logits [batch, {spec.n_classes}], {dtype}, one class per row (classes); softmax gives "
+                   f"predict's probabilities")
+    else:
+        returns = (f"normalized targets [batch, {spec.targets}], {dtype}: y * std + mean with the "
+                   f"target_normalization (denormalize)")
+    return takes, returns
+
+
 def metadata(located, cfg, info) -> dict[str, str]:
     """What the file takes and returns, and where it came from: string values (JSON inside)."""
     dtype = cfg.model.dtype
-    if info.tokens:
+    spec = info.task_spec
+    if spec.labelled:
+        takes, returns = labelled_io(info, dtype)
+    elif info.tokens:
         takes = "token ids [batch, time], int64"
         returns = f"logits [batch, time, {info.vocab_size}], {dtype}"
     else:
@@ -64,13 +90,21 @@ def metadata(located, cfg, info) -> dict[str, str]:
             "initial_state": "zeros (every sequence starts from a zero state)",
             "checkpoint": str(located.path), "step": str(located.step),
             "config": json.dumps(cfg.to_dict()), "dataset": json.dumps(info.to_json()),
-            "normalization": json.dumps(info.normalization.to_json() if info.normalization else None)}
+            "normalization": json.dumps(info.normalization.to_json() if info.normalization else None),
+            "task": spec.task, "inputs": json.dumps(["x", "lengths"] if spec.labelled else ["x"]),
+            "classes": json.dumps(list(spec.classes) if spec.classes else None),
+            "target_normalization": json.dumps(spec.target_normalization.to_json()
+                                               if spec.target_normalization else None)}
 
 
-def example_input(info, dtype: torch.dtype) -> torch.Tensor:
+def example_input(info, dtype: torch.dtype) -> tuple:
+    """What the ONNX exporter runs the model on: x, and for a labelled model rows' lengths."""
     if info.tokens:
-        return torch.zeros(2, 3, dtype=torch.long)
-    return torch.zeros(2, 3, info.input_width or info.features, dtype=dtype)
+        x = torch.zeros(2, 3, dtype=torch.long)
+    else:
+        x = torch.zeros(2, 3, info.input_width or info.features, dtype=dtype)
+    # Different lengths, so the trace keeps the per-row reverse and readout, not one length.
+    return (x, torch.tensor([3, 2])) if info.task_spec.labelled else (x,)
 
 
 def script(plain: Standalone):
@@ -90,19 +124,58 @@ def torch_bytes(plain: Standalone, meta: dict) -> bytes:
     return buffer.getvalue()
 
 
+class WithLengths(torch.nn.Module):
+    """A labelled model for ONNX: both inputs required (an optional one becomes an If node that
+    onnxruntime runs only for the length it was exported with)."""
+
+    def __init__(self, plain: Standalone):
+        super().__init__()
+        self.model = plain
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(x, lengths)
+
+
+class WholeRows(torch.nn.Module):
+    """A next-step model for ONNX: x alone, every row whole (a scripted module may not be
+    exported with an argument left None)."""
+
+    def __init__(self, plain: Standalone):
+        super().__init__()
+        self.model = plain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        return self.model.predict(x, lengths)
+
+
+def has_linear_cells(plain: Standalone) -> bool:
+    """minGRU / minLSTM layers, one-direction or bidirectional: their loop over time."""
+    if isinstance(plain.rnn, MinStack):
+        return True
+    return isinstance(plain.rnn, BiStack) and not plain.rnn.layers[0].fused
+
+
 def onnx_bytes(plain: Standalone, meta: dict, info) -> bytes:
-    """ONNX (the TorchScript exporter, which needs nothing but the onnx package): input "x",
-    output "y", batch and time dynamic; `metadata` as the model's metadata_props."""
+    """ONNX (the TorchScript exporter, which needs nothing but the onnx package): input "x" (and
+    "lengths" for a labelled model), output "y", batch and time dynamic; `metadata` as the
+    model's metadata_props."""
     import onnx
 
     buffer = io.BytesIO()
     dims = {0: "batch", 1: "time"}
+    example = example_input(info, plain.head.weight.dtype)
+    names = ["x", "lengths"][:len(example)]
+    axes = {"x": dims, "y": {0: "batch"} if plain.per_sequence else dims}
+    if len(example) > 1:
+        axes["lengths"] = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on batch_first RNNs and scripted loops
         # The linear cells' loop over time must stay a loop (ONNX Loop), not be traced flat: scripted.
-        module = script(plain) if isinstance(plain.rnn, MinStack) else plain
-        torch.onnx.export(module, (example_input(info, plain.head.weight.dtype),), buffer, dynamo=False,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": dims, "y": dims})
+        module = WithLengths(plain) if len(example) > 1 else WholeRows(plain)
+        module = script(module) if has_linear_cells(plain) else module
+        torch.onnx.export(module, example, buffer, dynamo=False,
+                          input_names=names, output_names=["y"], dynamic_axes=axes)
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, meta)
     return proto.SerializeToString()

@@ -7,6 +7,9 @@ elements (`targets.scored`, mpirnn/data/labelled_targets.py: the valid steps of 
 confusion matrix or to sums of errors in data units, and, for `predict`, keeps each
 prediction with its row (and step). `reduce` sums the counts over the world and `gather`
 brings the predictions to rank 0, in split order, so every grid gives the same numbers.
+With class weights (train.class_weights), it also sums each scored element's cross-entropy
+times its class's weight and the weights, for the class-weighted loss that training minimizes
+(`weighted_loss`; the plain `loss` stays unweighted: docs/tasks.md, "Class weights").
 
     python -m pytest -q tests/test_inference_task_metrics.py
 """
@@ -36,10 +39,13 @@ class Predictions:
 
 
 class LabelledTally:
-    def __init__(self, spec, head, keep: bool = False, reverse_from: int | None = None):
+    def __init__(self, spec, head, keep: bool = False, reverse_from: int | None = None, weights=None):
         """`spec`: the TaskSpec the model was trained on (classes, or targets and their
-        normalization); `head`: the model's head; `keep`: keep every prediction (predict)."""
+        normalization); `head`: the model's head; `keep`: keep every prediction (predict);
+        `weights`: per-class weights (tag, classify), or None."""
         self.spec, self.head = spec, head
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.weighted = np.zeros(2, dtype=np.float64)   # sum of weight x cross-entropy, sum of weights
         self.reverse_from = reverse_from  # bidirectional: the width of the forward half of the outputs
         self.classes = spec.n_classes
         if self.classes:
@@ -57,6 +63,10 @@ class LabelledTally:
         if self.classes:
             values = torch.softmax(prediction, dim=-1).cpu().numpy()
             truth = labels.cpu().numpy()
+            if self.weights is not None:
+                weight = self.weights.to(prediction.device)[labels]
+                entropy = torch.nn.functional.cross_entropy(prediction, labels, reduction="none")
+                self.weighted += [float((weight * entropy).sum()), float(weight.sum())]
             add_to_confusion(self.confusion, truth, values.argmax(1))
         else:
             values = self._data_units(prediction).cpu().numpy()
@@ -78,6 +88,15 @@ class LabelledTally:
     def reduce(self, comm) -> None:
         """Sum every rank's counts (ranks that scored nothing add zeros); call on every rank."""
         comm.Allreduce(MPI.IN_PLACE, self.confusion if self.classes else self.errors, MPI.SUM)
+        if self.weights is not None:
+            comm.Allreduce(MPI.IN_PLACE, self.weighted, MPI.SUM)
+
+    def weighted_loss(self) -> float | None:
+        """After `reduce`: sum of w[label] x cross-entropy over sum of w[label], the training
+        loss's measure; None without weights, or where no scored label has a weight."""
+        if self.weights is None or not self.weighted[1] > 0:
+            return None
+        return float(self.weighted[0] / self.weighted[1])
 
     def metrics(self) -> dict:
         """After `reduce`: the task's metrics (mpirnn/inference/task_metrics.py)."""

@@ -41,6 +41,8 @@ class Score:
     rmse: list | None = None    # series: per feature, in data units
     mae: list | None = None
     metrics: dict | None = None            # a labelled task's (mpirnn/inference/task_metrics.py)
+    weighted_loss: float | None = None     # with class weights: the class-weighted mean cross-entropy
+    weights: list | None = None            # those class weights (evaluate records them)
     predictions: Predictions | None = None  # predict: on rank 0, every scored element in split order
 
 
@@ -72,12 +74,14 @@ class SplitScorer:
     setting that cannot run (parallel.chunks longer than a segment) is refused on every rank.
     """
 
-    def __init__(self, cfg, comms, plan, model, loader, normalization=None, spec=None, keep: bool = False):
+    def __init__(self, cfg, comms, plan, model, loader, normalization=None, spec=None, keep: bool = False,
+                 weights=None):
         """`plan`: the run's plan on this rank; `model`: already cut to it (its stage); `spec`: a
         labelled task's TaskSpec (its metrics are computed; None: the loss only); `keep`: also
-        gather every prediction to rank 0 (predict)."""
+        gather every prediction to rank 0 (predict); `weights`: class weights, for the
+        class-weighted loss beside the plain one (the loader's loss stays unweighted)."""
         self.cfg, self.comms, self.base, self.model, self.loader = cfg, comms, plan, model, loader
-        self.spec, self.keep = spec, keep
+        self.spec, self.keep, self.weights = spec, keep, weights
         self.runners: dict[int, StepRunner] = {}
         self.labelled = model.outputs is not None  # a labelled task (docs/tasks.md)
         self.features = None if model.vocab_size or self.labelled else model.features
@@ -99,7 +103,7 @@ class SplitScorer:
         totals = np.zeros(1 + 2 * (self.features or 0), dtype=np.float64)
         sequences, labelled_elements = 0, 0.0
         tally = (LabelledTally(self.spec, self.model.head, self.keep,
-                              self.model.hidden if self.model.bidirectional else None)
+                              self.model.hidden if self.model.bidirectional else None, self.weights)
                  if self.labelled and self.spec else None)
         for windows in self.loader.batches(limit):
             sequences += len(windows)
@@ -129,6 +133,7 @@ class SplitScorer:
             if tally is not None:
                 tally.reduce(self.comms.world)
                 score.metrics = tally.metrics()
+                score.weighted_loss = tally.weighted_loss()
                 score.predictions = tally.gather(self.comms.world) if self.keep else None
             return score
         per_value = self.cfg.data.seq_len * sequences   # one-step predictions (RMSE, MAE)

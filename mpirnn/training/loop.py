@@ -47,6 +47,7 @@ class Trainer(TrainerReports):
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optim.make_optimizer(self.params, cfg.train)
         self.sample = True  # the session turns the sample off when its prompt does not fit the vocabulary
+        self.class_weights = None  # train.class_weights resolved (the session sets them), kept in checkpoints
         self.val_values: dict = {}  # val_loss (and val_accuracy, val_macro_f1) at the current step, when evaluated there
         self.runner = StepRunner(model, plan, comms, cfg.train.bucket_mb,
                                  precision_for(cfg.train.precision, model.device))
@@ -121,6 +122,9 @@ class Trainer(TrainerReports):
         failed = np.zeros(1, dtype=np.int8)
         if self.rank0:
             extra = {"dataset": self.info.to_json()} if self.info is not None else {}
+            if self.class_weights is not None:
+                # As resolved ("balanced": from the train split's counts), for evaluate's weighted loss.
+                extra["class_weights"] = [float(w) for w in self.class_weights]
             if self.val_values:
                 # best_metric beside the values: --best and a resumed run choose by the same measure.
                 extra.update(self.val_values, best_metric=self.cfg.checkpoint.best_metric)

@@ -210,6 +210,7 @@ def train(cfg, grid) -> int:
                      if val_split is not None else None)
         trainer = Trainer(cfg, comms, plan, model, loader, ModelInfo.from_manifest(manifest, inputs), validator)
         trainer.sample = sample
+        trainer.class_weights = weights
         try:
             if cfg.checkpoint.dir:
                 trainer.check_checkpoint_dir()

@@ -4,7 +4,9 @@ The val split's windows are scored in order from zero states, forward only throu
 parallel paths as training (mpirnn/inference/scoring.py), so `val_loss` is the mean over
 every val value scored, the same number on any grid, in the training loss's unit. Scoring
 touches no training state (no graphs, no carried states, no random numbers): a run with
-evaluation has the same training losses as one without, and resumes exactly. Tasks with classes
+evaluation has the same training losses as one without, and resumes exactly. `val_loss` is the
+plain mean cross-entropy even where train.class_weights weights the training loss; then
+`val_loss_weighted` gives the weighted one as well (docs/tasks.md, "Class weights"). Tasks with classes
 also get `val_accuracy` and `val_macro_f1`; `checkpoint.best_metric` names the one that
 chooses the best step (lowest val_loss, or highest accuracy / macro-F1), recorded in every
 checkpoint's JSON so `--best` and a resumed run choose by the same measure.
@@ -61,11 +63,14 @@ class Validator:
     def __init__(self, cfg, comms, plan, model, manifest, device, weights=None):
         """`weights`: a labelled task's class weights (as in training), or None."""
         self.every, self.limit, self.last = cfg.train.eval_every, cfg.train.eval_batches, cfg.train.steps
+        # The loader's loss is unweighted (val_loss); the scorer adds the weighted one.
         self.loader = evaluation_loader(manifest, cfg.data.seq_len, cfg.data.batch_size, device,
-                                        getattr(torch, cfg.model.dtype), weights, resolve_inputs(manifest, cfg),
+                                        getattr(torch, cfg.model.dtype), None, resolve_inputs(manifest, cfg),
                                         cfg.train.horizon)
         spec = manifest.task_spec
-        self.scorer = SplitScorer(cfg, comms, plan, model, self.loader, spec=spec if spec.classes else None)
+        self.weighted = weights is not None
+        self.scorer = SplitScorer(cfg, comms, plan, model, self.loader, spec=spec if spec.classes else None,
+                                  weights=weights)
         self.metric = cfg.checkpoint.best_metric
         self.best_value: float | None = None   # of self.metric, at best_step
         self.best_loss: float | None = None    # val_loss at best_step
@@ -86,6 +91,8 @@ class Validator:
         values = {"val_loss": score.loss}
         if score.metrics is not None:
             values.update(val_accuracy=score.metrics["accuracy"], val_macro_f1=score.metrics["macro_f1"])
+        if self.weighted:
+            values["val_loss_weighted"] = score.weighted_loss
         better = self._better(values.get(self.metric))
         if better:
             self.best_value, self.best_loss, self.best_step = values[self.metric], score.loss, step
