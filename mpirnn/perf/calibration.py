@@ -63,6 +63,17 @@ def _log_interp(xs: list[float], ys: list[float], x: float, lowest: float = 1.0,
     return y0 * (x / x0) ** exponent
 
 
+def _extra_per_unit(points: list[list[float]], elements: float) -> float:
+    """The long-sequence probe's extra cost per row-step and hidden unit at `elements`: piecewise
+    linear in log(elements) between its points, the first one's below, the last one's beyond."""
+    if elements <= points[0][0]:
+        return points[0][1]
+    for (e0, x0), (e1, x1) in zip(points, points[1:]):
+        if elements <= e1:
+            return x0 + (x1 - x0) * math.log(elements / e0) / math.log(e1 / e0)
+    return points[-1][1]
+
+
 def _table(table: dict, key: str, rows: float, hidden: float) -> float:
     """A [hidden][rows] table read at (rows, hidden)."""
     per_hidden = [_interp(table["rows"], line, rows) for line in table[key]]
@@ -96,13 +107,38 @@ class Calibration:
             raise CalibrationError(f"the calibration has no fused '{cell}' measurements; rerun --calibrate")
         return table
 
-    def fused_step_s(self, cell: str, rows: int, d_in: int, hidden: int) -> float:
-        """One time step of a fused layer (nn.LSTM/GRU/RNN), forward+backward."""
+    def fused_step_s(self, cell: str, rows: int, d_in: int, hidden: int, steps: int | None = None) -> float:
+        """One time step of a fused layer (nn.LSTM/GRU/RNN), forward+backward; in a call over `steps`
+        time steps when given (long sequences cost more per step: `long_sequence_s`)."""
         table = self._fused(cell)
         step = _table(table, "step_s", rows, hidden)
         # The table is measured with d_in = hidden; the input projection's share scales with d_in.
         adjusted = step + self.compute["input_mac_s"] * rows * GATES[cell] * hidden * (d_in - hidden)
-        return max(adjusted, 0.3 * step)
+        longer = 0.0 if steps is None else self.long_sequence_s(cell, rows, steps, hidden)
+        return max(adjusted, 0.3 * step) + longer
+
+    def long_sequence_s(self, cell: str, rows: int, steps: int, hidden: int) -> float:
+        """What one time step of a call over `steps` steps costs beyond the fused table's figure.
+
+        Past the caches the activations saved for backward no longer fit and a step costs more per
+        row and hidden unit (measured on this machine: `long_sequence` in the file, a function of the
+        layer's elements rows × steps × hidden, read log-linearly between its points and flat beyond).
+        The table's figure was measured over its own long run's steps (`long_steps`), so only the
+        growth beyond that counts; never negative, so short sequences keep the table's figure.
+        Files without the measurement: 0."""
+        probe = self.compute.get("long_sequence")
+        if not probe:
+            return 0.0
+        table = self._fused(cell)
+        measured_at = 0.0
+        if "long_steps" in table:   # the elements the table's figure was measured at, for these rows and size
+            measured_at = _table(table, "long_steps", rows, hidden) * rows * hidden
+        extra = _extra_per_unit(probe["points"], rows * steps * hidden) - _extra_per_unit(probe["points"], measured_at)
+        return max(0.0, extra) * rows * hidden
+
+    def bidirectional_factor(self, cell: str) -> float:
+        """A bidirectional fused layer's cost over one direction's (measured; files without it: 2)."""
+        return float(self.compute.get("bidirectional_factor", {}).get(cell, 2.0))
 
     def fused_call_s(self, cell: str, rows: int, hidden: int) -> float:
         """What one call of a fused layer costs besides its time steps (weight reorders, workspace)."""
@@ -113,9 +149,12 @@ class Calibration:
         table = self._fused(cell)
         return table["step_s"][0][0]
 
-    def fused_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int) -> float:
-        """Forward+backward of one fused layer over `steps` time steps, one call."""
-        return self.fused_call_s(cell, rows, hidden) + steps * self.fused_step_s(cell, rows, d_in, hidden)
+    def fused_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int,
+                      bidirectional: bool = False) -> float:
+        """Forward+backward of one fused layer over `steps` time steps, one call (both directions
+        of a bidirectional layer: the measured factor times one direction's)."""
+        one = self.fused_call_s(cell, rows, hidden) + steps * self.fused_step_s(cell, rows, d_in, hidden, steps)
+        return one * (self.bidirectional_factor(cell) if bidirectional else 1.0)
 
     def linear_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False) -> float:
         """Forward+backward of one minGRU/minLSTM layer: gate projections, log-space scan, exp.
@@ -129,10 +168,13 @@ class Calibration:
         elements = rows * steps * hidden
         return costs.get("call_s", 0.0) + elements * (element + costs["mac_s"] * PROJECTIONS[cell] * d_in)
 
-    def layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False) -> float:
+    def layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False,
+                directions: int = 1) -> float:
+        """One layer's forward+backward; `directions` = 2: both directions of a bidirectional layer
+        (a linear cell's two scans cost twice one)."""
         if cell in PROJECTIONS:
-            return self.linear_layer_s(cell, rows, steps, d_in, hidden, segment)
-        return self.fused_layer_s(cell, rows, steps, d_in, hidden)
+            return directions * self.linear_layer_s(cell, rows, steps, d_in, hidden, segment)
+        return self.fused_layer_s(cell, rows, steps, d_in, hidden, bidirectional=directions == 2)
 
     def tp_step_s(self, cell: str, rows: int, d_in: int, hidden: int, k: int) -> float:
         """One time step of a layer split over k tp ranks, forward+backward, on one rank (no waiting).

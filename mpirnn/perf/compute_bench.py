@@ -53,12 +53,13 @@ class Timer:
     def clock(self) -> float:
         return time.perf_counter() if self.device.type == "cuda" else time.thread_time()
 
-    def best(self, key: tuple, fn) -> float:
-        """Fastest of `reps` runs after one warm-up, and of any earlier pass over `key`, in seconds."""
+    def best(self, key: tuple, fn, reps: int | None = None) -> float:
+        """Fastest of `reps` runs (default: the timer's) after one warm-up, and of any earlier pass
+        over `key`, in seconds."""
         fn()
         self.sync()
         best = self.fastest.get(key, math.inf)
-        for _ in range(self.reps):
+        for _ in range(reps or self.reps):
             started = self.clock()
             fn()
             self.sync()
@@ -75,20 +76,22 @@ def _layer_pass(timer, layer, x, grad):
     return run
 
 
-def fused_layer(timer: Timer, cell: str, rows: int, steps: int, d_in: int, hidden: int) -> float:
-    layer = FUSED[cell](d_in, hidden, batch_first=True).to(timer.device)
+def fused_layer(timer: Timer, cell: str, rows: int, steps: int, d_in: int, hidden: int,
+                bidirectional: bool = False, reps: int | None = None) -> float:
+    layer = FUSED[cell](d_in, hidden, batch_first=True, bidirectional=bidirectional).to(timer.device)
     x = torch.randn(rows, steps, d_in, device=timer.device, requires_grad=True)
-    grad = torch.randn(rows, steps, hidden, device=timer.device)
-    return timer.best(("fused", cell, rows, steps, d_in, hidden), _layer_pass(timer, layer, x, grad))
+    grad = torch.randn(rows, steps, hidden * (2 if bidirectional else 1), device=timer.device)
+    return timer.best(("fused", cell, rows, steps, d_in, hidden, bidirectional), _layer_pass(timer, layer, x, grad),
+                      reps)
 
 
 def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[int, int]) -> dict:
     """Per (hidden, rows) with d_in = hidden: seconds per time step and per call, each fitted over
     the rows as a + b·rows (the measured points are kept beside the fit)."""
     short, most = steps
-    step_s, call_s, measured_step, measured_call = [], [], [], []
+    step_s, call_s, measured_step, measured_call, long_steps = [], [], [], [], []
     for hidden in hidden_list:
-        step_line, call_line = [], []
+        step_line, call_line, long_line = [], [], []
         for rows in rows_list:
             t_short = fused_layer(timer, cell, rows, short, hidden, hidden)
             # About 40 ms for the long run (at least 8 more steps): thin batches cost a little less per step
@@ -103,12 +106,46 @@ def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[in
                 call = max(0.0, t_short - short * per_step)
             step_line.append(per_step)
             call_line.append(call)
+            long_line.append(long)
+        long_steps.append(long_line)
         measured_step.append(step_line)
         measured_call.append(call_line)
         step_s.append(affine(rows_list, step_line))
         call_s.append(affine(rows_list, call_line))
     return {"hidden": list(hidden_list), "rows": list(rows_list), "step_s": step_s, "call_s": call_s,
-            "step_s_measured": measured_step, "call_s_measured": measured_call}
+            "step_s_measured": measured_step, "call_s_measured": measured_call,
+            # the long run's steps: where each per-step figure was measured (the long-sequence term's origin)
+            "long_steps": long_steps}
+
+
+# The long-sequence probe: an LSTM layer of 128 units over 16 rows, at sequences of 2^18 to 2^24
+# elements (rows × steps × hidden). Past the caches a time step costs more: the activations saved for
+# backward no longer fit (docs/performance.md, "The long-sequence term").
+LONG_SEQUENCE = {"rows": (16, 4), "hidden": (128, 16), "steps": ((128, 512, 2048, 8192), (8, 32, 128))}
+
+
+def long_sequence(timer: Timer, cell: str, quick: bool) -> dict:
+    """What a time step costs beyond the fused table's as the layer's sequence grows: per row-step and
+    per hidden unit, [elements, extra seconds] from the shortest sequence (0 there) up. One run after
+    the warm-up per pass (the longest takes about a second)."""
+    pick = 1 if quick else 0
+    rows, hidden, all_steps = (LONG_SEQUENCE[key][pick] for key in ("rows", "hidden", "steps"))
+    per_row_step = [fused_layer(timer, cell, rows, steps, hidden, hidden, reps=1) / (rows * steps)
+                    for steps in all_steps]
+    points, extra = [], 0.0
+    for steps, cost in zip(all_steps, per_row_step):
+        extra = max(extra, (cost - per_row_step[0]) / hidden)   # never falling: noise would bend it back
+        points.append([rows * steps * hidden, extra])
+    return {"cell": cell, "rows": rows, "hidden": hidden, "points": points}
+
+
+def bidirectional_factor(timer: Timer, cell: str, quick: bool) -> float:
+    """A bidirectional fused layer's forward+backward over one direction's (16 rows, 128 units, 128
+    steps; the input 256 wide, as a layer above a bidirectional one reads): about 2."""
+    rows, hidden, steps = (4, 16, 16) if quick else (16, 128, 128)
+    both = fused_layer(timer, cell, rows, steps, 2 * hidden, hidden, bidirectional=True)
+    one = fused_layer(timer, cell, rows, steps, 2 * hidden, hidden)
+    return both / one
 
 
 def affine(rows: list[int], values: list[float]) -> list[float]:
@@ -331,6 +368,10 @@ def collect(timer: Timer, quick: bool, cells, hidden_list: list[int]) -> dict:
     fused = [cell for cell in FUSED if cells is None or cell in cells]
     compute = {"fused": {cell: fused_table(timer, cell, rows_list, hidden_list, steps) for cell in fused}}
     compute["input_mac_s"] = input_mac(timer, r_mid, h_mid, 8 if quick else 64)
+    if fused:
+        probe = "lstm" if "lstm" in fused else fused[0]
+        compute["long_sequence"] = long_sequence(timer, probe, quick)
+        compute["bidirectional_factor"] = {cell: bidirectional_factor(timer, cell, quick) for cell in fused}
     lin_rows, lin_steps, lin_hidden = (2, 64, 16) if quick else (4, 4096, 128)
     compute["linear"] = {cell: linear_layer(timer, cell, lin_rows, lin_steps, lin_hidden) for cell in PROJECTIONS
                          if cells is None or cell in cells}
