@@ -17,7 +17,7 @@ one thread. Rows:
 Times are medians of the step over the timed steps (the first step warms up and is where the
 saved activations are measured: the distinct tensors autograd saves for backward, as W2's are,
 mpirnn/tools/workloads.py `SavedBytes`); the performance model's prediction stands beside each
-row (docs/performance.md, "Bidirectional layers in the model"). The driver starts each run
+row (docs/performance.md, "Bidirectional layers"). The driver starts each run
 with mpirun itself.
 """
 
