@@ -129,22 +129,21 @@ def test_extra_per_unit_is_log_linear_between_points_and_flat_beyond():
     assert _extra_per_unit(points, 2**30) == pytest.approx(50e-9)
 
 
-def test_long_sequences_cost_more_per_step_beyond_where_the_table_was_measured():
+def test_long_calls_fault_under_glibcs_default_allocator_only():
     data = toy_calibration(step_per_row_s=1e-4)
-    cal_without = Calibration(copy.deepcopy(data))
+    without = Calibration(copy.deepcopy(data))
     data["compute"]["long_sequence"] = LONG
-    data["compute"]["fused"]["lstm"]["long_steps"] = [[64, 64], [64, 64]]
     cal = Calibration(copy.deepcopy(data))
-    # A short call keeps the table's figure exactly (W1 stays as it was).
-    assert cal.fused_step_s("lstm", 8, 16, 16, steps=64) == cal_without.fused_step_s("lstm", 8, 16, 16)
-    # 8 rows x 32768 steps x 16 units = 2^22 elements: 40 ns per row and unit more per step.
-    assert cal.long_sequence_s("lstm", 8, 32768, 16) == pytest.approx(8 * 16 * 40e-9)
-    assert cal.fused_step_s("lstm", 8, 16, 16, steps=32768) == pytest.approx(
-        cal_without.fused_step_s("lstm", 8, 16, 16) + 8 * 16 * 40e-9)
-    # The growth counts only beyond the table's own long run (there at 2^21 elements: 20 ns already in it).
-    data["compute"]["fused"]["lstm"]["long_steps"] = [[2**21 // (8 * 16)] * 2] * 2
-    assert Calibration(data).long_sequence_s("lstm", 8, 32768, 16) == pytest.approx(8 * 16 * 20e-9)
-    # And the predicted step grows with it, a calibration without the measurement does not.
+    # 8 rows x 32768 steps x 16 units = 2^22 elements: 40 ns more per row-step and hidden unit.
+    assert cal.long_sequence_s(8, 32768, 16) == pytest.approx(8 * 16 * 40e-9)
+    assert cal.long_sequence_s(8, 64, 16) == 0.0   # a short call: the table's figure
+    assert without.long_sequence_s(8, 32768, 16) == 0.0
     long_shape = Shape("lstm", layers=1, hidden=16, embed=16, batch=8, seq_len=32768, vocab=None)
-    grown = predict(long_shape, Layout(), Calibration(data)).step_s - predict(long_shape, Layout(), cal_without).step_s
-    assert grown == pytest.approx(32768 * 8 * 16 * 20e-9)
+    faulting = predict(long_shape, Layout(), cal).step_s
+    kept = predict(long_shape, Layout(malloc="keep"), cal).step_s
+    assert faulting - kept == pytest.approx(32768 * 8 * 16 * 40e-9)
+    assert kept == pytest.approx(predict(long_shape, Layout(), without).step_s)
+    # sp = 2 halves each call: 2^21 elements, 20 ns; the term shrinks per step, so sp gains more than 2x.
+    halves = predict(long_shape, Layout(sp=2, microbatches=1), cal).parts["unit_s"][0] \
+        - predict(long_shape, Layout(sp=2, microbatches=1, malloc="keep"), cal).parts["unit_s"][0]
+    assert halves == pytest.approx(16384 * 8 * 16 * 20e-9)

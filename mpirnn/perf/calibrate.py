@@ -133,6 +133,13 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
               "--result", str(comm_file), *extra], env, "communication")
         say(f"mpirnn.plan: calibrating: [2/2] communication done in {time.perf_counter() - phase:.0f} s")
         compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
+        if compute["fused"]:   # the long-sequence probe, under the allocator training runs with (no KEEP_MEMORY)
+            probe_file = Path(work) / "long.json"
+            plain = {key: value for key, value in env.items() if key not in KEEP_MEMORY}
+            probe = "lstm" if "lstm" in compute["fused"] else next(iter(compute["fused"]))
+            _run([sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "long", "--device", device, "--cells",
+                  probe, "--result", str(probe_file), *(["--quick"] if quick else [])], plain, "long sequences")
+            compute["long_sequence"] = json.loads(probe_file.read_text())
     compute["slowdown"] = comm["slowdown"]
     intra, errors = fit_links(comm)
     from importlib.metadata import version
@@ -167,7 +174,7 @@ def worker(argv: list[str]) -> int:
     """`--worker compute|comm --result FILE [--quick] [--device D]`: one side of the measurement."""
     import argparse
     parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", choices=("compute", "comm"))
+    parser.add_argument("--worker", choices=("compute", "comm", "long"))
     parser.add_argument("--result")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
@@ -185,6 +192,14 @@ def worker(argv: list[str]) -> int:
         result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
                          hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None,
                          precision=args.precision)
+    elif args.worker == "long":
+        import torch
+
+        from mpirnn.distributed.device import flush_denormals
+        from mpirnn.perf.compute_bench import long_sequence
+        torch.set_num_threads(1)
+        flush_denormals()
+        result = long_sequence(args.device, args.quick, args.cells)
     else:
         from mpirnn.perf.comm_bench import measure
         result = measure(args.quick)

@@ -107,34 +107,26 @@ class Calibration:
             raise CalibrationError(f"the calibration has no fused '{cell}' measurements; rerun --calibrate")
         return table
 
-    def fused_step_s(self, cell: str, rows: int, d_in: int, hidden: int, steps: int | None = None) -> float:
-        """One time step of a fused layer (nn.LSTM/GRU/RNN), forward+backward; in a call over `steps`
-        time steps when given (long sequences cost more per step: `long_sequence_s`)."""
+    def fused_step_s(self, cell: str, rows: int, d_in: int, hidden: int) -> float:
+        """One time step of a fused layer (nn.LSTM/GRU/RNN), forward+backward."""
         table = self._fused(cell)
         step = _table(table, "step_s", rows, hidden)
         # The table is measured with d_in = hidden; the input projection's share scales with d_in.
         adjusted = step + self.compute["input_mac_s"] * rows * GATES[cell] * hidden * (d_in - hidden)
-        longer = 0.0 if steps is None else self.long_sequence_s(cell, rows, steps, hidden)
-        return max(adjusted, 0.3 * step) + longer
+        return max(adjusted, 0.3 * step)
 
-    def long_sequence_s(self, cell: str, rows: int, steps: int, hidden: int) -> float:
-        """What one time step of a call over `steps` steps costs beyond the fused table's figure.
-
-        Past the caches the activations saved for backward no longer fit and a step costs more per
-        row and hidden unit (measured on this machine: `long_sequence` in the file, a function of the
-        layer's elements rows × steps × hidden, read log-linearly between its points and flat beyond).
-        The table's figure was measured over its own long run's steps (`long_steps`), so only the
-        growth beyond that counts; never negative, so short sequences keep the table's figure.
-        Files without the measurement: 0."""
+    def long_sequence_s(self, rows: int, steps: int, hidden: int) -> float:
+        """What one time step of a fused call over `steps` steps costs beyond the table's figure when
+        the process runs with glibc's default allocator (training does; the calibration and the
+        bench keep freed memory, mpirnn/perf/processes.py): the call's large activations go over
+        glibc's mmap threshold and are faulted in again on every call. Measured (`long_sequence`
+        in the file) per row-step and hidden unit as a function of the call's elements
+        rows × steps × hidden, read log-linearly between its points, flat beyond; 0 for files
+        without the measurement."""
         probe = self.compute.get("long_sequence")
         if not probe:
             return 0.0
-        table = self._fused(cell)
-        measured_at = 0.0
-        if "long_steps" in table:   # the elements the table's figure was measured at, for these rows and size
-            measured_at = _table(table, "long_steps", rows, hidden) * rows * hidden
-        extra = _extra_per_unit(probe["points"], rows * steps * hidden) - _extra_per_unit(probe["points"], measured_at)
-        return max(0.0, extra) * rows * hidden
+        return _extra_per_unit(probe["points"], rows * steps * hidden) * rows * hidden
 
     def bidirectional_factor(self, cell: str) -> float:
         """A bidirectional fused layer's cost over one direction's (measured; files without it: 2)."""
@@ -150,10 +142,12 @@ class Calibration:
         return table["step_s"][0][0]
 
     def fused_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int,
-                      bidirectional: bool = False) -> float:
+                      bidirectional: bool = False, faults: bool = False) -> float:
         """Forward+backward of one fused layer over `steps` time steps, one call (both directions
-        of a bidirectional layer: the measured factor times one direction's)."""
-        one = self.fused_call_s(cell, rows, hidden) + steps * self.fused_step_s(cell, rows, d_in, hidden, steps)
+        of a bidirectional layer: the measured factor times one direction's). faults: the process
+        runs with glibc's default allocator (`long_sequence_s`)."""
+        step = self.fused_step_s(cell, rows, d_in, hidden) + (self.long_sequence_s(rows, steps, hidden) if faults else 0.0)
+        one = self.fused_call_s(cell, rows, hidden) + steps * step
         return one * (self.bidirectional_factor(cell) if bidirectional else 1.0)
 
     def linear_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False) -> float:
@@ -169,12 +163,12 @@ class Calibration:
         return costs.get("call_s", 0.0) + elements * (element + costs["mac_s"] * PROJECTIONS[cell] * d_in)
 
     def layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False,
-                directions: int = 1) -> float:
+                directions: int = 1, faults: bool = False) -> float:
         """One layer's forward+backward; `directions` = 2: both directions of a bidirectional layer
-        (a linear cell's two scans cost twice one)."""
+        (a linear cell's two scans cost twice one); faults: under glibc's default allocator."""
         if cell in PROJECTIONS:
             return directions * self.linear_layer_s(cell, rows, steps, d_in, hidden, segment)
-        return self.fused_layer_s(cell, rows, steps, d_in, hidden, bidirectional=directions == 2)
+        return self.fused_layer_s(cell, rows, steps, d_in, hidden, bidirectional=directions == 2, faults=faults)
 
     def tp_step_s(self, cell: str, rows: int, d_in: int, hidden: int, k: int) -> float:
         """One time step of a layer split over k tp ranks, forward+backward, on one rank (no waiting).

@@ -89,9 +89,9 @@ def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[in
     """Per (hidden, rows) with d_in = hidden: seconds per time step and per call, each fitted over
     the rows as a + b·rows (the measured points are kept beside the fit)."""
     short, most = steps
-    step_s, call_s, measured_step, measured_call, long_steps = [], [], [], [], []
+    step_s, call_s, measured_step, measured_call = [], [], [], []
     for hidden in hidden_list:
-        step_line, call_line, long_line = [], [], []
+        step_line, call_line = [], []
         for rows in rows_list:
             t_short = fused_layer(timer, cell, rows, short, hidden, hidden)
             # About 40 ms for the long run (at least 8 more steps): thin batches cost a little less per step
@@ -106,37 +106,46 @@ def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[in
                 call = max(0.0, t_short - short * per_step)
             step_line.append(per_step)
             call_line.append(call)
-            long_line.append(long)
-        long_steps.append(long_line)
         measured_step.append(step_line)
         measured_call.append(call_line)
         step_s.append(affine(rows_list, step_line))
         call_s.append(affine(rows_list, call_line))
     return {"hidden": list(hidden_list), "rows": list(rows_list), "step_s": step_s, "call_s": call_s,
-            "step_s_measured": measured_step, "call_s_measured": measured_call,
-            # the long run's steps: where each per-step figure was measured (the long-sequence term's origin)
-            "long_steps": long_steps}
+            "step_s_measured": measured_step, "call_s_measured": measured_call}
 
 
 # The long-sequence probe: an LSTM layer of 128 units over 16 rows, at sequences of 2^18 to 2^24
-# elements (rows × steps × hidden). Past the caches a time step costs more: the activations saved for
-# backward no longer fit (docs/performance.md, "The long-sequence term").
+# elements (rows × steps × hidden), in a process with glibc's default allocator (the calibration's
+# other measurements keep freed memory: mpirnn/perf/processes.py). A call's large activations go
+# over glibc's mmap threshold (at most 32 MiB) and are faulted in, zero-filled, on every call, so a
+# time step of a long call costs more (docs/performance.md, "The long-sequence term").
 LONG_SEQUENCE = {"rows": (16, 4), "hidden": (128, 16), "steps": ((128, 512, 2048, 8192), (8, 32, 128))}
 
 
-def long_sequence(timer: Timer, cell: str, quick: bool) -> dict:
-    """What a time step costs beyond the fused table's as the layer's sequence grows: per row-step and
-    per hidden unit, [elements, extra seconds] from the shortest sequence (0 there) up. One run after
-    the warm-up per pass (the longest takes about a second)."""
+def long_sequence(device: str = "cpu", quick: bool = False, cell: str = "lstm") -> dict:
+    """What a time step of a long call costs beyond a short one's under the allocator this process
+    runs with: per row-step and per hidden unit, [elements, extra seconds] from the shortest
+    sequence (0 there) up, never falling (noise would bend it back); with the minor page faults per
+    element beside. Two passes of one run each after a warm-up (the longest takes about a second)."""
+    import resource
     pick = 1 if quick else 0
+    timer = Timer(torch.device(device), 1)
     rows, hidden, all_steps = (LONG_SEQUENCE[key][pick] for key in ("rows", "hidden", "steps"))
-    per_row_step = [fused_layer(timer, cell, rows, steps, hidden, hidden, reps=1) / (rows * steps)
+    faults = []
+    for _ in range(SIZES["passes"][pick]):
+        faults = []
+        for steps in all_steps:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fused_layer(timer, cell, rows, steps, hidden, hidden)
+            faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2 / (rows * steps * hidden))
+    per_row_step = [timer.fastest[("fused", cell, rows, steps, hidden, hidden, False)] / (rows * steps)
                     for steps in all_steps]
     points, extra = [], 0.0
     for steps, cost in zip(all_steps, per_row_step):
-        extra = max(extra, (cost - per_row_step[0]) / hidden)   # never falling: noise would bend it back
+        extra = max(extra, (cost - per_row_step[0]) / hidden)
         points.append([rows * steps * hidden, extra])
-    return {"cell": cell, "rows": rows, "hidden": hidden, "points": points}
+    return {"cell": cell, "rows": rows, "hidden": hidden, "points": points, "faults_per_element": faults,
+            "allocator": "glibc default"}
 
 
 def bidirectional_factor(timer: Timer, cell: str, quick: bool) -> float:
@@ -369,8 +378,6 @@ def collect(timer: Timer, quick: bool, cells, hidden_list: list[int]) -> dict:
     compute = {"fused": {cell: fused_table(timer, cell, rows_list, hidden_list, steps) for cell in fused}}
     compute["input_mac_s"] = input_mac(timer, r_mid, h_mid, 8 if quick else 64)
     if fused:
-        probe = "lstm" if "lstm" in fused else fused[0]
-        compute["long_sequence"] = long_sequence(timer, probe, quick)
         compute["bidirectional_factor"] = {cell: bidirectional_factor(timer, cell, quick) for cell in fused}
     lin_rows, lin_steps, lin_hidden = (2, 64, 16) if quick else (4, 4096, 128)
     compute["linear"] = {cell: linear_layer(timer, cell, lin_rows, lin_steps, lin_hidden) for cell in PROJECTIONS

@@ -77,6 +77,9 @@ class Layout:
     chunks: int = 1
     nodes: int = 1
     threads: int = 1
+    # glibc's allocator in the ranks: "default" (training) faults large activations in on every call,
+    # "keep" (the bench's and the calibration's MALLOC settings, mpirnn/perf/processes.py) does not
+    malloc: str = "default"
 
     @property
     def ranks(self) -> int:
@@ -211,7 +214,7 @@ def unit_s(shape: Shape, layout: Layout, cal: Calibration, stage: int, slowdown:
     for index in range(first, stop):
         d_in = shape.embed if index == 0 else shape.width
         if K == 1:
-            compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan, directions=D)
+            compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan, directions=D, faults=layout.malloc == "default")
         elif shape.linear:   # elementwise in time: 1/K of the work, exchanges at the layer's boundaries only
             compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan, directions=D) / K
             messages += D * links.allgather(tp_link, rows * steps * H * b / K, K)   # outputs gathered forward

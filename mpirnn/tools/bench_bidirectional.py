@@ -14,7 +14,9 @@ one thread. Rows:
     sp=4 (-n 4)             for memory: activations saved for backward per rank (4 ranks on
                             this machine's 2 cores, so its time is oversubscribed)
 
-Times are medians of the step over the timed steps (the first step warms up and is where the
+The ranks run with glibc keeping freed memory (`--malloc keep`, as `python -m mpirnn.bench`
+does), so no step faults its large activations in again; `--malloc default` runs glibc as
+training does. Times are medians of the step over the timed steps (the first step warms up and is where the
 saved activations are measured: the distinct tensors autograd saves for backward, as W2's are,
 mpirnn/tools/workloads.py `SavedBytes`); the performance model's prediction stands beside each
 row (docs/performance.md, "Bidirectional layers"). The driver starts each run
@@ -32,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mpirnn.perf.processes import KEEP_MEMORY
 
 W6 = dict(cell="lstm", hidden=128, layers=2, embed=64, features=40, classes=10, batch=16, seq_len=4096)
 TINY = dict(hidden=16, embed=8, features=4, batch=8, seq_len=64)
@@ -132,7 +136,8 @@ def launch(spec: dict, workdir: Path) -> dict:
     mpirun = Path(sys.executable).with_name("mpirun")
     command = [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(spec["ranks"]), sys.executable, "-m",
                "mpirnn.tools.bench_bidirectional", "--worker", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           **(KEEP_MEMORY if spec["malloc"] == "keep" else {})}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode:
         raise SystemExit(f"mpirnn.tools.bench_bidirectional: {spec['name']} failed:\n"
@@ -153,7 +158,7 @@ def predicted_step_s(run: dict, s: dict, cal) -> float | None:
     if cal is None:
         return None
     from mpirnn.perf.step_model import Layout, predict
-    layout = Layout(sp=run["sp"], pp=run["pp"], microbatches=run["microbatches_run"], chunks=1)
+    layout = Layout(sp=run["sp"], pp=run["pp"], microbatches=run["microbatches_run"], chunks=1, malloc=run["malloc"])
     return predict(model_shape(s), layout, cal).step_s
 
 
@@ -222,6 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="toy sizes (smoke test; the numbers mean nothing)")
     parser.add_argument("--calibration", help="performance-model calibration for the predicted column (default: "
                                               "this CPU's newest, else one measured first)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep (default, as python -m mpirnn.bench): glibc keeps freed memory, so no step faults "
+                             "its activations in again; default: glibc as training runs it")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -237,7 +245,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeat):   # interleaved, so a burst of load elsewhere spoils one share of each row
             for spec in RUNS:
                 print(f"mpirnn.tools.bench_bidirectional: {spec['name']}", file=sys.stderr, flush=True)
-                got = launch({**spec, "steps": args.steps, "tiny": args.tiny}, Path(workdir))
+                got = launch({**spec, "steps": args.steps, "tiny": args.tiny, "malloc": args.malloc}, Path(workdir))
                 pooled.setdefault(spec["name"], {**got, "step_times_s": []})["step_times_s"] += got["step_times_s"]
     results = []
     for r in pooled.values():
@@ -249,7 +257,7 @@ def main(argv=None) -> int:
     print("\n".join(verdicts(results)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"shape": s, "cpu": cpu_model(), "runs": results, "table": text,
+    out.write_text(json.dumps({"shape": s, "cpu": cpu_model(), "malloc": args.malloc, "runs": results, "table": text,
                                "verdicts": verdicts(results), "calibration": cal.path if cal else None,
                                "load_avg_end": os.getloadavg()}, indent=1) + "\n")
     print(f"{cpu_model()}; results in {out}")
