@@ -80,6 +80,7 @@ IDLE_COMM_S = 10.0
 IDLE_FIXED_S = 2.5
 IDLE_TABLE_S = 1.0
 IDLE_TABLE_512_S = 1.5
+IDLE_LONG_S = 5.0   # the long-sequence probe under glibc's default allocator, both passes
 PASSES = 2
 
 
@@ -89,7 +90,7 @@ def expected_seconds(cells=None, hidden=None, busy: float | None = None) -> floa
     from mpirnn.perf.calibration import CALIBRATED_HIDDEN, GATES
     fused = [cell for cell in GATES if cells is None or cell in cells]
     tables = sum(IDLE_TABLE_S + IDLE_TABLE_512_S * (h / 512) ** 2 for h in (hidden or CALIBRATED_HIDDEN)) * len(fused)
-    idle = IDLE_COMM_S + PASSES * (IDLE_FIXED_S + tables)
+    idle = IDLE_COMM_S + IDLE_LONG_S + PASSES * (IDLE_FIXED_S + tables)
     if busy is None:
         busy = os.getloadavg()[0] / (os.cpu_count() or 1)
     return idle * max(1.0, busy)
@@ -137,6 +138,7 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
             probe_file = Path(work) / "long.json"
             plain = {key: value for key, value in env.items() if key not in KEEP_MEMORY}
             probe = "lstm" if "lstm" in compute["fused"] else next(iter(compute["fused"]))
+            say("mpirnn.plan: calibrating: long sequences under glibc's default allocator ...")
             _run([sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "long", "--device", device, "--cells",
                   probe, "--result", str(probe_file), *(["--quick"] if quick else [])], plain, "long sequences")
             compute["long_sequence"] = json.loads(probe_file.read_text())
