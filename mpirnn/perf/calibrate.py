@@ -134,7 +134,9 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
               "--result", str(comm_file), *extra], env, "communication")
         say(f"mpirnn.plan: calibrating: [2/2] communication done in {time.perf_counter() - phase:.0f} s")
         compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
-        if compute["fused"]:   # the long-sequence probe, under the allocator training runs with (no KEEP_MEMORY)
+        # The long-sequence probe, under the allocator training runs with (no KEEP_MEMORY); toy sizes
+        # (quick) measure it in the compute worker, sparing the smoke test a process start.
+        if compute["fused"] and "long_sequence" not in compute:
             probe_file = Path(work) / "long.json"
             plain = {key: value for key, value in env.items() if key not in KEEP_MEMORY}
             probe = "lstm" if "lstm" in compute["fused"] else next(iter(compute["fused"]))
@@ -194,6 +196,10 @@ def worker(argv: list[str]) -> int:
         result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
                          hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None,
                          precision=args.precision)
+        if args.quick and result["fused"]:
+            from mpirnn.perf.compute_bench import long_sequence
+            result["long_sequence"] = long_sequence(args.device, True, "lstm" if "lstm" in result["fused"]
+                                                    else next(iter(result["fused"])))
     elif args.worker == "long":
         import torch
 
