@@ -136,7 +136,8 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
         compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
         # The long-sequence probe, under the allocator training runs with (no KEEP_MEMORY); toy sizes
         # (quick) measure it in the compute worker, sparing the smoke test a process start.
-        if compute["fused"] and "long_sequence" not in compute:
+        # A GPU's activations live in device memory, which glibc never hands out: no probe there.
+        if compute["fused"] and "long_sequence" not in compute and device == "cpu":
             probe_file = Path(work) / "long.json"
             plain = {key: value for key, value in env.items() if key not in KEEP_MEMORY}
             probe = "lstm" if "lstm" in compute["fused"] else next(iter(compute["fused"]))
