@@ -112,3 +112,30 @@ def test_tiny_variable_length_bench_end_to_end(tmp_path):
     floor = 1000 * 2 * 1e-4   # s per 1000 valid elements with no padding at all
     assert serial["predicted_s_per_1000_elements"] >= floor * 0.999
     assert all(r["predicted_s_per_1000_elements"] > 0 for r in report["runs"])
+
+
+def test_tiny_bidirectional_bench_end_to_end(tmp_path):
+    # W6 (mpirnn/tools/bench_bidirectional.py): every row ran with the 1-rank losses, each rank's saved
+    # activations were measured (fewer per rank with more segments), and the performance model's
+    # prediction stands beside every row, from a toy calibration: a fused step costs 1e-4 s per row.
+    from test_perf_model import toy_calibration
+    calibration = tmp_path / "toy.json"
+    calibration.write_text(json.dumps(toy_calibration(step_per_row_s=1e-4)))
+    out = tmp_path / "w6.json"
+    done = subprocess.run([sys.executable, "-m", "mpirnn.tools.bench_bidirectional", "--tiny", "--steps", "1",
+                           "--calibration", str(calibration), "--out", str(out)],
+                          capture_output=True, text=True, timeout=230)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    runs = {r["name"]: r for r in report["runs"]}
+    assert list(runs) == ["1 rank", "sp=2 (-n 2)", "pp=2, M=4 (-n 2)", "sp=4 (-n 4)"]
+    assert report["table"].count("| yes |") == 3 and "| NO |" not in report["table"], report["table"]
+    saved = {name: max(r["saved_bytes_per_rank"]) for name, r in runs.items()}
+    assert 0 < saved["sp=4 (-n 4)"] < saved["sp=2 (-n 2)"] < saved["1 rank"], saved
+    # Toy costs: 2 layers x 2 directions x 1e-4 s x 8 rows x 64 steps at 1 rank; sp=2 swaps halves, no bubble.
+    serial, sp2 = runs["1 rank"]["predicted_step_s"], runs["sp=2 (-n 2)"]["predicted_step_s"]
+    assert serial == pytest.approx(2 * 2 * 1e-4 * 8 * 64, rel=1e-3)
+    assert sp2 == pytest.approx(serial / 2, rel=1e-3)
+    assert runs["pp=2, M=4 (-n 2)"]["microbatches_run"] == 4
+    assert all(r["predicted_step_s"] > 0 for r in runs.values())
+    assert "sp=2 (-n 2):" in done.stdout and "target" in done.stdout

@@ -80,6 +80,7 @@ IDLE_COMM_S = 10.0
 IDLE_FIXED_S = 2.5
 IDLE_TABLE_S = 1.0
 IDLE_TABLE_512_S = 1.5
+IDLE_LONG_S = 5.0   # the long-sequence probe under glibc's default allocator, both passes
 PASSES = 2
 
 
@@ -89,7 +90,7 @@ def expected_seconds(cells=None, hidden=None, busy: float | None = None) -> floa
     from mpirnn.perf.calibration import CALIBRATED_HIDDEN, GATES
     fused = [cell for cell in GATES if cells is None or cell in cells]
     tables = sum(IDLE_TABLE_S + IDLE_TABLE_512_S * (h / 512) ** 2 for h in (hidden or CALIBRATED_HIDDEN)) * len(fused)
-    idle = IDLE_COMM_S + PASSES * (IDLE_FIXED_S + tables)
+    idle = IDLE_COMM_S + IDLE_LONG_S + PASSES * (IDLE_FIXED_S + tables)
     if busy is None:
         busy = os.getloadavg()[0] / (os.cpu_count() or 1)
     return idle * max(1.0, busy)
@@ -133,6 +134,17 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
               "--result", str(comm_file), *extra], env, "communication")
         say(f"mpirnn.plan: calibrating: [2/2] communication done in {time.perf_counter() - phase:.0f} s")
         compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
+        # The long-sequence probe, under the allocator training runs with (no KEEP_MEMORY); toy sizes
+        # (quick) measure it in the compute worker, sparing the smoke test a process start.
+        # A GPU's activations live in device memory, which glibc never hands out: no probe there.
+        if compute["fused"] and "long_sequence" not in compute and device == "cpu":
+            probe_file = Path(work) / "long.json"
+            plain = {key: value for key, value in env.items() if key not in KEEP_MEMORY}
+            probe = "lstm" if "lstm" in compute["fused"] else next(iter(compute["fused"]))
+            say("mpirnn.plan: calibrating: long sequences under glibc's default allocator ...")
+            _run([sys.executable, "-m", "mpirnn.perf.calibrate", "--worker", "long", "--device", device, "--cells",
+                  probe, "--result", str(probe_file), *(["--quick"] if quick else [])], plain, "long sequences")
+            compute["long_sequence"] = json.loads(probe_file.read_text())
     compute["slowdown"] = comm["slowdown"]
     intra, errors = fit_links(comm)
     from importlib.metadata import version
@@ -167,7 +179,7 @@ def worker(argv: list[str]) -> int:
     """`--worker compute|comm --result FILE [--quick] [--device D]`: one side of the measurement."""
     import argparse
     parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", choices=("compute", "comm"))
+    parser.add_argument("--worker", choices=("compute", "comm", "long"))
     parser.add_argument("--result")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
@@ -185,6 +197,18 @@ def worker(argv: list[str]) -> int:
         result = measure(args.device, args.quick, cells=args.cells.split(",") if args.cells else None,
                          hidden=[int(h) for h in args.hidden.split(",")] if args.hidden else None,
                          precision=args.precision)
+        if args.quick and result["fused"]:
+            from mpirnn.perf.compute_bench import long_sequence
+            result["long_sequence"] = long_sequence(args.device, True, "lstm" if "lstm" in result["fused"]
+                                                    else next(iter(result["fused"])))
+    elif args.worker == "long":
+        import torch
+
+        from mpirnn.distributed.device import flush_denormals
+        from mpirnn.perf.compute_bench import long_sequence
+        torch.set_num_threads(1)
+        flush_denormals()
+        result = long_sequence(args.device, args.quick, args.cells)
     else:
         from mpirnn.perf.comm_bench import measure
         result = measure(args.quick)

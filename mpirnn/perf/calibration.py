@@ -63,6 +63,17 @@ def _log_interp(xs: list[float], ys: list[float], x: float, lowest: float = 1.0,
     return y0 * (x / x0) ** exponent
 
 
+def _extra_per_unit(points: list[list[float]], elements: float) -> float:
+    """The long-sequence probe's extra cost per row-step and hidden unit at `elements`: piecewise
+    linear in log(elements) between its points, the first one's below, the last one's beyond."""
+    if elements <= points[0][0]:
+        return points[0][1]
+    for (e0, x0), (e1, x1) in zip(points, points[1:]):
+        if elements <= e1:
+            return x0 + (x1 - x0) * math.log(elements / e0) / math.log(e1 / e0)
+    return points[-1][1]
+
+
 def _table(table: dict, key: str, rows: float, hidden: float) -> float:
     """A [hidden][rows] table read at (rows, hidden)."""
     per_hidden = [_interp(table["rows"], line, rows) for line in table[key]]
@@ -104,6 +115,23 @@ class Calibration:
         adjusted = step + self.compute["input_mac_s"] * rows * GATES[cell] * hidden * (d_in - hidden)
         return max(adjusted, 0.3 * step)
 
+    def long_sequence_s(self, rows: int, steps: int, hidden: int) -> float:
+        """What one time step of a fused call over `steps` steps costs beyond the table's figure when
+        the process runs with glibc's default allocator (training does; the calibration and the
+        bench keep freed memory, mpirnn/perf/processes.py): the call's large activations go over
+        glibc's mmap threshold and are faulted in again on every call. Measured (`long_sequence`
+        in the file) per row-step and hidden unit as a function of the call's elements
+        rows × steps × hidden, read log-linearly between its points, flat beyond; 0 for files
+        without the measurement."""
+        probe = self.compute.get("long_sequence")
+        if not probe:
+            return 0.0
+        return _extra_per_unit(probe["points"], rows * steps * hidden) * rows * hidden
+
+    def bidirectional_factor(self, cell: str) -> float:
+        """A bidirectional fused layer's cost over one direction's (measured; files without it: 2)."""
+        return float(self.compute.get("bidirectional_factor", {}).get(cell, 2.0))
+
     def fused_call_s(self, cell: str, rows: int, hidden: int) -> float:
         """What one call of a fused layer costs besides its time steps (weight reorders, workspace)."""
         return _table(self._fused(cell), "call_s", rows, hidden)
@@ -113,9 +141,14 @@ class Calibration:
         table = self._fused(cell)
         return table["step_s"][0][0]
 
-    def fused_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int) -> float:
-        """Forward+backward of one fused layer over `steps` time steps, one call."""
-        return self.fused_call_s(cell, rows, hidden) + steps * self.fused_step_s(cell, rows, d_in, hidden)
+    def fused_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int,
+                      bidirectional: bool = False, faults: bool = False) -> float:
+        """Forward+backward of one fused layer over `steps` time steps, one call (both directions
+        of a bidirectional layer: the measured factor times one direction's). faults: the process
+        runs with glibc's default allocator (`long_sequence_s`)."""
+        step = self.fused_step_s(cell, rows, d_in, hidden) + (self.long_sequence_s(rows, steps, hidden) if faults else 0.0)
+        one = self.fused_call_s(cell, rows, hidden) + steps * step
+        return one * (self.bidirectional_factor(cell) if bidirectional else 1.0)
 
     def linear_layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False) -> float:
         """Forward+backward of one minGRU/minLSTM layer: gate projections, log-space scan, exp.
@@ -129,10 +162,13 @@ class Calibration:
         elements = rows * steps * hidden
         return costs.get("call_s", 0.0) + elements * (element + costs["mac_s"] * PROJECTIONS[cell] * d_in)
 
-    def layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False) -> float:
+    def layer_s(self, cell: str, rows: int, steps: int, d_in: int, hidden: int, segment: bool = False,
+                directions: int = 1, faults: bool = False) -> float:
+        """One layer's forward+backward; `directions` = 2: both directions of a bidirectional layer
+        (a linear cell's two scans cost twice one); faults: under glibc's default allocator."""
         if cell in PROJECTIONS:
-            return self.linear_layer_s(cell, rows, steps, d_in, hidden, segment)
-        return self.fused_layer_s(cell, rows, steps, d_in, hidden)
+            return directions * self.linear_layer_s(cell, rows, steps, d_in, hidden, segment)
+        return self.fused_layer_s(cell, rows, steps, d_in, hidden, bidirectional=directions == 2, faults=faults)
 
     def tp_step_s(self, cell: str, rows: int, d_in: int, hidden: int, k: int) -> float:
         """One time step of a layer split over k tp ranks, forward+backward, on one rank (no waiting).

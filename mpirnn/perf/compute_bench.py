@@ -53,12 +53,13 @@ class Timer:
     def clock(self) -> float:
         return time.perf_counter() if self.device.type == "cuda" else time.thread_time()
 
-    def best(self, key: tuple, fn) -> float:
-        """Fastest of `reps` runs after one warm-up, and of any earlier pass over `key`, in seconds."""
+    def best(self, key: tuple, fn, reps: int | None = None) -> float:
+        """Fastest of `reps` runs (default: the timer's) after one warm-up, and of any earlier pass
+        over `key`, in seconds."""
         fn()
         self.sync()
         best = self.fastest.get(key, math.inf)
-        for _ in range(self.reps):
+        for _ in range(reps or self.reps):
             started = self.clock()
             fn()
             self.sync()
@@ -75,11 +76,13 @@ def _layer_pass(timer, layer, x, grad):
     return run
 
 
-def fused_layer(timer: Timer, cell: str, rows: int, steps: int, d_in: int, hidden: int) -> float:
-    layer = FUSED[cell](d_in, hidden, batch_first=True).to(timer.device)
+def fused_layer(timer: Timer, cell: str, rows: int, steps: int, d_in: int, hidden: int,
+                bidirectional: bool = False, reps: int | None = None) -> float:
+    layer = FUSED[cell](d_in, hidden, batch_first=True, bidirectional=bidirectional).to(timer.device)
     x = torch.randn(rows, steps, d_in, device=timer.device, requires_grad=True)
-    grad = torch.randn(rows, steps, hidden, device=timer.device)
-    return timer.best(("fused", cell, rows, steps, d_in, hidden), _layer_pass(timer, layer, x, grad))
+    grad = torch.randn(rows, steps, hidden * (2 if bidirectional else 1), device=timer.device)
+    return timer.best(("fused", cell, rows, steps, d_in, hidden, bidirectional), _layer_pass(timer, layer, x, grad),
+                      reps)
 
 
 def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[int, int]) -> dict:
@@ -109,6 +112,49 @@ def fused_table(timer: Timer, cell: str, rows_list, hidden_list, steps: tuple[in
         call_s.append(affine(rows_list, call_line))
     return {"hidden": list(hidden_list), "rows": list(rows_list), "step_s": step_s, "call_s": call_s,
             "step_s_measured": measured_step, "call_s_measured": measured_call}
+
+
+# The long-sequence probe: an LSTM layer of 128 units over 16 rows, at sequences of 2^18 to 2^24
+# elements (rows × steps × hidden), in a process with glibc's default allocator (the calibration's
+# other measurements keep freed memory: mpirnn/perf/processes.py). A call's large activations go
+# over glibc's mmap threshold (at most 32 MiB) and are faulted in, zero-filled, on every call, so a
+# time step of a long call costs more (docs/performance.md, "The long-sequence term").
+LONG_SEQUENCE = {"rows": (16, 4), "hidden": (128, 16), "steps": ((128, 512, 2048, 8192), (8, 32, 128))}
+
+
+def long_sequence(device: str = "cpu", quick: bool = False, cell: str = "lstm") -> dict:
+    """What a time step of a long call costs beyond a short one's under the allocator this process
+    runs with: per row-step and per hidden unit, [elements, extra seconds] from the shortest
+    sequence (0 there) up, never falling (noise would bend it back); with the minor page faults per
+    element beside. Two passes of one run each after a warm-up (the longest takes about a second)."""
+    import resource
+    pick = 1 if quick else 0
+    timer = Timer(torch.device(device), 1)
+    rows, hidden, all_steps = (LONG_SEQUENCE[key][pick] for key in ("rows", "hidden", "steps"))
+    faults = []
+    for _ in range(SIZES["passes"][pick]):
+        faults = []
+        for steps in all_steps:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fused_layer(timer, cell, rows, steps, hidden, hidden)
+            faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2 / (rows * steps * hidden))
+    per_row_step = [timer.fastest[("fused", cell, rows, steps, hidden, hidden, False)] / (rows * steps)
+                    for steps in all_steps]
+    points, extra = [], 0.0
+    for steps, cost in zip(all_steps, per_row_step):
+        extra = max(extra, (cost - per_row_step[0]) / hidden)
+        points.append([rows * steps * hidden, extra])
+    return {"cell": cell, "rows": rows, "hidden": hidden, "points": points, "faults_per_element": faults,
+            "allocator": "glibc default"}
+
+
+def bidirectional_factor(timer: Timer, cell: str, quick: bool) -> float:
+    """A bidirectional fused layer's forward+backward over one direction's (16 rows, 128 units, 128
+    steps; the input 256 wide, as a layer above a bidirectional one reads): about 2."""
+    rows, hidden, steps = (4, 16, 16) if quick else (16, 128, 128)
+    both = fused_layer(timer, cell, rows, steps, 2 * hidden, hidden, bidirectional=True)
+    one = fused_layer(timer, cell, rows, steps, 2 * hidden, hidden)
+    return both / one
 
 
 def affine(rows: list[int], values: list[float]) -> list[float]:
@@ -331,6 +377,8 @@ def collect(timer: Timer, quick: bool, cells, hidden_list: list[int]) -> dict:
     fused = [cell for cell in FUSED if cells is None or cell in cells]
     compute = {"fused": {cell: fused_table(timer, cell, rows_list, hidden_list, steps) for cell in fused}}
     compute["input_mac_s"] = input_mac(timer, r_mid, h_mid, 8 if quick else 64)
+    if fused:
+        compute["bidirectional_factor"] = {cell: bidirectional_factor(timer, cell, quick) for cell in fused}
     lin_rows, lin_steps, lin_hidden = (2, 64, 16) if quick else (4, 4096, 128)
     compute["linear"] = {cell: linear_layer(timer, cell, lin_rows, lin_steps, lin_hidden) for cell in PROJECTIONS
                          if cells is None or cell in cells}

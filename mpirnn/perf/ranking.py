@@ -48,7 +48,9 @@ def candidates(shape: Shape, grid: dict) -> list[tuple[int, int]]:
     segment = math.ceil(shape.seq_len / grid["sp"])
     chained = grid["sp"] > 1 and not shape.linear
     Ms = _powers_up_to(min(rows, MAX_MICROBATCHES)) if chained or grid["pp"] > 1 else [1]
-    Cs = _powers_up_to(min(segment, MAX_CHUNKS)) if grid["pp"] > 1 and not shape.linear else [1]
+    # Linear cells and bidirectional layers run one chunk per segment (mpirnn/parallel/plan.py).
+    Cs = _powers_up_to(min(segment, MAX_CHUNKS)) if grid["pp"] > 1 and not (shape.linear or shape.bidirectional) \
+        else [1]
     return [(m, c) for m in Ms for c in Cs]
 
 

@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from mpirnn.perf import links
+from mpirnn.perf.bidirectional_chain import replay
 from mpirnn.perf.calibration import GATES, PROJECTIONS, STATE_PARTS, Calibration
 from mpirnn.perf.schedule import bubble_fraction, chain_time
 
@@ -38,10 +39,20 @@ class Shape:
     vocab: int | None = 256   # None: a continuous series of `features` values per step
     features: int = 1
     dtype_bytes: int = 4
+    bidirectional: bool = False   # every layer a forward and a reverse direction, outputs [forward; reverse]
 
     @property
     def linear(self) -> bool:
         return self.cell in PROJECTIONS
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def width(self) -> int:
+        """A layer's output width: what the next layer, the next stage and the head read."""
+        return self.directions * self.hidden
 
     @property
     def tokens(self) -> int:
@@ -51,7 +62,7 @@ class Shape:
     def from_config(cls, cfg, vocab: int | None = 256) -> "Shape":
         m, d = cfg.model, cfg.data
         return cls(m.cell, m.layers, m.hidden, m.embed, d.batch_size, d.seq_len, vocab or None,
-                   dtype_bytes=8 if m.dtype == "float64" else 4)
+                   dtype_bytes=8 if m.dtype == "float64" else 4, bidirectional=getattr(m, "bidirectional", False))
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,9 @@ class Layout:
     chunks: int = 1
     nodes: int = 1
     threads: int = 1
+    # glibc's allocator in the ranks: "default" (training) faults large activations in on every call,
+    # "keep" (the bench's and the calibration's MALLOC settings, mpirnn/perf/processes.py) does not
+    malloc: str = "default"
 
     @property
     def ranks(self) -> int:
@@ -111,6 +125,8 @@ def invalid(shape: Shape, layout: Layout) -> str | None:
               (layout.microbatches <= rows, f"{layout.microbatches} microbatches > {rows} rows per dp rank"),
               (layout.chunks <= segment, f"{layout.chunks} chunks > {segment} time steps per segment"),
               (layout.chunks == 1 or not shape.linear, "linear cells run whole segments (chunks = 1)"),
+              (layout.chunks == 1 or not shape.bidirectional,
+               "bidirectional layers run one chunk per segment (a chunk is handed on once both directions covered it)"),
               (layout.ranks % layout.nodes == 0, f"{layout.ranks} ranks do not fill {layout.nodes} nodes evenly")]
     return next((why for ok, why in checks if not ok), None)
 
@@ -126,16 +142,17 @@ def stage_tensors(shape: Shape, layout: Layout, stage: int) -> list[int]:
     if stage == 0:
         sizes += [shape.vocab * shape.embed] if shape.vocab else [shape.features * shape.embed, shape.embed]
     for index in range(first, stop):
-        d_in = shape.embed if index == 0 else H
-        if shape.linear:
-            k = PROJECTIONS[shape.cell] * H // tp
-            sizes += [k * d_in, k]
-        else:
-            g = GATES[shape.cell] * H // tp   # a tp rank holds its hidden units' rows of every weight
-            sizes += [g * d_in, g * H, g, g]
+        d_in = shape.embed if index == 0 else shape.width
+        for _ in range(shape.directions):   # a bidirectional layer: the same tensors again for the reverse direction
+            if shape.linear:
+                k = PROJECTIONS[shape.cell] * H // tp
+                sizes += [k * d_in, k]
+            else:
+                g = GATES[shape.cell] * H // tp   # a tp rank holds its hidden units' rows of every weight
+                sizes += [g * d_in, g * H, g, g]
     if stage == layout.pp - 1:
         out = shape.vocab or shape.features
-        sizes += [H * out, out]   # embedding and head are replicated over tp
+        sizes += [shape.width * out, out]   # embedding and head are replicated over tp
     return sizes
 
 
@@ -193,32 +210,34 @@ def unit_s(shape: Shape, layout: Layout, cal: Calibration, stage: int, slowdown:
     compute, messages = cal.unit_overhead_s, 0.0
     tp_link, sp_link = axis_link(cal, layout, "tp"), axis_link(cal, layout, "sp")
     scan = shape.linear and layout.sp > 1   # a segment of the cross-rank scan
+    D = shape.directions   # tp splits each direction's hidden units: every per-direction cost twice
     for index in range(first, stop):
-        d_in = shape.embed if index == 0 else H
+        d_in = shape.embed if index == 0 else shape.width
         if K == 1:
-            compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan)
+            compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan, directions=D, faults=layout.malloc == "default")
         elif shape.linear:   # elementwise in time: 1/K of the work, exchanges at the layer's boundaries only
-            compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan) / K
-            messages += links.allgather(tp_link, rows * steps * H * b / K, K)   # outputs gathered forward
+            compute += cal.layer_s(shape.cell, rows, steps, d_in, H, scan, directions=D) / K
+            messages += D * links.allgather(tp_link, rows * steps * H * b / K, K)   # outputs gathered forward
         else:   # a cell stepped in a loop on 1/K of the hidden units
-            compute += steps * cal.tp_step_s(shape.cell, rows, d_in, H, K)
+            compute += D * steps * cal.tp_step_s(shape.cell, rows, d_in, H, K)
             # every time step gathers the hidden shards forward and reduce-scatters their gradient backward
-            messages += steps * (links.allgather(tp_link, rows * H * b / K, K)
-                                 + links.reduce_scatter(tp_link, rows * H * b, K) + 2 * cal.lockstep_sync_s)
+            messages += D * steps * (links.allgather(tp_link, rows * H * b / K, K)
+                                     + links.reduce_scatter(tp_link, rows * H * b, K) + 2 * cal.lockstep_sync_s)
         if K > 1:   # the input's gradient is summed over the group (each rank's products give part of it)
             messages += links.allreduce(tp_link, rows * steps * d_in * b, K)
         if layout.sp > 1 and shape.linear:   # the cross-rank scan: Allgather of summaries, Allreduce of their gradients
             summary = 3 * rows * H // K * b
-            messages += links.allgather(sp_link, summary, layout.sp) + links.allreduce(sp_link, layout.sp * summary, layout.sp)
+            messages += D * (links.allgather(sp_link, summary, layout.sp)
+                             + links.allreduce(sp_link, layout.sp * summary, layout.sp))
     if stage == 0:
         compute += cal.input_s(rows * steps, shape.embed, shape.vocab)
     if stage == layout.pp - 1:
-        compute += cal.head_s(rows * steps, H, shape.vocab)
+        compute += cal.head_s(rows * steps, shape.width, shape.vocab)
     if layout.sp > 1 and not shape.linear:   # each layer's boundary state once per microbatch each way, i.e. per C units
         state = STATE_PARTS.get(shape.cell, 1) * rows * H // K * b
-        messages += 2 * (stop - first) * links.p2p(sp_link, state) / layout.chunks
+        messages += 2 * D * (stop - first) * links.p2p(sp_link, state) / layout.chunks
     if layout.pp > 1:                        # the chunk's activations forward, their gradient back
-        messages += 2 * links.p2p(axis_link(cal, layout, "pp"), rows * steps * H // K * b)
+        messages += 2 * links.p2p(axis_link(cal, layout, "pp"), rows * steps * shape.width // K * b)
     return compute * slowdown + messages
 
 
@@ -232,7 +251,7 @@ def segment_hop_share(shape: Shape, layout: Layout, cal: Calibration) -> float:
     hops = []
     for p in range(layout.pp):
         first, stop = split(shape.layers, layout.pp, p)
-        times = [cal.layer_s(shape.cell, rows, steps, shape.embed if i == 0 else shape.hidden, shape.hidden)
+        times = [cal.layer_s(shape.cell, rows, steps, shape.embed if i == 0 else shape.width, shape.hidden)
                  for i in range(first, stop)]
         total = sum(times)
         hops.append((times[0] + times[-1]) / 2 / total if total > 0 else 1 / len(times))
@@ -249,11 +268,15 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
     units = [unit_s(shape, layout, cal, p, slowdown) for p in range(P)]
     hop = segment_hop_share(shape, layout, cal)
     wavefront = chain_time(units, M, C, S, shape.linear, hop)
+    bubble = bubble_fraction(M, C, S, P, shape.linear, hop)
+    two_chains = shape.bidirectional and S > 1 and not shape.linear
+    if two_chains:   # two opposite wavefronts, replayed task by task (mpirnn/perf/bidirectional_chain.py)
+        wavefront, bubble = bidirectional_wavefront(shape, layout, cal, units)
 
     # The fill also waits for each hop's first message (forward) and its gradient (backward).
     rows, steps = unit_size(shape, layout)
     fill = 0.0
-    if S > 1 and not shape.linear:   # the first layer's state forward, the last one's gradient back
+    if S > 1 and not shape.linear and not two_chains:   # the first layer's state forward, the last one's gradient back
         state = STATE_PARTS.get(shape.cell, 1) * rows * shape.hidden // layout.tp * shape.dtype_bytes
         fill += 2 * chain_hop_s(cal, layout, "sp", state)
     if P > 1:
@@ -277,7 +300,30 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
     step = wavefront + fill + gradients + optimizer + accumulate
     parts = {"wavefront": wavefront, "exchange_fill": fill, "gradient_allreduce": gradients,
              "optimizer": optimizer, "accumulate": accumulate, "unit_s": units, "slowdown": slowdown}
-    return Prediction(layout, step, shape.tokens / step, bubble_fraction(M, C, S, P, shape.linear, hop), parts)
+    return Prediction(layout, step, shape.tokens / step, bubble, parts)
+
+
+def bidirectional_wavefront(shape: Shape, layout: Layout, cal: Calibration, units: list[float]) -> tuple[float, float]:
+    """(seconds, bubble) of the two opposite wavefronts under sp (rnn / lstm / gru).
+
+    A task (one direction of one layer over one microbatch) costs its share of its stage's unit:
+    the unit's time (compute, slowed by busy neighbours, and the messages it sends) split over
+    the stage's layers in proportion to their calibrated times, half to each direction, so the
+    embedding and the head ride on the stage's tasks. The replay adds each state's and each
+    microbatch's message along the chains (mpirnn/perf/bidirectional_chain.py)."""
+    rows, steps = unit_size(shape, layout)
+    stages = [range(*split(shape.layers, layout.pp, p)) for p in range(layout.pp)]
+    layer_s = {l: cal.layer_s(shape.cell, rows, steps, shape.embed if l == 0 else shape.width, shape.hidden)
+               for l in range(shape.layers)}
+    share = {l: layer_s[l] / sum(layer_s[i] for i in stages[p]) for p in range(layout.pp) for l in stages[p]}
+    state = STATE_PARTS.get(shape.cell, 1) * rows * shape.hidden // layout.tp * shape.dtype_bytes
+    # a message's time each way: the state forward and its gradient back (the same for the activations)
+    state_hop = 2 * links.p2p(axis_link(cal, layout, "sp"), state)
+    activation = rows * steps * shape.width // layout.tp * shape.dtype_bytes
+    activation_hop = 2 * links.p2p(axis_link(cal, layout, "pp"), activation) if layout.pp > 1 else 0.0
+    step, busiest = replay(layout.sp, stages, layout.microbatches,
+                           lambda stage, task: units[stage] * share[task.layer] / 2, state_hop, activation_hop)
+    return step, 1 - busiest / step
 
 
 def shape_dict(shape: Shape) -> dict:

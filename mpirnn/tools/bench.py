@@ -538,6 +538,7 @@ def main(argv=None) -> int:
     for r in results:
         shape = shape_of(r["workload"], r["tiny"])
         r["tokens_per_step"] = shape["batch"] * shape["seq_len"]
+        r["malloc"] = args.malloc   # the model predicts page faults only under glibc's default allocator
     rows = [row for w in WORKLOADS for row in rows_for(w, results, cals)]
     meta["ddp_ratio"] = ddp_ratios(rows)
     meta["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]

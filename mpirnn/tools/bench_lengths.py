@@ -178,7 +178,8 @@ def exact(run: dict, serial: dict) -> bool:
 def predicted_per_1000(run: dict, s: dict, cal) -> float | None:
     """The performance model's seconds per 1000 valid elements for a run: each timed step predicted
     as a step of its batch's longest row (what the step runs: Plan.for_length), divided by the
-    step's valid elements; the median over the steps, as measured. The head is the series head
+    step's valid elements; the median over the steps, as measured (with glibc's default allocator's
+    page faults: docs/performance.md, "the long-sequence term"). The head is the series head
     at every step, an over-count for classify (its head reads one step per row) that is small
     beside the recurrence."""
     if cal is None:
@@ -190,7 +191,9 @@ def predicted_per_1000(run: dict, s: dict, cal) -> float | None:
         model = Shape(s["cell"], s["layers"], s["hidden"], s["embed"], s["batch"], longest, vocab=None,
                       features=s["features"])
         m, c = units({**run, "pp": 1}, model)
-        layout = Layout(dp=run["dp"], sp=run["sp"], microbatches=m, chunks=c)
+        # The ranks run with glibc's default allocator, as training does (`launch`): long calls fault
+        # their activations in on every step, which the model's long-sequence term predicts.
+        layout = Layout(dp=run["dp"], sp=run["sp"], microbatches=m, chunks=c, malloc="default")
         values.append(1000 * predict(model, layout, cal).step_s / elements)
     return statistics.median(values)
 

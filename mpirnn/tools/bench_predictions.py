@@ -86,7 +86,9 @@ def predicted_step_s(run: dict, shape: dict, cal: Calibration) -> float | None:
         return None
     model = shape_for(shape)
     m, c = units(run, model)
-    layout = Layout(dp=run["dp"], sp=run["sp"], pp=run.get("pp", 1), tp=run.get("tp", 1), microbatches=m, chunks=c)
+    # Runs of a bench file from before the allocator was recorded kept freed memory (the default since then).
+    layout = Layout(dp=run["dp"], sp=run["sp"], pp=run.get("pp", 1), tp=run.get("tp", 1), microbatches=m, chunks=c,
+                    malloc=run.get("malloc", "keep"))
     return predict(model, layout, cal).step_s
 
 
@@ -95,7 +97,7 @@ def validate(bench: dict, cal: Calibration) -> list[dict]:
     out = []
     for run in bench["runs"]:
         shape = bench["shapes"][run["workload"]]
-        predicted = predicted_step_s(run, shape, cal)
+        predicted = predicted_step_s({"malloc": bench["meta"].get("malloc", "keep"), **run}, shape, cal)
         if predicted and run.get("median_step_s"):
             out.append({"workload": run["workload"], "config": run["name"], "measured_s": run["median_step_s"],
                         "quiet": f"{len(run['quiet_steps'])}/{len(run['step_times_s'])}",

@@ -232,9 +232,13 @@ def plan(args) -> int:
         print(json.dumps(as_json(predictions, reference, args.ranks), indent=1))
         return 0
     data = "tokens, vocab " + str(shape.vocab) if shape.vocab else "a series"
-    print(f"{shape.cell} {shape.layers}×{shape.hidden}, embed {shape.embed}, batch {shape.batch}, "
+    kind = "bidirectional " if shape.bidirectional else ""
+    print(f"{kind}{shape.cell} {shape.layers}×{shape.hidden}{' per direction' if shape.bidirectional else ''}, embed {shape.embed}, batch {shape.batch}, "
           f"seq_len {shape.seq_len} ({data}); {args.ranks} rank(s) on {args.nodes} node(s); 1 rank: "
           f"{reference.step_s:.4g} s per step\ncalibration: {cal.path} ({cal.data['host'].get('cpu')}, "
           f"{cal.data['host'].get('date', '?')[:10]}, {cal.precision})\n")
     print(table(predictions, reference, args.ranks))
+    if shape.bidirectional:   # what the table's M, C and bubble mean here (docs/performance.md)
+        print("\nbidirectional layers: one chunk per segment (C = 1); under sp two opposite wavefronts "
+              "(bubble 0 at sp = 2, the two chains swap halves), under pp microbatches overlap the stages")
     return 0

@@ -24,9 +24,6 @@ def modelled_counts(cfg, grid, vocab: int | None, features: int | None, threads:
     p = cfg.parallel
     if (p.microbatches and p.chunks) or (grid.sp == 1 and grid.pp == 1):
         return p.microbatches, p.chunks, ""
-    if getattr(cfg.model, "bidirectional", False):
-        # The performance model knows one-direction layers only; a bidirectional stage runs one chunk.
-        return p.microbatches, p.chunks, "the fixed rules (the performance model does not model bidirectional layers)"
     path, why_not = _calibration_path(cfg, threads)
     if path is None:
         return p.microbatches, p.chunks, f"the fixed rules ({why_not})"

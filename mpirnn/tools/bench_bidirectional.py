@@ -1,0 +1,268 @@
+"""Benchmark W6: a bidirectional LSTM tagger, side by side in one run (issue 18's workload).
+
+    python -m mpirnn.tools.bench_bidirectional [--steps 3] [--repeat 2] [--out runs/bench/w6.json] [--tiny]
+
+A BiLSTM of 2 layers × 128 hidden units per direction over 40 input features (projected to 64),
+10 classes scored at every step (task `tag`), global batch 16, every row the full 4,096 steps.
+Each run trains the same batches through the trainer's own parts (mpirnn/parallel/step.py picks
+the two opposite wavefronts of mpirnn/parallel/bidirectional_wavefront.py under sp), each rank
+one thread. Rows:
+
+    1 rank                  the baseline
+    sp=2 (-n 2)             two opposite wavefronts, one microbatch (the Deep Speech swap)
+    pp=2, M=4 (-n 2)        one layer per stage, one chunk, 4 microbatches overlap the stages
+    sp=4 (-n 4)             for memory: activations saved for backward per rank (4 ranks on
+                            this machine's 2 cores, so its time is oversubscribed)
+
+The ranks run with glibc keeping freed memory (`--malloc keep`, as `python -m mpirnn.bench`
+does), so no step faults its large activations in again; `--malloc default` runs glibc as
+training does. Times are medians of the step over the timed steps (the first step warms up and is where the
+saved activations are measured: the distinct tensors autograd saves for backward, as W2's are,
+mpirnn/tools/workloads.py `SavedBytes`); the performance model's prediction stands beside each
+row (docs/performance.md, "Bidirectional layers"). The driver starts each run
+with mpirun itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mpirnn.perf.processes import KEEP_MEMORY
+
+W6 = dict(cell="lstm", hidden=128, layers=2, embed=64, features=40, classes=10, batch=16, seq_len=4096)
+TINY = dict(hidden=16, embed=8, features=4, batch=8, seq_len=64)
+SEED = 0
+# Targets (issue 18): sp=2 at least 1.7× the 1-rank step, pp=2 1.4×; sp=4's saved activations per rank at
+# most 30 % of one rank's.
+SPEEDUP_TARGETS = {"sp=2 (-n 2)": 1.7, "pp=2, M=4 (-n 2)": 1.4}
+MEMORY_TARGET = ("sp=4 (-n 4)", 0.30)
+
+
+def shape(tiny: bool) -> dict:
+    return {**W6, **(TINY if tiny else {})}
+
+
+# ------------------------------------------------------------------ one run (an MPI rank)
+
+
+def run_worker(spec: dict) -> dict | None:
+    import numpy as np
+    import torch
+    from mpi4py import MPI
+
+    from mpirnn.config import Config
+    from mpirnn.data.labelled_targets import LabelledTargets
+    from mpirnn.distributed.device import flush_denormals
+    from mpirnn.distributed.mesh import Comms
+    from mpirnn.grid import Grid
+    from mpirnn.models import build_model
+    from mpirnn.parallel.plan import make_plan
+    from mpirnn.parallel.shard import stage_model
+    from mpirnn.parallel.step import StepRunner
+    from mpirnn.tools.workloads import SavedBytes
+
+    torch.set_num_threads(1)
+    flush_denormals()   # as training does
+    world = MPI.COMM_WORLD
+    s = shape(spec["tiny"])
+    comms = Comms.create(Grid(world.size, sp=spec["sp"], pp=spec["pp"]), world)
+    cfg = Config()
+    for key in ("cell", "hidden", "layers", "embed"):
+        setattr(cfg.model, key, s[key])
+    cfg.model.bidirectional = True
+    model = build_model(cfg, features=s["features"], outputs=s["classes"])
+    plan = make_plan(comms.grid, comms.coords, batch_size=s["batch"], seq_len=s["seq_len"], layers=s["layers"],
+                     cell=s["cell"], microbatches=spec["microbatches"], hidden=s["hidden"], bidirectional=True)
+    model = stage_model(model, plan, None)
+    runner = StepRunner(model, plan, comms, bucket_mb=4.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(SEED)
+    inputs = torch.randn(s["batch"], s["seq_len"], s["features"], generator=g)
+    labels = torch.randint(0, s["classes"], (s["batch"], s["seq_len"]), generator=g)
+    lengths = torch.full((s["batch"],), s["seq_len"])   # every row full length
+    rows, segment = slice(*plan.rows), slice(*plan.segment)
+    targets = LabelledTargets("tag", labels[rows, segment], lengths[rows], plan.segment[0])
+    norm = float(s["batch"] * s["seq_len"])
+    times, losses, saved = [], [], 0
+    for index in range(spec["steps"] + 1):
+        state = model.zero_state(plan.local_rows, inputs, range(*plan.layers))
+        optimizer.zero_grad(set_to_none=True)
+        world.Barrier()
+        started = time.perf_counter()
+        if index == 0:   # the warm-up step: what autograd saves for backward
+            with SavedBytes(model) as hook:
+                loss, _ = runner(inputs[rows, segment], targets, state, norm)
+            saved = hook.bytes
+        else:
+            loss, _ = runner(inputs[rows, segment], targets, state, norm)
+        optimizer.step()
+        elapsed = np.array([time.perf_counter() - started])
+        world.Allreduce(MPI.IN_PLACE, elapsed, MPI.MAX)   # a step ends when its slowest rank does
+        total = np.array([float(loss)])
+        world.Allreduce(MPI.IN_PLACE, total, MPI.SUM)
+        losses.append(float(total[0]))
+        if index:
+            times.append(float(elapsed[0]))
+    every = np.zeros(world.size)
+    world.Allgather(np.array([float(saved)]), every)
+    runner.reducer.remove()
+    comms.free()
+    if world.rank:
+        return None
+    return {**spec, "step_times_s": times, "losses": losses, "microbatches_run": plan.microbatches,
+            "saved_bytes_per_rank": every.tolist(), "median_step_s": statistics.median(times)}
+
+
+# ------------------------------------------------------------------ the driver
+
+
+RUNS = [dict(name="1 rank", ranks=1, sp=1, pp=1, microbatches=0),
+        dict(name="sp=2 (-n 2)", ranks=2, sp=2, pp=1, microbatches=0),
+        dict(name="pp=2, M=4 (-n 2)", ranks=2, sp=1, pp=2, microbatches=4),
+        dict(name="sp=4 (-n 4)", ranks=4, sp=4, pp=1, microbatches=0)]
+
+
+def launch(spec: dict, workdir: Path) -> dict:
+    path = workdir / f"run-{RUNS.index(next(r for r in RUNS if r['name'] == spec['name']))}.json"
+    path.write_text(json.dumps(spec))
+    mpirun = Path(sys.executable).with_name("mpirun")
+    command = [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(spec["ranks"]), sys.executable, "-m",
+               "mpirnn.tools.bench_bidirectional", "--worker", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           **(KEEP_MEMORY if spec["malloc"] == "keep" else {})}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise SystemExit(f"mpirnn.tools.bench_bidirectional: {spec['name']} failed:\n"
+                         f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return json.loads(path.with_suffix(".result").read_text())
+
+
+def model_shape(s: dict):
+    """The model's shape. Its head is the calibration's series head (one output per step): the
+    10-class head scored at every step costs a little more, about 1 % of a step beside the recurrence."""
+    from mpirnn.perf.step_model import Shape
+    return Shape(s["cell"], s["layers"], s["hidden"], s["embed"], s["batch"], s["seq_len"], vocab=None,
+                 features=s["features"], bidirectional=True)
+
+
+def predicted_step_s(run: dict, s: dict, cal) -> float | None:
+    """The performance model's step for a run, with the microbatches the run's plan resolved."""
+    if cal is None:
+        return None
+    from mpirnn.perf.step_model import Layout, predict
+    layout = Layout(sp=run["sp"], pp=run["pp"], microbatches=run["microbatches_run"], chunks=1, malloc=run["malloc"])
+    return predict(model_shape(s), layout, cal).step_s
+
+
+def calibration(args, s: dict):
+    """--calibration, else this CPU's newest float32 calibration for the cell and hidden size,
+    else one measured now (about 20 s), as the bench does; None with --tiny."""
+    from mpirnn.host import cpu_model
+    from mpirnn.perf import calibration as calibration_file
+    if args.calibration:
+        return calibration_file.load(args.calibration)
+    if args.tiny:
+        return None
+    found = calibration_file.find_for_host(cpu_model(), s["cell"], s["hidden"])
+    if found is None:
+        from mpirnn.perf.calibrate import calibrate
+        found = calibrate(cells=[s["cell"]], hidden=[s["hidden"]], say=lambda line: print(line, file=sys.stderr))
+    return calibration_file.load(found)
+
+
+def exact(run: dict, serial: dict) -> bool:
+    """Every step's loss equals the 1-rank run's within float32's exactness contract."""
+    return all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(run["losses"], serial["losses"]))
+
+
+def table(results: list[dict]) -> str:
+    base, base_saved = results[0]["median_step_s"], max(results[0]["saved_bytes_per_rank"])
+    lines = ["| W6 run | median step s | predicted s (error) | speedup over 1 rank | saved for backward per rank "
+             "(MiB, share of 1 rank's) | loss = 1 rank's |", "|---|---|---|---|---|---|"]
+    for r in results:
+        m, saved = r["median_step_s"], max(r["saved_bytes_per_rank"])
+        p = r.get("predicted_step_s")
+        predicted = "—" if p is None else f"{p:.3f} ({100 * (p / m - 1):+.0f}%)"
+        same = "—" if r is results[0] else ("yes" if exact(r, results[0]) else "NO")
+        name = r["name"] + (" ¹" if r["ranks"] > (os.cpu_count() or 1) else "")
+        lines.append(f"| {name} | {m:.3f} | {predicted} | {base / m:.2f}× | {saved / 2**20:.0f} "
+                     f"({saved / base_saved:.0%}) | {same} |")
+    if any(r["ranks"] > (os.cpu_count() or 1) for r in results):
+        lines.append(f"\n¹ more ranks than this machine's {os.cpu_count()} cores: its time is oversubscribed "
+                     f"(the row is there for memory)")
+    return "\n".join(lines)
+
+
+def verdicts(results: list[dict]) -> list[str]:
+    """Each issue-18 target, met or missed, with the measured figure."""
+    by_name = {r["name"]: r for r in results}
+    base = results[0]
+    out = []
+    for name, target in SPEEDUP_TARGETS.items():
+        if name in by_name:
+            got = base["median_step_s"] / by_name[name]["median_step_s"]
+            out.append(f"{name}: {got:.2f}× (target ≥ {target}×: {'met' if got >= target else 'MISSED'})")
+    name, share = MEMORY_TARGET
+    if name in by_name:
+        got = max(by_name[name]["saved_bytes_per_rank"]) / max(base["saved_bytes_per_rank"])
+        out.append(f"{name}: saved activations per rank {got:.0%} of 1 rank's (target ≤ {share:.0%}: "
+                   f"{'met' if got <= share else 'MISSED'})")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpirnn.tools.bench_bidirectional", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run (after one warm-up step)")
+    parser.add_argument("--repeat", type=int, default=1, help="run every row this many times, interleaved")
+    parser.add_argument("--out", default="runs/bench/w6.json")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (smoke test; the numbers mean nothing)")
+    parser.add_argument("--calibration", help="performance-model calibration for the predicted column (default: "
+                                              "this CPU's newest, else one measured first)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep (default, as python -m mpirnn.bench): glibc keeps freed memory, so no step faults "
+                             "its activations in again; default: glibc as training runs it")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = run_worker(json.loads(Path(args.worker).read_text()))
+        if result is not None:
+            Path(args.worker).with_suffix(".result").write_text(json.dumps(result))
+        return 0
+    from mpirnn.host import cpu_model
+    s = shape(args.tiny)
+    cal = calibration(args, s)
+    pooled: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="mpirnn-w6-") as workdir:
+        for _ in range(args.repeat):   # interleaved, so a burst of load elsewhere spoils one share of each row
+            for spec in RUNS:
+                print(f"mpirnn.tools.bench_bidirectional: {spec['name']}", file=sys.stderr, flush=True)
+                got = launch({**spec, "steps": args.steps, "tiny": args.tiny, "malloc": args.malloc}, Path(workdir))
+                pooled.setdefault(spec["name"], {**got, "step_times_s": []})["step_times_s"] += got["step_times_s"]
+    results = []
+    for r in pooled.values():
+        r["median_step_s"] = statistics.median(r["step_times_s"])
+        r["predicted_step_s"] = predicted_step_s(r, s, cal)
+        results.append(r)
+    text = table(results)
+    print(text)
+    print("\n".join(verdicts(results)))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"shape": s, "cpu": cpu_model(), "malloc": args.malloc, "runs": results, "table": text,
+                               "verdicts": verdicts(results), "calibration": cal.path if cal else None,
+                               "load_avg_end": os.getloadavg()}, indent=1) + "\n")
+    print(f"{cpu_model()}; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
