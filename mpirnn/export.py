@@ -6,7 +6,9 @@
 torch: TorchScript, `m = torch.jit.load(FILE); m(x)`; onnx: the same graph for onnxruntime
 (input "x", output "y"); safetensors: the serial parameters under mpirnn's names. x is token
 ids [B, T] (int64) or normalized values [B, T, F]; the output is the head's: logits [B, T, V]
-or normalized values [B, T, F]. Each file records this, the config and the normalization
+or normalized values [B, T, F]. A tag / classify / regress model (bidirectional too) also takes
+each row's length, `m(x, lengths)` (ONNX input "lengths"), and returns per-step or per-row
+logits or normalized targets. Each file records this, the config and the normalization
 (docs/export.md). Every checkpoint holds the serial model, so the grid that trained it does
 not matter. onnx and safetensors need `pip install 'mpirnn[export]'`.
 """

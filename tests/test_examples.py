@@ -3,7 +3,8 @@ espeak-ng spoken words (inputs/spoken-words.sh, also with BIDIRECTIONAL=1) and p
 activity (inputs/speech-activity.sh), each run as a user runs it, with fewer training steps
 (STEPS) and less speech (RENDITIONS: one reading of the list per voice; UTTERANCES).
 They check that the command completes and prints an accuracy and its baselines, not the
-accuracy itself (the README has the full runs' numbers). About 22 s for both on 2 cores.
+accuracy itself (the README has the full runs' numbers). About 22 s for the first two on 2
+cores; all four took 211 s together on 2026-12-06 while other runs shared the two cores.
 They write where a user's run does (data/, runs/), replacing a full run's dataset and
 checkpoints.
 
