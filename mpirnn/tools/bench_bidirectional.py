@@ -29,13 +29,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from mpirnn.perf.processes import KEEP_MEMORY
+from mpirnn.tools import side_by_side
+from mpirnn.tools.side_by_side import calibration, exact
 
 W6 = dict(cell="lstm", hidden=128, layers=2, embed=64, features=40, classes=10, batch=16, seq_len=4096)
 TINY = dict(hidden=16, embed=8, features=4, batch=8, seq_len=64)
@@ -132,17 +133,8 @@ RUNS = [dict(name="1 rank", ranks=1, sp=1, pp=1, microbatches=0),
 
 def launch(spec: dict, workdir: Path) -> dict:
     path = workdir / f"run-{RUNS.index(next(r for r in RUNS if r['name'] == spec['name']))}.json"
-    path.write_text(json.dumps(spec))
-    mpirun = Path(sys.executable).with_name("mpirun")
-    command = [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(spec["ranks"]), sys.executable, "-m",
-               "mpirnn.tools.bench_bidirectional", "--worker", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           **(KEEP_MEMORY if spec["malloc"] == "keep" else {})}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    if done.returncode:
-        raise SystemExit(f"mpirnn.tools.bench_bidirectional: {spec['name']} failed:\n"
-                         f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return json.loads(path.with_suffix(".result").read_text())
+    return side_by_side.launch("mpirnn.tools.bench_bidirectional", spec, path,
+                               KEEP_MEMORY if spec["malloc"] == "keep" else None)
 
 
 def model_shape(s: dict):
@@ -160,27 +152,6 @@ def predicted_step_s(run: dict, s: dict, cal) -> float | None:
     from mpirnn.perf.step_model import Layout, predict
     layout = Layout(sp=run["sp"], pp=run["pp"], microbatches=run["microbatches_run"], chunks=1, malloc=run["malloc"])
     return predict(model_shape(s), layout, cal).step_s
-
-
-def calibration(args, s: dict):
-    """--calibration, else this CPU's newest float32 calibration for the cell and hidden size,
-    else one measured now (about 20 s), as the bench does; None with --tiny."""
-    from mpirnn.host import cpu_model
-    from mpirnn.perf import calibration as calibration_file
-    if args.calibration:
-        return calibration_file.load(args.calibration)
-    if args.tiny:
-        return None
-    found = calibration_file.find_for_host(cpu_model(), s["cell"], s["hidden"])
-    if found is None:
-        from mpirnn.perf.calibrate import calibrate
-        found = calibrate(cells=[s["cell"]], hidden=[s["hidden"]], say=lambda line: print(line, file=sys.stderr))
-    return calibration_file.load(found)
-
-
-def exact(run: dict, serial: dict) -> bool:
-    """Every step's loss equals the 1-rank run's within float32's exactness contract."""
-    return all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(run["losses"], serial["losses"]))
 
 
 def table(results: list[dict]) -> str:

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from mpirnn.host import cpu_model
+from mpirnn.tools import side_by_side
+from mpirnn.tools.side_by_side import calibration, exact
 
 W7 = dict(cell="lstm", hidden=256, layers=2, embed=64, features=12, classes=10, batch=64, shortest=100,
           longest=1400, rows=64 * 32)
@@ -149,30 +150,7 @@ RUNS = [dict(name="1 rank", ranks=1, dp=1, sp=1, microbatches=0, fixed=False),
 
 def launch(spec: dict, workdir: Path) -> dict:
     path = workdir / f"{spec['name'][:8].replace(' ', '_').replace('=', '')}-{spec['ranks']}.json"
-    path.write_text(json.dumps(spec))
-    mpirun = Path(sys.executable).with_name("mpirun")
-    command = [str(mpirun) if mpirun.exists() else "mpirun", "-n", str(spec["ranks"]), sys.executable, "-m",
-               "mpirnn.tools.bench_lengths", "--worker", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    if done.returncode:
-        raise SystemExit(f"mpirnn.tools.bench_lengths: {spec['name']} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return json.loads(path.with_suffix(".result").read_text())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def exact(run: dict, serial: dict) -> bool:
-    """Every step's loss equals the 1-rank run's within float32's exactness contract."""
-    return all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(run["losses"], serial["losses"]))
+    return side_by_side.launch("mpirnn.tools.bench_lengths", spec, path)
 
 
 def predicted_per_1000(run: dict, s: dict, cal) -> float | None:
@@ -196,21 +174,6 @@ def predicted_per_1000(run: dict, s: dict, cal) -> float | None:
         layout = Layout(dp=run["dp"], sp=run["sp"], microbatches=m, chunks=c, malloc="default")
         values.append(1000 * predict(model, layout, cal).step_s / elements)
     return statistics.median(values)
-
-
-def calibration(args, s: dict):
-    """--calibration, else this CPU's newest float32 calibration for the shape's cell and hidden
-    size, else one measured now (about 20 s), as the bench does; None with --tiny."""
-    from mpirnn.perf import calibration as calibration_file
-    if args.calibration:
-        return calibration_file.load(args.calibration)
-    if args.tiny:
-        return None
-    found = calibration_file.find_for_host(cpu_model(), s["cell"], s["hidden"])
-    if found is None:
-        from mpirnn.perf.calibrate import calibrate
-        found = calibrate(cells=[s["cell"]], hidden=[s["hidden"]], say=lambda line: print(line, file=sys.stderr))
-    return calibration_file.load(found)
 
 
 def table(results: list[dict], s: dict) -> str:
