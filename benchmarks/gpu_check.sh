@@ -39,7 +39,7 @@ section "placement (the job script's launch line, by hand with mpirun -n 2)"
 tail -1 "$OUT/demo-gpu-n2.jsonl" | "$PY" -c 'import json,sys; [print(p["rank"], p["local_rank"], p["device"]) for p in json.load(sys.stdin)["placement"]]'
 
 section "tp's per-step exchanges: the transport's CUDA routes, and a W4 tp=2 step through each against 1 rank"
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_transport_exchange.py 2>&1 | tail -2
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_transport_exchange.py tests/test_staging_pool.py 2>&1 | tail -2
 timeout 300 "$MPIRUN" -n 2 "$PY" benchmarks/tp_gpu_check.py 2>&1 | tail -6
 
 section "benchmark W1, W3 on CUDA against plain PyTorch"

@@ -2,7 +2,7 @@
 
 Tensors travel with buffer (upper case) mpi4py methods only, never pickle. CUDA tensors go
 straight to MPI when the library is CUDA-aware and through pinned host buffers otherwise
-(reused per message, because pinning memory is slow). `GroupExchange` does the same for the
+(reused per message, because pinning memory is slow: mpirnn/distributed/staging.py). `GroupExchange` does the same for the
 collectives a step repeats many times (tensor parallelism's per-time-step exchanges).
 
     python -m pytest -q tests/test_transport_exchange.py
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from mpirnn.distributed.staging import StagingPool
 from mpirnn.distributed.trace import Tracer
 
 
@@ -80,10 +81,16 @@ def host_view(tensor: torch.Tensor) -> np.ndarray:
 
 
 class Transfer:
-    """A nonblocking send or receive of one tensor; `wait()` completes it."""
+    """A nonblocking send or receive of one tensor; `wait()` completes it.
 
-    def __init__(self, request, tensor=None, staged=None, timer=None, label="MPI wait"):
+    `staged` is the memory MPI reads or writes; for a received CUDA tensor it is a host
+    buffer copied into `tensor` on completion. `release` (if any) then hands a lent staging
+    buffer back to its pool.
+    """
+
+    def __init__(self, request, tensor=None, staged=None, timer=None, label="MPI wait", release=None):
         self.request, self.tensor, self.staged, self.timer, self.label = request, tensor, staged, timer, label
+        self.release = release
 
     def arrived(self) -> bool:
         """Whether the transfer has completed (without blocking; it still needs `wait()`)."""
@@ -97,43 +104,58 @@ class Transfer:
             self.request.Wait()
         if self.staged is not None and self.tensor is not None:
             self.tensor.copy_(self.staged, non_blocking=False)
+        if self.release is not None:
+            self.release()
+            self.release = None
         return self.tensor
 
 
-_PINNED: dict[tuple, torch.Tensor] = {}
+# Staging buffers of point-to-point messages (mpirnn/distributed/staging.py): made on first use,
+# so importing this module touches no CUDA.
+_STAGING: StagingPool | None = None
 
 
-def _staged(tensor: torch.Tensor, key: tuple) -> torch.Tensor:
-    """A pinned host buffer for one message, reused every step (pinning memory is slow).
-
-    `key` names the message (direction, peer, tag): messages in flight at once never share
-    a buffer, and the same message of the next step finds its buffer already pinned.
-    """
-    key = (*key, tuple(tensor.shape), tensor.dtype)
-    if key not in _PINNED:
-        _PINNED[key] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    return _PINNED[key]
+def staging_pool() -> StagingPool:
+    global _STAGING
+    if _STAGING is None:
+        _STAGING = StagingPool()
+    return _STAGING
 
 
-def isend(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None, label="send") -> Transfer:
+def _lend(key: tuple, like: torch.Tensor):
+    """A staging buffer shaped like `like` for one message, and the call that gives it back."""
+    pool = staging_pool()
+    host, flat = pool.take(key, like.shape, like.dtype)
+    return host, lambda: pool.give_back(key, flat)
+
+
+def isend(comm: MPI.Comm, tensor: torch.Tensor, dest: int, tag: int, timer=None, label="send",
+          stage_host: bool = False) -> Transfer:
+    """Start sending `tensor`. `stage_host=True` stages a CPU tensor as if it were on a GPU
+    without CUDA-aware MPI (so that path is tested without one)."""
     tensor = tensor.detach().contiguous()
-    if tensor.is_cuda and not cuda_aware():
-        host = _staged(tensor, ("send", id(comm), dest, tag))
+    where = route(tensor.is_cuda, tensor.is_cuda and cuda_aware(), stage_host)
+    if where == "staged":
+        host, release = _lend(("send", id(comm), dest, tag), tensor)
         host.copy_(tensor)
-        return Transfer(comm.Isend(host_view(host), dest, tag), staged=host, timer=timer, label=label)
-    if tensor.is_cuda:
+        return Transfer(comm.Isend(host_view(host), dest, tag), staged=host, timer=timer, label=label,
+                        release=release)
+    if where == "device":
         torch.cuda.current_stream().synchronize()
         return Transfer(comm.Isend(tensor, dest, tag), tensor=None, staged=tensor, timer=timer, label=label)
     return Transfer(comm.Isend(host_view(tensor), dest, tag), staged=tensor, timer=timer, label=label)
 
 
-def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None, label="receive") -> Transfer:
+def irecv(comm: MPI.Comm, like: torch.Tensor, source: int, tag: int, timer=None, label="receive",
+          stage_host: bool = False) -> Transfer:
     """Receive into a new tensor shaped like `like` (on like's device)."""
     out = torch.empty_like(like, memory_format=torch.contiguous_format)
-    if out.is_cuda and not cuda_aware():
-        host = _staged(out, ("recv", id(comm), source, tag))
-        return Transfer(comm.Irecv(host_view(host), source, tag), tensor=out, staged=host, timer=timer, label=label)
-    if out.is_cuda:
+    where = route(out.is_cuda, out.is_cuda and cuda_aware(), stage_host)
+    if where == "staged":
+        host, release = _lend(("recv", id(comm), source, tag), out)
+        return Transfer(comm.Irecv(host_view(host), source, tag), tensor=out, staged=host, timer=timer,
+                        label=label, release=release)
+    if where == "device":
         torch.cuda.current_stream().synchronize()
         return Transfer(comm.Irecv(out, source, tag), tensor=out, timer=timer, label=label)
     return Transfer(comm.Irecv(host_view(out), source, tag), tensor=out, timer=timer, label=label)
