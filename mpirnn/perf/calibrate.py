@@ -134,7 +134,8 @@ def calibrate(out: str | Path | None = None, quick: bool = False, device: str = 
               "--result", str(comm_file), *extra], env, "communication")
         say(f"mpirnn.plan: calibrating: [2/2] communication done in {time.perf_counter() - phase:.0f} s")
         compute, comm = json.loads(compute_file.read_text()), json.loads(comm_file.read_text())
-        # The long-sequence probe, under the allocator training runs with (no KEEP_MEMORY); toy sizes
+        # The long-sequence probe, under glibc's default allocator (no KEEP_MEMORY: what a process that
+        # does not keep freed memory pays, for layouts with malloc "default"); toy sizes
         # (quick) measure it in the compute worker, sparing the smoke test a process start.
         # A GPU's activations live in device memory, which glibc never hands out: no probe there.
         if compute["fused"] and "long_sequence" not in compute and device == "cpu":

@@ -117,8 +117,9 @@ class Calibration:
 
     def long_sequence_s(self, rows: int, steps: int, hidden: int) -> float:
         """What one time step of a fused call over `steps` steps costs beyond the table's figure when
-        the process runs with glibc's default allocator (training does; the calibration and the
-        bench keep freed memory, mpirnn/perf/processes.py): the call's large activations go over
+        the process runs with glibc's default allocator (a layout with malloc "default"; training,
+        the calibration and the bench keep freed memory: mpirnn/distributed/device.py
+        `keep_freed_memory`, mpirnn/perf/processes.py): the call's large activations go over
         glibc's mmap threshold and are faulted in again on every call. Measured (`long_sequence`
         in the file) per row-step and hidden unit as a function of the call's elements
         rows × steps × hidden, read log-linearly between its points, flat beyond; 0 for files

@@ -77,9 +77,11 @@ class Layout:
     chunks: int = 1
     nodes: int = 1
     threads: int = 1
-    # glibc's allocator in the ranks: "default" (training) faults large activations in on every call,
-    # "keep" (the bench's and the calibration's MALLOC settings, mpirnn/perf/processes.py) does not
-    malloc: str = "default"
+    # glibc's allocator in the ranks: "keep" (training and evaluation on CPUs keep freed memory,
+    # mpirnn/distributed/device.py `keep_freed_memory`, as the bench's and the calibration's MALLOC
+    # settings do, mpirnn/perf/processes.py); "default" (a process that leaves glibc as it is, or
+    # a user's own MALLOC_* settings) faults a long call's activations in again on every call
+    malloc: str = "keep"
 
     @property
     def ranks(self) -> int:

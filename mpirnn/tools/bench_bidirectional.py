@@ -15,8 +15,8 @@ one thread. Rows:
                             this machine's 2 cores, so its time is oversubscribed)
 
 The ranks run with glibc keeping freed memory (`--malloc keep`, as `python -m mpirnn.bench`
-does), so no step faults its large activations in again; `--malloc default` runs glibc as
-training does. Times are medians of the step over the timed steps (the first step warms up and is where the
+does, and as training does: mpirnn/distributed/device.py), so no step faults its large
+activations in again; `--malloc default` runs glibc's defaults. Times are medians of the step over the timed steps (the first step warms up and is where the
 saved activations are measured: the distinct tensors autograd saves for backward, as W2's are,
 mpirnn/tools/workloads.py `SavedBytes`); the performance model's prediction stands beside each
 row (docs/performance.md, "Bidirectional layers"). The driver starts each run
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
                                               "this CPU's newest, else one measured first)")
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="keep (default, as python -m mpirnn.bench): glibc keeps freed memory, so no step faults "
-                             "its activations in again; default: glibc as training runs it")
+                             "its activations in again (training does the same); default: glibc's defaults")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -77,7 +77,7 @@ def run_worker(spec: dict) -> dict | None:
 
     from mpirnn.config import Config
     from mpirnn.data.labelled_targets import LabelledTargets
-    from mpirnn.distributed.device import flush_denormals
+    from mpirnn.distributed.device import flush_denormals, keep_freed_memory
     from mpirnn.distributed.mesh import Comms
     from mpirnn.grid import Grid
     from mpirnn.models import build_model
@@ -87,6 +87,7 @@ def run_worker(spec: dict) -> dict | None:
 
     torch.set_num_threads(1)
     flush_denormals()   # as training does (a classifier's backward would crawl through subnormals)
+    keep_freed_memory()   # as training does on CPUs (mpirnn/distributed/device.py `bind`)
     world = MPI.COMM_WORLD
     s = shape(spec["tiny"])
     comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"]), world)
@@ -156,8 +157,7 @@ def launch(spec: dict, workdir: Path) -> dict:
 def predicted_per_1000(run: dict, s: dict, cal) -> float | None:
     """The performance model's seconds per 1000 valid elements for a run: each timed step predicted
     as a step of its batch's longest row (what the step runs: Plan.for_length), divided by the
-    step's valid elements; the median over the steps, as measured (with glibc's default allocator's
-    page faults: docs/performance.md, "the long-sequence term"). The head is the series head
+    step's valid elements; the median over the steps, as measured. The head is the series head
     at every step, an over-count for classify (its head reads one step per row) that is small
     beside the recurrence."""
     if cal is None:
@@ -169,9 +169,8 @@ def predicted_per_1000(run: dict, s: dict, cal) -> float | None:
         model = Shape(s["cell"], s["layers"], s["hidden"], s["embed"], s["batch"], longest, vocab=None,
                       features=s["features"])
         m, c = units({**run, "pp": 1}, model)
-        # The ranks run with glibc's default allocator, as training does (`launch`): long calls fault
-        # their activations in on every step, which the model's long-sequence term predicts.
-        layout = Layout(dp=run["dp"], sp=run["sp"], microbatches=m, chunks=c, malloc="default")
+        # The ranks keep freed memory, as training does (run_worker): no long-sequence term.
+        layout = Layout(dp=run["dp"], sp=run["sp"], microbatches=m, chunks=c)
         values.append(1000 * predict(model, layout, cal).step_s / elements)
     return statistics.median(values)
 
