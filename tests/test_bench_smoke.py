@@ -90,19 +90,24 @@ def test_a_failed_teardown_after_every_ddp_run_keeps_the_results(tmp_path, ddp, 
         assert "exit 1" in error and "Connection closed" in error
 
 
+def _tiny_side_by_side(tmp_path, module: str) -> tuple[dict, str]:
+    """Run a side-by-side benchmark (W6, W7) at toy sizes with a toy calibration, in which a fused
+    time step costs 1e-4 s per row; (its results file, its output)."""
+    from test_perf_model import toy_calibration
+    calibration = tmp_path / "toy.json"
+    calibration.write_text(json.dumps(toy_calibration(step_per_row_s=1e-4)))
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", module, "--tiny", "--steps", "1", "--calibration", str(calibration),
+                           "--out", str(out)], capture_output=True, text=True, timeout=230)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text()), done.stdout
+
+
 def test_tiny_variable_length_bench_end_to_end(tmp_path):
     # W7 (mpirnn/tools/bench_lengths.py): every row ran, dp=2 and sp=2 gave the 1-rank losses, and
     # bucketing computed less padding than drawing rows at random.
     # The performance model's column from a toy calibration: a fused time step costs 1e-4 s per row.
-    from test_perf_model import toy_calibration
-    calibration = tmp_path / "toy.json"
-    calibration.write_text(json.dumps(toy_calibration(step_per_row_s=1e-4)))
-    out = tmp_path / "w7.json"
-    done = subprocess.run([sys.executable, "-m", "mpirnn.tools.bench_lengths", "--tiny", "--steps", "1",
-                           "--calibration", str(calibration), "--out", str(out)],
-                          capture_output=True, text=True, timeout=230)
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
+    report, _ = _tiny_side_by_side(tmp_path, "mpirnn.tools.bench_lengths")
     assert len(report["runs"]) == 4 and "| NO |" not in report["table"], report["table"]
     assert report["table"].count("| yes |") == 2, report["table"]
     assert report["padding_bucketed"] < report["padding_unbucketed"]
@@ -118,15 +123,7 @@ def test_tiny_bidirectional_bench_end_to_end(tmp_path):
     # W6 (mpirnn/tools/bench_bidirectional.py): every row ran with the 1-rank losses, each rank's saved
     # activations were measured (fewer per rank with more segments), and the performance model's
     # prediction stands beside every row, from a toy calibration: a fused step costs 1e-4 s per row.
-    from test_perf_model import toy_calibration
-    calibration = tmp_path / "toy.json"
-    calibration.write_text(json.dumps(toy_calibration(step_per_row_s=1e-4)))
-    out = tmp_path / "w6.json"
-    done = subprocess.run([sys.executable, "-m", "mpirnn.tools.bench_bidirectional", "--tiny", "--steps", "1",
-                           "--calibration", str(calibration), "--out", str(out)],
-                          capture_output=True, text=True, timeout=230)
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
+    report, stdout = _tiny_side_by_side(tmp_path, "mpirnn.tools.bench_bidirectional")
     runs = {r["name"]: r for r in report["runs"]}
     assert list(runs) == ["1 rank", "sp=2 (-n 2)", "pp=2, M=4 (-n 2)", "sp=4 (-n 4)"]
     assert report["table"].count("| yes |") == 3 and "| NO |" not in report["table"], report["table"]
@@ -138,4 +135,4 @@ def test_tiny_bidirectional_bench_end_to_end(tmp_path):
     assert sp2 == pytest.approx(serial / 2, rel=1e-3)
     assert runs["pp=2, M=4 (-n 2)"]["microbatches_run"] == 4
     assert all(r["predicted_step_s"] > 0 for r in runs.values())
-    assert "sp=2 (-n 2):" in done.stdout and "target" in done.stdout
+    assert "sp=2 (-n 2):" in stdout and "target" in stdout

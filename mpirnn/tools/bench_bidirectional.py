@@ -30,7 +30,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -192,34 +191,22 @@ def verdicts(results: list[dict]) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpirnn.tools.bench_bidirectional", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per run (after one warm-up step)")
-    parser.add_argument("--repeat", type=int, default=1, help="run every row this many times, interleaved")
-    parser.add_argument("--out", default="runs/bench/w6.json")
-    parser.add_argument("--tiny", action="store_true", help="toy sizes (smoke test; the numbers mean nothing)")
-    parser.add_argument("--calibration", help="performance-model calibration for the predicted column (default: "
-                                              "this CPU's newest, else one measured first)")
+    side_by_side.add_arguments(parser, steps=3, out="runs/bench/w6.json")
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="keep (default, as python -m mpirnn.bench): glibc keeps freed memory, so no step faults "
                              "its activations in again (training does the same); default: glibc's defaults")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        result = run_worker(json.loads(Path(args.worker).read_text()))
-        if result is not None:
-            Path(args.worker).with_suffix(".result").write_text(json.dumps(result))
+    if side_by_side.run_as_worker(args, run_worker):
         return 0
     from mpirnn.host import cpu_model
     s = shape(args.tiny)
     cal = calibration(args, s)
-    pooled: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="mpirnn-w6-") as workdir:
-        for _ in range(args.repeat):   # interleaved, so a burst of load elsewhere spoils one share of each row
-            for spec in RUNS:
-                print(f"mpirnn.tools.bench_bidirectional: {spec['name']}", file=sys.stderr, flush=True)
-                got = launch({**spec, "steps": args.steps, "tiny": args.tiny, "malloc": args.malloc}, Path(workdir))
-                pooled.setdefault(spec["name"], {**got, "step_times_s": []})["step_times_s"] += got["step_times_s"]
+    pooled = side_by_side.run_interleaved(
+        "mpirnn.tools.bench_bidirectional", RUNS, args.repeat,
+        lambda spec, workdir: launch({**spec, "steps": args.steps, "tiny": args.tiny, "malloc": args.malloc}, workdir),
+        ("step_times_s",))
     results = []
-    for r in pooled.values():
+    for r in pooled:
         r["median_step_s"] = statistics.median(r["step_times_s"])
         r["predicted_step_s"] = predicted_step_s(r, s, cal)
         results.append(r)

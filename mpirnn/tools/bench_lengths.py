@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -196,33 +195,18 @@ def table(results: list[dict], s: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpirnn.tools.bench_lengths", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up step)")
-    parser.add_argument("--repeat", type=int, default=1, help="run every row this many times, interleaved")
-    parser.add_argument("--out", default="runs/bench/w7.json")
-    parser.add_argument("--tiny", action="store_true", help="toy sizes (smoke test; the numbers mean nothing)")
-    parser.add_argument("--calibration", help="performance-model calibration for the predicted column (default: "
-                                              "this CPU's newest, else one measured first)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    side_by_side.add_arguments(parser, steps=4, out="runs/bench/w7.json")
     args = parser.parse_args(argv)
-    if args.worker:
-        result = run_worker(json.loads(Path(args.worker).read_text()))
-        if result is not None:
-            Path(args.worker).with_suffix(".result").write_text(json.dumps(result))
+    if side_by_side.run_as_worker(args, run_worker):
         return 0
     s = shape(args.tiny)
     cal = calibration(args, s)
-    pooled: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="mpirnn-w7-") as workdir:
-        for _ in range(args.repeat):   # interleaved, so a burst of load elsewhere spoils one share of each row
-            for spec in RUNS:
-                print(f"mpirnn.tools.bench_lengths: {spec['name']}", file=sys.stderr, flush=True)
-                got = launch({**spec, "steps": args.steps, "tiny": args.tiny}, Path(workdir))
-                first = pooled.setdefault(spec["name"], {**got, "step_times_s": [], "valid_elements": [], "longest": []})
-                first["step_times_s"] += got["step_times_s"]
-                first["valid_elements"] += got["valid_elements"]
-                first["longest"] += got["longest"]
+    pooled = side_by_side.run_interleaved(
+        "mpirnn.tools.bench_lengths", RUNS, args.repeat,
+        lambda spec, workdir: launch({**spec, "steps": args.steps, "tiny": args.tiny}, workdir),
+        ("step_times_s", "valid_elements", "longest"))
     results = []
-    for r in pooled.values():
+    for r in pooled:
         r["median_s_per_1000_elements"] = statistics.median(1000 * t / e for t, e in zip(r["step_times_s"],
                                                                                        r["valid_elements"]))
         r["predicted_s_per_1000_elements"] = predicted_per_1000(r, s, cal)
