@@ -1,5 +1,5 @@
 """The labelled examples end to end, shortened: JapaneseVowels (inputs/japanese-vowels.sh),
-espeak-ng spoken words (inputs/spoken-words.sh, also with BIDIRECTIONAL=1) and per-frame speech
+espeak-ng spoken words (inputs/spoken-words.sh, also with BIDIRECTIONAL=0 and CELL=lstm) and per-frame speech
 activity (inputs/speech-activity.sh), each run as a user runs it, with fewer training steps
 (STEPS) and less speech (RENDITIONS: one reading of the list per voice; UTTERANCES).
 They check that the command completes and prints an accuracy and its baselines, not the
@@ -67,9 +67,12 @@ def test_spoken_words_example_runs():
 @needs_mpirun
 @pytest.mark.skipif(shutil.which("espeak-ng") is None,
                     reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
-def test_spoken_words_bidirectional_example_runs():
-    out = run_example("spoken-words.sh", STEPS="10", RENDITIONS="1", BIDIRECTIONAL="1")
-    assert "runs/spoken-words-bilstm/metrics.jsonl" in out   # the BiLSTM config's run
+@pytest.mark.parametrize("env, run", [({"BIDIRECTIONAL": "0"}, "spoken-words-forward"),
+                                      ({"CELL": "lstm"}, "spoken-words-bilstm")])
+def test_spoken_words_other_encoders_run(env, run):
+    """The one-direction GRU (BIDIRECTIONAL=0) and the BiLSTM config (CELL=lstm), each in its own run."""
+    out = run_example("spoken-words.sh", STEPS="10", RENDITIONS="1", **env)
+    assert f"runs/{run}/metrics.jsonl" in out
     assert 0.0 <= accuracy(out) <= 1.0 and "of 288 rows right" in out
 
 
