@@ -105,6 +105,14 @@ def test_inner_pairs_get_their_own_coverage_and_nothing_crosses():
     bands, actual = gaussian_backtests(500, 1, 0.01, [-3.0, 0.0, 3.0])
     closed, width = conformal.calibrate(np.array([[[-1.0, 0.25, 1.0]]]), (0.1, 0.5, 0.9), bands, actual)
     assert width[0, 0, 0] < -2.9 and closed[0, 0].tolist() == [0.0, 0.0, 0.25]
+    # Given the point forecast as the centre (here the median, 0.25), it closes there: the median stays.
+    at_point, _ = conformal.calibrate(np.array([[[-1.0, 0.25, 1.0]]]), (0.1, 0.5, 0.9), bands, actual,
+                                      centre=np.array([[0.25]]))
+    assert at_point[0, 0].tolist() == [0.25, 0.25, 0.25]
+    # An asymmetric band narrowed a lot: closing at its midpoint (0.5) would move the median (0.1).
+    lopsided, _ = conformal.calibrate(np.array([[[0.0, 0.1, 1.0]]]), (0.1, 0.5, 0.9), bands, actual,
+                                      centre=np.array([[0.1]]))
+    assert lopsided[0, 0, 1] == 0.1 and lopsided[0, 0].tolist() == [0.1, 0.1, 0.1]
 
 
 def test_backtest_origins_end_before_the_forecast_origin():

@@ -72,8 +72,9 @@ def run_backtests(model, series: np.ndarray, starts: list[int], horizon: int, co
 
 
 def calibrated_band(model, series: np.ndarray, band: np.ndarray, levels, horizon: int, context: int, normalization,
-                    inputs, time, count: int, start: int = 0) -> tuple[np.ndarray | None, Calibration | str]:
-    """The forecast's band [H, F, Q] calibrated on up to `count` backtests over `series` (the
+                    inputs, time, count: int, start: int = 0, centre: np.ndarray | None = None
+                    ) -> tuple[np.ndarray | None, Calibration | str]:
+    """The forecast's band [H, F, Q] (never narrowed past `centre` [H, F], the point forecast) calibrated on up to `count` backtests over `series` (the
     whole train split, data units) from origins at `start` or later, or (None, why not) when fewer
     than MIN_ORIGINS fit."""
     back = inputs.back if inputs is not None and inputs.widens else 0
@@ -85,7 +86,7 @@ def calibrated_band(model, series: np.ndarray, band: np.ndarray, levels, horizon
                       f"before the forecast origin with --context {context} and --horizon {horizon}; "
                       f"{min(count, MIN_ORIGINS)} needed")
     bands, actual = run_backtests(model, series, starts, horizon, context, normalization, inputs, time, len(levels))
-    calibrated, widths = conformal.calibrate(band, levels, bands, actual)
+    calibrated, widths = conformal.calibrate(band, levels, bands, actual, centre=centre)
     if not np.all(np.isfinite(widths)):
         return None, f"{len(starts)} backtests are too few for the band's coverage"
     method = "cqr" if tuple(levels) == tuple(model.predicts.quantiles) else "absolute residual"

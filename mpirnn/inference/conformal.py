@@ -70,26 +70,28 @@ def band_pairs(levels) -> list[tuple[int, int]]:
 
 
 def calibrate(band: np.ndarray, levels, backtest_band: np.ndarray, backtest_actual: np.ndarray,
-              min_pool: int = MIN_POOL) -> tuple[np.ndarray, np.ndarray]:
+              min_pool: int = MIN_POOL, centre: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Calibrate every band of `band` [H, F, Q] (quantiles at `levels`, increasing) on backtests.
 
     `backtest_band` [K, H, F, Q] holds the same model's forecasts from K earlier origins and
     `backtest_actual` [K, H, F] what happened. Each pair (lo, hi) of `band_pairs` is meant to hold
     a share levels[hi] - levels[lo] of the actuals; it is moved out (or in) by the per-lead width
-    of its scores, per feature. A band that would cross itself is closed at its midpoint, and the
-    columns are sorted so no quantile crosses another. Returns (the calibrated band [H, F, Q], the
+    of its scores, per feature. No band is narrowed past `centre` [H, F] (the point forecast;
+    default the outermost pair's midpoint): it closes there instead of crossing itself, so sorting
+    the columns (no quantile crosses another) never moves the point forecast. Returns (the calibrated band [H, F, Q], the
     widths [P, H, F] of the P pairs, in data units).
     """
     horizon, features, _ = band.shape
     pairs = band_pairs(levels)
     out = band.astype(np.float64).copy()
     width = np.empty((len(pairs), horizon, features))
+    if centre is None and pairs:
+        centre = (band[..., pairs[0][0]] + band[..., pairs[0][1]]) / 2
     for p, (lo, hi) in enumerate(pairs):
         alpha = 1.0 - (levels[hi] - levels[lo])
         for j in range(features):
             s = scores(backtest_actual[:, :, j], backtest_band[:, :, j, lo], backtest_band[:, :, j, hi])
             width[p, :, j], _ = widths(s, alpha, min_pool)
             low, high = band[:, j, lo] - width[p, :, j], band[:, j, hi] + width[p, :, j]
-            middle = (band[:, j, lo] + band[:, j, hi]) / 2
-            out[:, j, lo], out[:, j, hi] = np.minimum(low, middle), np.maximum(high, middle)
+            out[:, j, lo], out[:, j, hi] = np.minimum(low, centre[:, j]), np.maximum(high, centre[:, j])
     return np.sort(out, axis=-1), width

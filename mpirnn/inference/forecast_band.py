@@ -28,7 +28,7 @@ def calibrated(model, train, forecast, quantiles, levels, horizon: int, context:
     series = reader.read_span(0, train.length).astype(np.float64)   # the train split only: never the val split
     reader.close()
     result, info = backtest.calibrated_band(model, series, band, band_levels, horizon, context,
-                                            normalization, inputs, train.time, count, start)
+                                            normalization, inputs, train.time, count, start, centre=forecast)
     if result is None:
         return quantiles, levels, info
     return result, band_levels, info
