@@ -1,7 +1,8 @@
 """Forecast a series with a trained checkpoint and compare it with the held-out values and two baselines.
 
     python -m mpirnn.forecast --checkpoint runs/x/checkpoints --horizon 52 --season 52 \
-        --out forecast.csv [--plot forecast.png] [--context N] [--data DIR] [--best] [--no-actuals]
+        --out forecast.csv [--plot forecast.png] [--context N] [--data DIR] [--best] [--no-actuals] \
+        [--calibrate K | --no-calibrate] [--calibrate-from STEP]
 
 The model warms up on the last N steps of the train split (--context; default the
 checkpoint's data.seq_len), then runs H steps ahead (--horizon) feeding its own predictions
@@ -10,7 +11,10 @@ follow the train split in time), and so are two baselines on the same steps: the
 observed value, and seasonal naive (the value one --season earlier). A model trained with
 train.horizon = K predicts K steps at a time; one trained with train.loss = "quantile" also gives
 its quantiles, scored by the pinball loss, a CRPS estimate and the coverage of the band between the
-outermost ones. Writes F.csv (step,forecast,actual[,q...]), F.json (rmse, mae, baselines.*, and
+outermost ones. The band (a point model's too: its forecast ± a width, at 0.1 and 0.9) is
+calibrated by split-conformal on K backtest forecasts from origins inside the train split
+(--calibrate K, default 40; --calibrate-from STEP: origins from that step on; --no-calibrate
+keeps the model's own quantiles, and a point model then has no band). Writes F.csv (step,forecast,actual[,q...]), F.json (rmse, mae, baselines.*, and
 the quantile scores) and the plot; prints the same.
 Under `mpirun -n N` rank 0 computes with the whole model and the other ranks wait, so the
 numbers are those of one process. Format and rules: docs/inference.md.
@@ -31,6 +35,8 @@ from mpirnn.errors import ConfigError, DataError
 from mpirnn.inference.command import add_checkpoint_arguments, check_model_fits, find_checkpoint, on_rank0, write_whole
 
 PLOT_FORMATS = ("png", "pdf", "svg")
+# Backtests `forecast` calibrates its band on by default (mpirnn/inference/backtest.py).
+DEFAULT_ORIGINS = 40
 
 
 def parse_args(argv):
@@ -49,6 +55,16 @@ def parse_args(argv):
     parser.add_argument("--plot", metavar="F.png", help="plot history, forecast and actual (needs matplotlib)")
     parser.add_argument("--no-actuals", action="store_true",
                         help="forecast past the val split: no comparison (actual filled where known)")
+    band = parser.add_mutually_exclusive_group()
+    band.add_argument("--calibrate", type=int, default=DEFAULT_ORIGINS, metavar="K",
+                      help=f"calibrate the band on K backtests from origins in the train split (default "
+                           f"{DEFAULT_ORIGINS}; fewer where fewer fit; docs/forecasting.md, 'Calibrated bands')")
+    band.add_argument("--no-calibrate", action="store_true",
+                      help="keep the model's own quantiles (a point model: no band)")
+    parser.add_argument("--calibrate-from", type=int, default=0, metavar="STEP",
+                        help="backtest origins at train-split step STEP or later: with --data holding a longer "
+                             "train split than the model was trained on, its length there makes the backtests "
+                             "out of sample")
     return parser.parse_args(argv)
 
 
@@ -67,6 +83,8 @@ class Job:
     plot: Path | None
     scored: bool
     trained_horizon: int = 1   # train.horizon of the checkpoint: steps its head predicts at once
+    calibrate: int = 0         # backtests to calibrate the band on (0: the model's own quantiles)
+    calibrate_from: int = 0    # the earliest backtest origin allowed (a train-split step)
 
 
 def check_request(args, located) -> Job:
@@ -87,7 +105,13 @@ def check_request(args, located) -> Job:
     context = cfg.data.seq_len if args.context is None else args.context
     if args.horizon < 1:
         raise ConfigError(f"--horizon {args.horizon}: forecast at least 1 step")
+    if args.calibrate < 1 and not args.no_calibrate:
+        raise ConfigError(f"--calibrate {args.calibrate}: calibrate on 1 or more backtests (default "
+                          f"{DEFAULT_ORIGINS}), or pass --no-calibrate to keep the model's own quantiles")
     back = info.inputs.back if info.input_width else 0
+    if not 0 <= args.calibrate_from < train.length:
+        raise ConfigError(f"--calibrate-from {args.calibrate_from}: give a step of the train split, 0 to "
+                          f"{train.length - 1}")
     if not 1 <= context <= train.length - back:
         lags = f" less the {back} steps its lags read before the first" if back else ""
         raise ConfigError(f"--context {context}: warm up on 1 to {train.length - back} steps (the train split's "
@@ -121,7 +145,8 @@ def check_request(args, located) -> Job:
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install 'mpirnn[plots]'") from None
     return Job(info, train, val, args.horizon, context, season, csv, csv.with_suffix(".json"), plot,
-               not args.no_actuals, cfg.train.horizon)
+               not args.no_actuals, cfg.train.horizon, 0 if args.no_calibrate else args.calibrate,
+               args.calibrate_from)
 
 
 # A forecast this many times longer than the trained horizon runs mostly on its own predictions.
@@ -143,7 +168,7 @@ def run(job: Job, located) -> None:
     import numpy as np
 
     from mpirnn.data.reader import Reader
-    from mpirnn.inference import forecast_files, forecasting
+    from mpirnn.inference import forecast_band, forecast_files, forecasting
     from mpirnn.inference.load import build
 
     model, _, _ = build(located, "cpu")
@@ -166,6 +191,12 @@ def run(job: Job, located) -> None:
     forecast, quantiles = forecasting.roll_quantiles(model, context, H, job.info.normalization, inputs,
                                                      T - job.context, job.train.time)
     levels = model.predicts.quantiles
+    raw, calibration = quantiles, None
+    if job.calibrate:
+        quantiles, levels, calibration = forecast_band.calibrated(
+            model, job.train, forecast, quantiles, levels, H, job.context, job.info.normalization, inputs,
+            job.calibrate, job.calibrate_from)
+        print(forecast_band.calibration_line(calibration, levels), flush=True)
     actual = np.full((H, F), np.nan)
     if job.val is not None:
         known = min(H, job.val.length)
@@ -175,12 +206,15 @@ def run(job: Job, located) -> None:
     seasonal = forecasting.seasonal_naive(history, H, job.season) if job.season else None
     result = summary(job, located, forecast, actual, forecasting.last_value(history, H), seasonal,
                      quantiles, levels)
+    result.update(forecast_band.calibration_json(job.calibrate, calibration, raw, actual,
+                                                 model.predicts.quantiles, job.scored))
     files = {job.csv: forecast_files.forecast_csv(forecast, actual, quantiles, levels),
              job.json: forecast_files.forecast_json(result)}
     if job.plot is not None:
         title = f"{H}-step forecast after {job.context} observed steps ({job.train.root.name})"
+        band = "band, calibrated" if calibration is not None and not isinstance(calibration, str) else "quantile band"
         files[job.plot] = forecast_files.forecast_plot(history, forecast, actual, seasonal,
-                                                       job.plot.suffix.lstrip("."), title, quantiles, levels)
+                                                       job.plot.suffix.lstrip("."), title, quantiles, levels, band)
     write_whole(files)
     print(report(result, files), flush=True)
 
@@ -229,6 +263,8 @@ def report(result: dict, files: dict) -> str:
         band = result.get("band")
         quantile = (f"  pinball {result['pinball']:.6g}  CRPS~ {result['crps']:.6g}  {band[0]:g}-{band[1]:g} "
                     f"coverage {result['coverage']:.3f}" if band and result.get("pinball") is not None else "")
+        before = (result.get("uncalibrated") or {}).get("coverage")
+        quantile += f" (uncalibrated {before:.3f})" if before is not None else ""
         lines += [row("model", result) + quantile, row("last value", result["baselines"]["last_value"]),
                   row(f"seasonal naive{f' ({season})' if season else ''}",
                       result["baselines"]["seasonal_naive"]) + ("" if season else " (no --season given)")]

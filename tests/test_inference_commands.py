@@ -119,7 +119,8 @@ def test_forecast_a_sine_on_a_trend(trained):
         results[n] = (rows, json.loads(out.with_suffix(".json").read_text()))
     rows, summary = results[1]
     assert results[2] == results[1]                       # rank 0 computes the same on any world size
-    assert len(rows) == 30 and list(rows[0]) == ["step", "forecast", "actual"]
+    # a point model's band: calibrated on backtests by default (tests/test_forecast_calibration_command.py)
+    assert len(rows) == 30 and list(rows[0]) == ["step", "forecast", "actual", "q0.1", "q0.9"]
     forecast = np.array([float(r["forecast"]) for r in rows])
     actual = np.array([float(r["actual"]) for r in rows])
     assert np.all(np.isfinite(forecast)) and np.all(np.abs(forecast - actual) < 20)   # data units, near ~150

@@ -3,7 +3,8 @@
 CSV: `step,forecast,actual` for the first feature, then `forecast_J,actual_J` for each
 further feature J (1-based after the first: `forecast_1` is the second feature), then for a
 quantile model (train.loss = "quantile") `q<level>` per quantile of the first feature (`q0.1,q0.5,q0.9`)
-and `q<level>_J` of feature J; `step` is
+and `q<level>_J` of feature J (a point model's calibrated band: `q0.1,q0.9`; the JSON's
+`calibration` says whether they are calibrated, mpirnn/inference/forecast_band.py); `step` is
 1 for the first step after the last observed one; values in data units with every digit
 (repr of the float64); `actual` empty where the val split has no value. All three are built
 in memory here and written whole by the caller (mpirnn/inference/command.py write_whole).
@@ -49,9 +50,10 @@ def forecast_json(result: dict) -> bytes:
 
 
 def forecast_plot(history: np.ndarray, forecast: np.ndarray, actual: np.ndarray, seasonal: np.ndarray | None,
-                  fmt: str, title: str, quantiles: np.ndarray | None = None, levels=()) -> bytes:
+                  fmt: str, title: str, quantiles: np.ndarray | None = None, levels=(),
+                  band: str = "quantile band") -> bytes:
     """The first feature: observed history (steps <= 0), forecast and actual (steps 1..H), and the
-    band between the outermost quantiles of a quantile model."""
+    band between the outermost quantiles (a quantile model's, or a calibrated one: `band` names it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +70,7 @@ def forecast_plot(history: np.ndarray, forecast: np.ndarray, actual: np.ndarray,
         axes.plot(ahead, seasonal[:, 0], color="tab:orange", linewidth=1, linestyle="--", label="seasonal naive")
     if quantiles is not None:
         axes.fill_between(ahead, quantiles[:, 0, 0], quantiles[:, 0, -1], color="tab:blue", alpha=0.2,
-                          linewidth=0, label=f"{levels[0]:g}-{levels[-1]:g} quantile band")
+                          linewidth=0, label=f"{levels[0]:g}-{levels[-1]:g} {band}")
     axes.plot(ahead, forecast[:, 0], color="tab:blue", linewidth=1.8, label="forecast")
     axes.axvline(0.5, color="0.6", linewidth=0.8, linestyle=":")
     axes.set_xlabel("step (0 = last observed)")
