@@ -61,6 +61,9 @@ class DataConfig:
                                    "or 52 weekly, 12 monthly, 7 daily, 24 hourly with --time-column); [] = none")
     calendar: bool = doc(True, "series with a time column: add the calendar of the predicted step (sin/cos of "
                                "the phases of its year, week, day, as the frequency has them) to the inputs")
+    holdout: int = doc(0, "series: hold the last this many steps of the train split out of the training windows, so "
+                          "that `forecast` calibrates its band on steps the model never trained on (out of sample; "
+                          "docs/forecasting.md, \"Calibrated bands\"); 0 = train on every step")
 
 
 @dataclass
@@ -310,6 +313,8 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"parallel.{axis} = {value}: use a positive degree, or -1 to infer it")
     if t.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"train.device = {t.device!r}: choose auto, cpu or cuda")
+    if isinstance(d.holdout, bool) or not isinstance(d.holdout, int) or d.holdout < 0:
+        raise ConfigError(f"data.holdout = {d.holdout!r}: give a number of steps, 0 (train on every step) or more")
     if d.windows not in WINDOWS:
         raise ConfigError(f"data.windows = {d.windows!r}: choose one of {', '.join(WINDOWS)}")
     if d.windows == "every" and t.stateful:

@@ -13,8 +13,9 @@ train.horizon = K predicts K steps at a time; one trained with train.loss = "qua
 its quantiles, scored by the pinball loss, a CRPS estimate and the coverage of the band between the
 outermost ones. The band (a point model's too: its forecast ± a width, at 0.1 and 0.9) is
 calibrated by split-conformal on K backtest forecasts from origins inside the train split
-(--calibrate K, default 40; --calibrate-from STEP: origins from that step on; --no-calibrate
-keeps the model's own quantiles, and a point model then has no band). Writes F.csv (step,forecast,actual[,q...]), F.json (rmse, mae, baselines.*, and
+(--calibrate K, default 40; --calibrate-from STEP: origins from that step on, by default the
+first step a model trained with data.holdout never saw; --no-calibrate keeps the model's own
+quantiles, and a point model then has no band). Writes F.csv (step,forecast,actual[,q...]), F.json (rmse, mae, baselines.*, and
 the quantile scores) and the plot; prints the same.
 Under `mpirun -n N` rank 0 computes with the whole model and the other ranks wait, so the
 numbers are those of one process. Format and rules: docs/inference.md.
@@ -61,10 +62,10 @@ def parse_args(argv):
                            f"{DEFAULT_ORIGINS}; fewer where fewer fit; docs/forecasting.md, 'Calibrated bands')")
     band.add_argument("--no-calibrate", action="store_true",
                       help="keep the model's own quantiles (a point model: no band)")
-    parser.add_argument("--calibrate-from", type=int, default=0, metavar="STEP",
-                        help="backtest origins at train-split step STEP or later: with --data holding a longer "
-                             "train split than the model was trained on, its length there makes the backtests "
-                             "out of sample")
+    parser.add_argument("--calibrate-from", type=int, metavar="STEP",
+                        help="backtest origins at train-split step STEP or later (default: the first of the steps "
+                             "data.holdout kept out of training, else 0): with --data holding a longer train split "
+                             "than the model was trained on, its length there makes the backtests out of sample")
     return parser.parse_args(argv)
 
 
@@ -85,6 +86,7 @@ class Job:
     trained_horizon: int = 1   # train.horizon of the checkpoint: steps its head predicts at once
     calibrate: int = 0         # backtests to calibrate the band on (0: the model's own quantiles)
     calibrate_from: int = 0    # the earliest backtest origin allowed (a train-split step)
+    held_out: int = 0          # train-split steps from calibrate_from on, when data.holdout kept them out of training
 
 
 def check_request(args, located) -> Job:
@@ -109,7 +111,11 @@ def check_request(args, located) -> Job:
         raise ConfigError(f"--calibrate {args.calibrate}: calibrate on 1 or more backtests (default "
                           f"{DEFAULT_ORIGINS}), or pass --no-calibrate to keep the model's own quantiles")
     back = info.inputs.back if info.input_width else 0
-    if not 0 <= args.calibrate_from < train.length:
+    calibrate_from, held_out = args.calibrate_from, 0
+    if calibrate_from is None:
+        calibrate_from = held_out_start(cfg, train, args.data)
+        held_out = train.length - calibrate_from if calibrate_from else 0
+    elif not 0 <= calibrate_from < train.length:
         raise ConfigError(f"--calibrate-from {args.calibrate_from}: give a step of the train split, 0 to "
                           f"{train.length - 1}")
     if not 1 <= context <= train.length - back:
@@ -146,7 +152,25 @@ def check_request(args, located) -> Job:
             raise ConfigError("--plot needs matplotlib: pip install 'mpirnn[plots]'") from None
     return Job(info, train, val, args.horizon, context, season, csv, csv.with_suffix(".json"), plot,
                not args.no_actuals, cfg.train.horizon, 0 if args.no_calibrate else args.calibrate,
-               args.calibrate_from)
+               calibrate_from, held_out)
+
+
+def held_out_start(cfg, train, data_arg) -> int:
+    """The first train-split step a model trained with data.holdout never trained on (0: none). With
+    --data another dataset of the same series, the held-out steps start where they did in the one it
+    trained on (data.path), and every step after that one's train split is unseen too."""
+    from mpirnn.data.manifest import load_manifest
+
+    if not cfg.data.holdout:
+        return 0
+    trained = train
+    if data_arg is not None:
+        try:
+            trained = load_manifest(cfg.data.path)
+        except (DataError, OSError):
+            return 0   # the dataset it trained on is not here: backtests from step 0 (--calibrate-from to choose)
+    start = trained.length - cfg.data.holdout
+    return start if 0 < start < train.length else 0
 
 
 # A forecast this many times longer than the trained horizon runs mostly on its own predictions.
@@ -196,7 +220,7 @@ def run(job: Job, located) -> None:
         quantiles, levels, calibration = forecast_band.calibrated(
             model, job.train, forecast, quantiles, levels, H, job.context, job.info.normalization, inputs,
             job.calibrate, job.calibrate_from)
-        print(forecast_band.calibration_line(calibration, levels), flush=True)
+        print(forecast_band.calibration_line(calibration, levels, job.held_out), flush=True)
     actual = np.full((H, F), np.nan)
     if job.val is not None:
         known = min(H, job.val.length)
@@ -207,7 +231,7 @@ def run(job: Job, located) -> None:
     result = summary(job, located, forecast, actual, forecasting.last_value(history, H), seasonal,
                      quantiles, levels)
     result.update(forecast_band.calibration_json(job.calibrate, calibration, raw, actual,
-                                                 model.predicts.quantiles, job.scored))
+                                                 model.predicts.quantiles, job.scored, job.held_out))
     files = {job.csv: forecast_files.forecast_csv(forecast, actual, quantiles, levels),
              job.json: forecast_files.forecast_json(result)}
     if job.plot is not None:

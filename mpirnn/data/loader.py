@@ -23,12 +23,18 @@ from mpirnn.data.sampler import lane_batch, lane_restarts, sequential_batches, s
 from mpirnn.errors import DataError
 
 
+def training_end(manifest: Manifest, cfg) -> int:
+    """Where a stream's training windows stop: its end, less the steps data.holdout keeps for
+    `forecast` to calibrate on (docs/forecasting.md, "Calibrated bands"). Rows: their count."""
+    return manifest.length - (cfg.data.holdout if manifest.is_stream else 0)
+
+
 def training_stride(manifest: Manifest, cfg) -> int | None:
     """Steps between the starts of training windows (None: rows, not a stream)."""
     if not manifest.is_stream:
         return None
-    return window_stride(cfg.data.windows, manifest.kind, cfg.train.stateful, cfg.data.seq_len, manifest.length,
-                         cfg.data.batch_size, steps_ahead(cfg.train))
+    return window_stride(cfg.data.windows, manifest.kind, cfg.train.stateful, cfg.data.seq_len,
+                         training_end(manifest, cfg), cfg.data.batch_size, steps_ahead(cfg.train))
 
 
 def first_window(inputs: ModelInputs | None) -> int:
@@ -40,7 +46,8 @@ class BatchLoader:
     def __init__(self, manifest: Manifest, cfg, reads: Reads, device, dtype, rank: int = 0):
         # Lags and calendar (mpirnn/data/model_inputs.py) widen the inputs; None: the stored values.
         self.inputs = resolve_inputs(manifest, cfg)
-        self.reader = Reader(manifest, training_stride(manifest, cfg), first_window(self.inputs))
+        self.reader = Reader(manifest, training_stride(manifest, cfg), first_window(self.inputs),
+                             training_end(manifest, cfg))
         self.rank = rank  # for fault injection in tests only
         self.seq_len, self.batch_size = cfg.data.seq_len, cfg.data.batch_size
         self.seed, self.stateful = cfg.train.seed, cfg.train.stateful

@@ -23,10 +23,12 @@ from mpirnn.data.shard_files import ShardFiles
 class Reader:
     """Windows of one split of a dataset (the split `manifest` describes)."""
 
-    def __init__(self, manifest: Manifest, stride: int | None = None, origin: int = 0):
+    def __init__(self, manifest: Manifest, stride: int | None = None, origin: int = 0, end: int | None = None):
         """`stride`: steps between the starts of a stream's windows (None: seq_len, non-overlapping);
-        `origin`: the first window's start (the steps before it are read only as lagged inputs)."""
+        `origin`: the first window's start (the steps before it are read only as lagged inputs);
+        `end`: no window reaches step `end` or later (data.holdout; None: the stream's end)."""
         self.manifest, self.stride, self.origin = manifest, stride, origin
+        self.end = manifest.length if end is None else end
         self.normalization = manifest.normalization
         self._open = ShardFiles(manifest)
         self._starts = self._open.starts
@@ -42,7 +44,7 @@ class Reader:
         m = self.manifest
         if m.is_stream:
             stride = self.stride or seq_len
-            return max(0, (m.length - self.origin - 1 - seq_len) // stride + 1)
+            return max(0, (self.end - self.origin - 1 - seq_len) // stride + 1)
         return m.length if seq_len + 1 <= m.seq_len else 0
 
     def read_span(self, start: int, stop: int) -> np.ndarray:

@@ -34,23 +34,27 @@ def calibrated(model, train, forecast, quantiles, levels, horizon: int, context:
     return result, band_levels, info
 
 
-def calibration_line(calibration, levels) -> str:
-    """One printed line: what the band was calibrated on, or why it was not."""
+def calibration_line(calibration, levels, held_out: int = 0) -> str:
+    """One printed line: what the band was calibrated on, or why it was not. `held_out`: the
+    steps data.holdout kept out of training, which the backtests were scored on."""
     if isinstance(calibration, str):
         return f"mpirnn: note: band not calibrated: {calibration}"
+    where = (f"out of sample: the model never trained on the last {held_out} train steps (data.holdout)"
+             if held_out else "--no-calibrate: the model's own band")
     return (f"{levels[0]:g}-{levels[-1]:g} band calibrated (split-conformal, {calibration.method}) on "
             f"{calibration.origins} backtests from origins at train steps {calibration.first_origin}.."
-            f"{calibration.last_origin}, every {calibration.stride} (--no-calibrate: the model's own band)")
+            f"{calibration.last_origin}, every {calibration.stride} ({where})")
 
 
-def calibration_json(count: int, calibration, raw, actual, head_levels, scored: bool) -> dict:
-    """`calibration` ({"calibrated": false, "reason": ...} when not), and for a calibrated quantile
-    model `uncalibrated`: the coverage and pinball loss of its own band, first feature."""
+def calibration_json(count: int, calibration, raw, actual, head_levels, scored: bool, held_out: int = 0) -> dict:
+    """`calibration` ({"calibrated": false, "reason": ...} when not; `held_out`: the steps data.holdout
+    kept out of training, where the backtests start), and for a calibrated quantile model
+    `uncalibrated`: the coverage and pinball loss of its own band, first feature."""
     if not count:
         return {"calibration": {"calibrated": False, "reason": "--no-calibrate"}}
     if isinstance(calibration, str):
         return {"calibration": {"calibrated": False, "reason": calibration}}
-    out = {"calibration": calibration.to_json()}
+    out = {"calibration": {**calibration.to_json(), "held_out": held_out}}
     if raw is not None and len(head_levels) >= 2:
         scores = quantile_scores(raw, actual, head_levels)[0] if scored else {"coverage": None, "pinball": None}
         out["uncalibrated"] = {"coverage": scores["coverage"], "pinball": scores["pinball"]}

@@ -8,7 +8,7 @@ themselves know only what a rank reads (mpirnn/data/reads.py).
 
 from __future__ import annotations
 
-from mpirnn.data.loader import first_window, training_stride
+from mpirnn.data.loader import first_window, training_end, training_stride
 from mpirnn.data.model_inputs import resolve_inputs
 from mpirnn.data.manifest import Manifest
 from mpirnn.data.reader import Reader
@@ -20,6 +20,7 @@ from mpirnn.parallel.plan import make_plan
 def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     """Refuse a dataset that cannot serve this config, with what to change."""
     d = cfg.data
+    check_holdout(manifest, cfg)
     if manifest.has_lengths and not manifest.task_spec.labelled:
         raise DataError(f"data.path {manifest.root} holds token rows of different lengths without labels "
                         f"(token_sequences): mpirnn trains tag, classify and regress on such rows, and 'next' on "
@@ -37,11 +38,13 @@ def check_fit(manifest: Manifest, cfg, grid: Grid) -> None:
     check_plan(cfg, grid)
     stride = training_stride(manifest, cfg)
     inputs = resolve_inputs(manifest, cfg)
-    windows = Reader(manifest, stride, first_window(inputs)).n_windows(d.seq_len)
+    windows = Reader(manifest, stride, first_window(inputs), training_end(manifest, cfg)).n_windows(d.seq_len)
     if windows < d.batch_size:
         every = " (windows at every step: data.windows = every)" if stride == 1 else ""
         if inputs is not None and inputs.back:
             every += f" (starting {inputs.back} steps in, for lags {list(inputs.lags)}: data.lags)"
+        if d.holdout:
+            every += f" (before the last {d.holdout} steps, which data.holdout keeps out of training)"
         raise DataError(f"{manifest.root} holds {windows} sequences of {d.seq_len} steps{every}, fewer than one "
                         f"batch of {d.batch_size}: use more data, a shorter data.seq_len or a smaller data.batch_size")
 
@@ -58,6 +61,19 @@ def check_labelled_fit(manifest: Manifest, cfg, grid: Grid) -> None:
         raise DataError(f"{manifest.root} holds {manifest.length} rows, fewer than one batch of {d.batch_size}: use a "
                         f"smaller data.batch_size")
     check_plan(cfg, grid)
+
+
+def check_holdout(manifest: Manifest, cfg) -> None:
+    """data.holdout keeps the end of a series for `forecast`'s calibration: nothing else has one."""
+    holdout = cfg.data.holdout
+    if not holdout:
+        return
+    if manifest.kind != "series":
+        raise DataError(f"data.holdout = {holdout} but {manifest.root} holds {manifest.kind}: only a series stream "
+                        f"keeps its last steps out of training (for forecast's calibrated band); set data.holdout = 0")
+    if holdout >= manifest.length:
+        raise DataError(f"data.holdout = {holdout} holds out every step of {manifest.root}'s train split "
+                        f"({manifest.length} steps): hold out fewer steps")
 
 
 def check_rows_per_rank(batch_size: int, grid: Grid) -> None:
