@@ -123,7 +123,7 @@ def test_fasta_without_labels_is_token_rows_of_task_next(tmp_path):
     assert sorted(batch.lengths.tolist() + val.lengths.tolist()) == [2, 4, 4, 12]
     assert run_data_cli("validate", tmp_path / "ds").returncode == 0
     with pytest.raises(DataError, match="token rows of different lengths without labels"):
-        check_fit(m, SimpleNamespace(data=SimpleNamespace(batch_size=2, seq_len=4)), None)
+        check_fit(m, SimpleNamespace(data=SimpleNamespace(batch_size=2, seq_len=4, holdout=0)), None)
     out = tmp_path / "out"
     assert_refused(run_data_cli("prepare", "--out", out, "--fasta", tmp_path / "seqs.fa",
                                 "--task", "classify"), out, "--task only applies with --labels")

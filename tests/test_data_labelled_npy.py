@@ -170,7 +170,7 @@ def test_validation_finds_a_label_out_of_range(tmp_path, rows):
 def test_the_trainer_refuses_stateful_training_on_labelled_rows(tmp_path, rows):
     m = prepare_labelled_npy(tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "ds",
                              lengths=tmp_path / "l.npy")
-    cfg = SimpleNamespace(data=SimpleNamespace(batch_size=4, seq_len=12), train=SimpleNamespace(stateful=True))
+    cfg = SimpleNamespace(data=SimpleNamespace(batch_size=4, seq_len=12, holdout=0), train=SimpleNamespace(stateful=True))
     with pytest.raises(DataError, match=r"train.stateful = true but .* holds labelled rows"):
         check_fit(m, cfg, None)
 
