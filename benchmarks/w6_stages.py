@@ -23,17 +23,11 @@ import time
 import torch
 from mpi4py import MPI
 
-from mpirnn.config import Config
-from mpirnn.data.labelled_targets import LabelledTargets
 from mpirnn.distributed.device import flush_denormals, keep_freed_memory
 from mpirnn.distributed.mesh import Comms
 from mpirnn.distributed.trace import Tracer
 from mpirnn.grid import Grid
-from mpirnn.models import build_model
-from mpirnn.parallel.plan import make_plan
-from mpirnn.parallel.shard import stage_model
-from mpirnn.parallel.step import StepRunner
-from mpirnn.tools.bench_bidirectional import W6
+from mpirnn.tools.bench_bidirectional import W6, build_step
 from mpirnn.tools.pipeline_trace import breakdown, nested_free
 
 
@@ -45,30 +39,16 @@ def main(sp: int, pp: int, microbatches: int, steps: int = 4096) -> None:
     s = dict(W6, seq_len=steps)
     comms = Comms.create(Grid(world.size, sp=sp, pp=pp), world)
     comms.timer.tracer = tracer = Tracer(comms.rank, enabled=True)
-    cfg = Config()
-    for key in ("cell", "hidden", "layers", "embed"):
-        setattr(cfg.model, key, s[key])
-    cfg.model.bidirectional = True
-    model = build_model(cfg, features=s["features"], outputs=s["classes"])
-    plan = make_plan(comms.grid, comms.coords, batch_size=s["batch"], seq_len=s["seq_len"], layers=s["layers"],
-                     cell=s["cell"], microbatches=microbatches, hidden=s["hidden"], bidirectional=True)
-    model = stage_model(model, plan, None)
-    runner = StepRunner(model, plan, comms, bucket_mb=4.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(s["batch"], s["seq_len"], s["features"], generator=g)
-    labels = torch.randint(0, s["classes"], (s["batch"], s["seq_len"]), generator=g)
-    lengths = torch.full((s["batch"],), s["seq_len"])
-    rows, segment = slice(*plan.rows), slice(*plan.segment)
-    targets = LabelledTargets("tag", labels[rows, segment], lengths[rows], plan.segment[0])
+    step = build_step(s, comms, microbatches)   # the bench's own step (mpirnn/tools/bench_bidirectional.py)
+    model, plan, runner, optimizer = step.model, step.plan, step.runner, step.optimizer
     walls, parts = [], None
     for index in range(4):   # one warm-up step, three timed
-        state = model.zero_state(plan.local_rows, inputs, range(*plan.layers))
+        state = model.zero_state(plan.local_rows, step.inputs, range(*plan.layers))
         optimizer.zero_grad(set_to_none=True)
         world.Barrier()
         tracer.events.clear()
         started = time.perf_counter()
-        runner(inputs[rows, segment], targets, state, float(s["batch"] * s["seq_len"]))
+        runner(step.local_inputs, step.targets, state, step.norm)
         optimizer.step()
         wall = time.perf_counter() - started
         world.Barrier()

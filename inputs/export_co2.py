@@ -11,26 +11,19 @@ frequency, and training adds the time of year and the value one season back by i
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
+
+from statsmodels_csv import export_csv
+
+
+def rows(frame):
+    for week, value in zip(frame.index, frame["co2"]):
+        yield f"{week.date()},{'' if math.isnan(value) else value}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the CSV to write")
-    args = parser.parse_args()
-    try:
-        from statsmodels.datasets import co2
-    except ImportError:
-        raise SystemExit("export_co2: needs statsmodels: pip install 'mpirnn[examples]'") from None
-    frame = co2.load_pandas().data
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as out:
-        out.write("date,co2\n")
-        for week, value in zip(frame.index, frame["co2"]):
-            out.write(f"{week.date()},{'' if math.isnan(value) else value}\n")
-    print(f"wrote {args.out}: {len(frame)} weeks, {int(frame['co2'].isna().sum())} missing")
+    out, frame = export_csv(__doc__, "export_co2", "co2", "date,co2", rows)
+    print(f"wrote {out}: {len(frame)} weeks, {int(frame['co2'].isna().sum())} missing")
 
 
 if __name__ == "__main__":

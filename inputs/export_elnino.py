@@ -11,28 +11,20 @@ example that uses it: docs/forecasting.md, "A second series".
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from statsmodels_csv import export_csv
 
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 
 
+def rows(frame):
+    for _, row in frame.iterrows():
+        for month, name in enumerate(MONTHS, start=1):
+            yield f"{int(row['YEAR'])}-{month:02d}-01,{float(row[name])!r}"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="the CSV to write")
-    args = parser.parse_args()
-    try:
-        from statsmodels.datasets import elnino
-    except ImportError:
-        raise SystemExit("export_elnino: needs statsmodels: pip install 'mpirnn[examples]'") from None
-    frame = elnino.load_pandas().data
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as out:
-        out.write("date,sst\n")
-        for _, row in frame.iterrows():
-            for month, name in enumerate(MONTHS, start=1):
-                out.write(f"{int(row['YEAR'])}-{month:02d}-01,{float(row[name])!r}\n")
-    print(f"wrote {args.out}: {len(frame) * 12} months")
+    out, frame = export_csv(__doc__, "export_elnino", "elnino", "date,sst", rows)
+    print(f"wrote {out}: {len(frame) * 12} months")
 
 
 if __name__ == "__main__":

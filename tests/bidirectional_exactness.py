@@ -20,40 +20,22 @@ from __future__ import annotations
 import pytest
 import torch
 from mpi4py import MPI
-from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from exactness import HIDDEN, TOLERANCE, grids
-from labelled_exactness import (CLASSES, FEATURES, FUSED, ROWS, STEPS, TARGETS, VOCAB, make_labelled_batch,
+from exactness import HIDDEN, grids
+from labelled_exactness import (FUSED, ROWS, STEPS, check_grids, fused_stack, make_labelled_batch,
+                                make_labelled_model, on_grid as labelled_on_grid, packed_labels, stacked_grads,
                                 valid_elements)
-from mpirnn.data.labelled_targets import LabelledTargets
-from mpirnn.distributed.mesh import Comms
 from mpirnn.errors import ConfigError
 from mpirnn.grid import Grid
-from mpirnn.models.model import RecurrentModel
 from mpirnn.parallel.plan import make_plan
-from mpirnn.parallel.shard import row_blocks, stage_model, take_rows
-from mpirnn.parallel.step import StepRunner
-from mpirnn.parallel.tensor import TensorGroup
-from support import TEST_DEVICE
 
 world = MPI.COMM_WORLD
-KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-def make_bidirectional_model(cell, task, layers, dtype=torch.float64):
-    tokens = task == "tag"
-    torch.manual_seed(1234)
-    model = RecurrentModel(cell, hidden=HIDDEN, layers=layers, embed=5, vocab_size=VOCAB if tokens else None,
-                           features=None if tokens else FEATURES, outputs=TARGETS if task == "regress" else CLASSES,
-                           bidirectional=True)
-    return model.to(device=TEST_DEVICE, dtype=dtype)
 
 
 def reference(cell, task, layers):
     """(loss, {serial parameter name: gradient}) from a model that never sees a padded step."""
-    model = make_bidirectional_model(cell, task, layers)
+    model = make_labelled_model(cell, task, layers, bidirectional=True)
     inputs, labels, lengths = make_labelled_batch(task)
     if cell in FUSED:
         steps, ends, stacked, scored = _packed(model, cell, layers, inputs, labels, lengths)
@@ -70,10 +52,7 @@ def reference(cell, task, layers):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     if stacked is not None:
-        for i in range(layers):
-            for kind in KINDS:
-                for suffix in ("", "_reverse"):
-                    grads[f"layers.{i}.{kind}_l0{suffix}"] = getattr(stacked, f"{kind}_l{i}{suffix}").grad.clone()
+        grads.update(stacked_grads(stacked, layers, bidirectional=True))
     return float(loss.detach()), grads
 
 
@@ -81,20 +60,9 @@ def _packed(model, cell, layers, inputs, labels, lengths):
     """PyTorch's stacked bidirectional layer, holding our layers' parameters, over the packed batch:
     (outputs at every valid step in packed order, [forward; reverse] ends per row, the module,
     the labels in packed order)."""
-    stacked = FUSED[cell](model.layers[0].input_size, HIDDEN, num_layers=layers, batch_first=True,
-                          bidirectional=True).to(device=TEST_DEVICE, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(layers):
-            for kind in KINDS:
-                for suffix in ("", "_reverse"):
-                    getattr(stacked, f"{kind}_l{i}{suffix}").copy_(getattr(model.layers[i], f"{kind}_l0{suffix}"))
-    model.layers = nn.ModuleList()   # only the embedding and head of `model` take part
-    packed = pack_padded_sequence(model.embed(inputs), lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, last = stacked(packed)
-    h_n = last[0] if cell == "lstm" else last
+    out, h_n, stacked = fused_stack(model, cell, layers, inputs, lengths, bidirectional=True)
     ends = torch.cat([h_n[-2], h_n[-1]], dim=1)   # the top layer's forward and reverse final states
-    scored = pack_padded_sequence(labels.unsqueeze(-1), lengths.cpu(), batch_first=True,
-                                  enforce_sorted=False).data.squeeze(-1) if labels.dim() == 2 else None
+    scored = packed_labels(labels, lengths) if labels.dim() == 2 else None
     return out.data, ends, stacked, scored
 
 
@@ -124,50 +92,16 @@ def _rows_alone(model, inputs, lengths):
 
 
 def on_grid(cell, task, layers, grid_shape, microbatches=0):
-    dp, sp, pp, tp = grid_shape
-    comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp))
-    try:
-        plan = make_plan(comms.grid, comms.coords, batch_size=ROWS, seq_len=STEPS, layers=layers, cell=cell,
-                         microbatches=microbatches, hidden=HIDDEN, bidirectional=True)
-        group = TensorGroup(comms.axis["tp"], HIDDEN, comms.timer) if tp > 1 else None
-        model = stage_model(make_bidirectional_model(cell, task, layers), plan, group)
-        inputs, labels, lengths = make_labelled_batch(task)
-        rows, segment = slice(*plan.rows), slice(*plan.segment)
-        mine = labels[rows, segment] if task == "tag" else labels[rows]
-        targets = LabelledTargets(task, mine, lengths[rows], plan.segment[0]) if plan.last_stage else None
-        local_inputs = inputs[rows, segment] if plan.first_stage else None
-        state = model.zero_state(plan.local_rows, inputs, range(*plan.layers))
-        norm = valid_elements(task, labels, False)
-        runner = StepRunner(model, plan, comms, bucket_mb=0.0005)
-        evaluated, _ = runner.evaluate(local_inputs, targets, state, norm, lengths=lengths[rows])
-        loss, _ = runner(local_inputs, targets, state, norm, lengths[rows])
-        torch.testing.assert_close(evaluated, loss.to(evaluated.dtype), **TOLERANCE[torch.float64])
-        total = torch.tensor([float(loss)], dtype=torch.float64)
-        comms.world.Allreduce(MPI.IN_PLACE, total.numpy(), MPI.SUM)
-        runner.reducer.remove()
-        grads = {n: (p.grad.clone(), row_blocks(model, n, plan)) for n, p in model.named_parameters()}
-        return float(total[0]), grads, plan
-    finally:
-        comms.free()
+    """One step on this grid, unweighted and without time chunks (refused with bidirectional layers):
+    tests/labelled_exactness.py's on_grid with bidirectional layers."""
+    return labelled_on_grid(cell, task, layers, grid_shape, False, microbatches, bidirectional=True)
 
 
 def check_bidirectional(cell, task, layers=2, microbatches=0, grid_list=None):
     """Every grid of this world size equals the reference; returns the grids checked."""
-    expected_loss, expected_grads = reference(cell, task, layers)
-    tolerance = TOLERANCE[torch.float64]
-    checked = []
-    for grid_shape in grid_list or grids(layers):
-        if grid_shape[0] > ROWS or microbatches > ROWS // grid_shape[0]:
-            continue
-        loss, grads, plan = on_grid(cell, task, layers, grid_shape, microbatches)
-        where = f"rank {world.rank}, dp×sp×pp×tp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {cell} {task}"
-        assert loss == pytest.approx(expected_loss, rel=tolerance["rtol"], abs=tolerance["atol"]), where
-        assert grads, where
-        for name, (grad, blocks) in grads.items():
-            torch.testing.assert_close(grad, take_rows(expected_grads[name], blocks), **tolerance,
-                                       msg=f"{where}: {name}")
-        checked.append(grid_shape)
-    return checked
+    return check_grids(reference(cell, task, layers),
+                       lambda grid_shape: on_grid(cell, task, layers, grid_shape, microbatches),
+                       f"{cell} {task}", layers, microbatches, grid_list)
 
 
 def check_refused(cell, layers=2):

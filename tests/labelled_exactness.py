@@ -39,13 +39,15 @@ ROWS, STEPS, VOCAB, FEATURES, CLASSES, TARGETS = 6, 23, 11, 3, 4, 2
 LENGTHS = torch.tensor([9, 23, 1, 17, 4, 12])
 WEIGHTS = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
 FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def make_labelled_model(cell, task, layers, dtype=torch.float64):
+def make_labelled_model(cell, task, layers, dtype=torch.float64, bidirectional=False):
     tokens = task == "tag"   # token inputs for tag (DNA-like), features for the others
     torch.manual_seed(1234)
     model = RecurrentModel(cell, hidden=HIDDEN, layers=layers, embed=5, vocab_size=VOCAB if tokens else None,
-                           features=None if tokens else FEATURES, outputs=TARGETS if task == "regress" else CLASSES)
+                           features=None if tokens else FEATURES, outputs=TARGETS if task == "regress" else CLASSES,
+                           bidirectional=bidirectional)
     return model.to(device=TEST_DEVICE, dtype=dtype)
 
 
@@ -100,42 +102,64 @@ def reference(cell, task, layers, weighted):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     if grads_from is not None:   # the recurrent layers' gradients come from PyTorch's stacked module
-        for i in range(layers):
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                grads[f"layers.{i}.{kind}_l0"] = getattr(grads_from, f"{kind}_l{i}").grad.clone()
+        grads.update(stacked_grads(grads_from, layers))
     return float(loss.detach()), grads
+
+
+def fused_stack(model, cell, layers, inputs, lengths, bidirectional=False):
+    """PyTorch's stacked layer (nn.RNN / nn.LSTM / nn.GRU), holding our layers' parameters, over the
+    packed batch: (its packed output, h_n, the module). Leaves only the embedding and head in `model`.
+    Shared with tests/bidirectional_exactness.py, which passes bidirectional=True."""
+    suffixes = ("", "_reverse") if bidirectional else ("",)
+    stacked = FUSED[cell](model.layers[0].input_size, HIDDEN, num_layers=layers, batch_first=True,
+                          bidirectional=bidirectional).to(device=TEST_DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(layers):
+            for kind in KINDS:
+                for suffix in suffixes:
+                    getattr(stacked, f"{kind}_l{i}{suffix}").copy_(getattr(model.layers[i], f"{kind}_l0{suffix}"))
+    model.layers = nn.ModuleList()   # only the embedding and head of `model` take part
+    packed = pack_padded_sequence(model.embed(inputs), lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, last = stacked(packed)
+    return out, (last[0] if cell == "lstm" else last), stacked
+
+
+def stacked_grads(stacked, layers, bidirectional=False) -> dict:
+    """The fused module's gradients under our layers' serial parameter names."""
+    suffixes = ("", "_reverse") if bidirectional else ("",)
+    return {f"layers.{i}.{kind}_l0{suffix}": getattr(stacked, f"{kind}_l{i}{suffix}").grad.clone()
+            for i in range(layers) for kind in KINDS for suffix in suffixes}
+
+
+def packed_labels(labels, lengths):
+    """Per-step labels [ROWS, STEPS] of every valid step, in the packed (time-major) order of a
+    packed output's .data."""
+    return pack_padded_sequence(labels.unsqueeze(-1), lengths.cpu(), batch_first=True,
+                                enforce_sorted=False).data.squeeze(-1)
 
 
 def packed_top(model, cell, layers, inputs, lengths, task):
     """PyTorch's stacked layer, holding our layers' parameters, over the packed batch."""
-    stacked = FUSED[cell](model.layers[0].input_size, HIDDEN, num_layers=layers, batch_first=True)
-    stacked = stacked.to(device=TEST_DEVICE, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(layers):
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(stacked, f"{kind}_l{i}").copy_(getattr(model.layers[i], f"{kind}_l0"))
-    model.layers = nn.ModuleList()   # only the embedding and head of `model` take part
-    packed = pack_padded_sequence(model.embed(inputs), lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, last = stacked(packed)
-    h_n = last[0] if cell == "lstm" else last
+    out, h_n, stacked = fused_stack(model, cell, layers, inputs, lengths)
     result = {"named": stacked, "last": h_n[-1]}
     if task == "tag":
         # out.data is every valid step, in time-major packed order; its labels in the same order.
         _, labels, _ = make_labelled_batch(task)
         result["steps"] = out.data
-        result["labels"] = pack_padded_sequence(labels.unsqueeze(-1), lengths.cpu(), batch_first=True,
-                                                enforce_sorted=False).data.squeeze(-1)
+        result["labels"] = packed_labels(labels, lengths)
     return result
 
 
-def on_grid(cell, task, layers, grid_shape, weighted, microbatches=0, chunks=0):
+def on_grid(cell, task, layers, grid_shape, weighted, microbatches=0, chunks=0, bidirectional=False):
+    """One step on this grid: (loss summed over the world, {name: (gradient, its row blocks)}, plan).
+    tests/bidirectional_exactness.py runs its grids through it with bidirectional=True."""
     dp, sp, pp, tp = grid_shape
     comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp))
     try:
         plan = make_plan(comms.grid, comms.coords, batch_size=ROWS, seq_len=STEPS, layers=layers, cell=cell,
-                         microbatches=microbatches, chunks=chunks, hidden=HIDDEN)
+                         microbatches=microbatches, chunks=chunks, hidden=HIDDEN, bidirectional=bidirectional)
         group = TensorGroup(comms.axis["tp"], HIDDEN, comms.timer) if tp > 1 else None
-        model = stage_model(make_labelled_model(cell, task, layers), plan, group)
+        model = stage_model(make_labelled_model(cell, task, layers, bidirectional=bidirectional), plan, group)
         inputs, labels, lengths = make_labelled_batch(task)
         rows, segment = slice(*plan.rows), slice(*plan.segment)
         weights = WEIGHTS.to(TEST_DEVICE) if weighted else None
@@ -157,19 +181,30 @@ def on_grid(cell, task, layers, grid_shape, weighted, microbatches=0, chunks=0):
         comms.free()
 
 
-def check_labelled(cell, task, layers=2, weighted=False, grid_list=None, microbatches=0, chunks=0):
-    expected_loss, expected_grads = reference(cell, task, layers, weighted)
+def check_grids(expected, run, what, layers, microbatches=0, grid_list=None):
+    """Every grid of this world size (or grid_list) that can run this batch: `run(grid_shape)`'s
+    step (on_grid's result) equals the reference `expected` (loss, gradients); returns the grids
+    checked. Shared by check_labelled and tests/bidirectional_exactness.py."""
+    expected_loss, expected_grads = expected
     tolerance = TOLERANCE[torch.float64]
+    checked = []
     for grid_shape in grid_list or grids(layers):
         if grid_shape[0] > ROWS or microbatches > ROWS // grid_shape[0]:
             continue   # data.batch_size < dp, and more microbatches than rows, are refused before compute
-        chained = mode_of(cell, grid_shape[1]) == "chain"
-        loss, grads, plan = on_grid(cell, task, layers, grid_shape, weighted, microbatches,
-                                    chunks if chained else 0)
-        where = f"rank {world.rank}, dp×sp×pp×tp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {cell} {task}"
+        loss, grads, plan = run(grid_shape)
+        where = f"rank {world.rank}, dp×sp×pp×tp={grid_shape}, M={plan.microbatches} C={plan.chunks}, {what}"
         assert loss == pytest.approx(expected_loss, rel=tolerance["rtol"], abs=tolerance["atol"]), where
         assert grads, where
         for name, (grad, blocks) in grads.items():
             torch.testing.assert_close(grad, take_rows(expected_grads[name], blocks), **tolerance,
                                        msg=f"{where}: {name}")
+        checked.append(grid_shape)
+    return checked
 
+
+def check_labelled(cell, task, layers=2, weighted=False, grid_list=None, microbatches=0, chunks=0):
+    def run(grid_shape):
+        chained = mode_of(cell, grid_shape[1]) == "chain"
+        return on_grid(cell, task, layers, grid_shape, weighted, microbatches, chunks if chained else 0)
+
+    check_grids(reference(cell, task, layers, weighted), run, f"{cell} {task}", layers, microbatches, grid_list)

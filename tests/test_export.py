@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import ROOT, make_token_dataset, train_under_mpirun
+from isolated_export import FORMATS, STANDALONE, run_isolated
+from support import make_token_dataset, train_under_mpirun
 
 from mpirnn.config import CELLS, load_config
 from mpirnn.data.normalization import Normalization
@@ -32,44 +33,27 @@ from mpirnn import checkpoint
 pytest.importorskip("onnxruntime", reason="pip install 'mpirnn[export]'")
 pytest.importorskip("safetensors", reason="pip install 'mpirnn[export]'")
 
-FORMATS = ("torch", "onnx", "safetensors")
 KINDS = {"tokens": ModelInfo("tokens", 11, None, None),
          "series": ModelInfo("series", None, 3, Normalization((5.0, -1.0, 0.5), (2.0, 0.0, 0.25)))}
-SITE = Path(torch.__file__).resolve().parents[1]
-STANDALONE = ROOT / "mpirnn" / "inference" / "standalone.py"
 
-# Runs in the isolated Python: opens every exported file of one format, writes outputs and metadata.
+# Runs in the isolated Python (after tests/isolated_export.py's PRELUDE): opens every exported file
+# of one format, writes outputs and metadata.
 OPEN = r"""
-import importlib.util, json, sys
-sys.path.append(SITE)
-try:
-    import mpirnn
-    sys.exit("mpirnn is importable: the check would prove nothing")
-except ImportError:
-    pass
-import torch
 inputs = torch.load(ROOT + "/inputs.pt")
 outputs, metadata = {}, {}
 for name, x in inputs.items():
     path = f"{ROOT}/{name}.{FORMAT}"
     if FORMAT == "torch":
-        extra = {"mpirnn.json": ""}
-        m = torch.jit.load(path, _extra_files=extra)
-        outputs[name], metadata[name] = m(x), json.loads(extra["mpirnn.json"])
+        m, metadata[name] = open_torch(path)
+        outputs[name] = m(x)
     elif FORMAT == "onnx":
-        import onnx, onnxruntime
+        import onnxruntime
         y = onnxruntime.InferenceSession(path).run(["y"], {"x": x.numpy()})[0]
         outputs[name] = torch.from_numpy(y)
-        metadata[name] = {p.key: p.value for p in onnx.load(path).metadata_props}
+        metadata[name] = onnx_metadata(path)
     else:
-        from safetensors import safe_open
-        spec = importlib.util.spec_from_file_location("standalone", ROOT + "/standalone.py")
-        standalone = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(standalone)
-        with safe_open(path, "pt") as f:
-            meta, serial = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-        m = standalone.from_serial(serial, json.loads(meta["config"]), json.loads(meta["dataset"]))
-        outputs[name], metadata[name] = m(x).detach(), meta
+        m, metadata[name] = open_safetensors(path)
+        outputs[name] = m(x).detach()
 torch.save({"outputs": outputs, "metadata": metadata}, f"{ROOT}/{FORMAT}-results.pt")
 """
 
@@ -88,14 +72,6 @@ def serial_output(model, x: torch.Tensor) -> torch.Tensor:
     """mpirnn's own serial model: the head over the whole stack from zero states."""
     with torch.no_grad():
         return model.head(model.run_stack(model.input(x), model.zero_state(x.shape[0], x))[0])
-
-
-def open_isolated(root: Path, fmt: str) -> dict:
-    code = f"SITE, ROOT, FORMAT = {str(SITE)!r}, {str(root)!r}, {fmt!r}\n{OPEN}"
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=root, capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0, done.stderr
-    return torch.load(root / f"{fmt}-results.pt")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +94,7 @@ def exported(tmp_path_factory):
             inputs[name] = x
             expected[name] = serial_output(build(locate(root / name))[0], x)
     torch.save(inputs, root / "inputs.pt")
-    return {fmt: open_isolated(root, fmt) for fmt in FORMATS}, expected
+    return {fmt: run_isolated(root, fmt, OPEN) for fmt in FORMATS}, expected
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -12,17 +12,14 @@ the targets in data units must equal predict's. docs/export.md, "Labelled models
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from support import ROOT
+from isolated_export import FORMATS, STANDALONE, run_isolated
 
 from mpirnn import checkpoint
 from mpirnn.config import load_config
@@ -37,7 +34,6 @@ from mpirnn.predict import main as predict
 pytest.importorskip("onnxruntime", reason="pip install 'mpirnn[export]'")
 pytest.importorskip("safetensors", reason="pip install 'mpirnn[export]'")
 
-FORMATS = ("torch", "onnx", "safetensors")
 N, T, F = 32, 9, 3
 TASKS = ("classify", "tag", "regress")
 # (cell, bidirectional): every cell bidirectional, and both kinds of cell in one direction.
@@ -49,20 +45,10 @@ ONNX_MODELS = (("lstm", True), ("minlstm", True), ("gru", False))
 DTYPES = {"torch": "float64", "safetensors": "float64", "onnx": "float32"}
 TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
 PAD = 1e3   # what the padded steps hold: far from the data, so a leak would show
-SITE = Path(torch.__file__).resolve().parents[1]
-STANDALONE = ROOT / "mpirnn" / "inference" / "standalone.py"
 
-# Runs in the isolated Python: each exported file on the raw val rows, as a user would run it.
+# Runs in the isolated Python (after tests/isolated_export.py's PRELUDE): each exported file on the raw
+# val rows, as a user would run it.
 OPEN = r"""
-import importlib.util, json, sys
-sys.path.append(SITE)
-try:
-    import mpirnn
-    sys.exit("mpirnn is importable: the check would prove nothing")
-except ImportError:
-    pass
-import numpy as np
-import torch
 rows = torch.load(ROOT + "/rows.pt")
 outputs = {}
 for name in rows["names"]:
@@ -70,20 +56,12 @@ for name in rows["names"]:
     valid = torch.arange(raw.shape[1])[None] < lengths[:, None]
     path = f"{ROOT}/{name}.{FORMAT}"
     if FORMAT == "torch":
-        extra = {"mpirnn.json": ""}
-        m = torch.jit.load(path, _extra_files=extra)
-        meta = json.loads(extra["mpirnn.json"])
+        m, meta = open_torch(path)
     elif FORMAT == "onnx":
-        import onnx, onnxruntime
-        meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+        import onnxruntime
+        meta = onnx_metadata(path)
     else:
-        from safetensors import safe_open
-        spec = importlib.util.spec_from_file_location("standalone", ROOT + "/standalone.py")
-        standalone = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(standalone)
-        with safe_open(path, "pt") as f:
-            meta, serial = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-        m = standalone.from_serial(serial, json.loads(meta["config"]), json.loads(meta["dataset"]))
+        m, meta = open_safetensors(path)
     norm = json.loads(meta["normalization"])
     x = (raw - torch.tensor(norm["mean"], dtype=raw.dtype)) / torch.tensor(norm["std"], dtype=raw.dtype)
     x = torch.where(valid[..., None], x, torch.full_like(x, PAD))
@@ -175,11 +153,7 @@ def exported(tmp_path_factory):
         torch.save({"raw": {task: raw.to(dtype) for task, (raw, _) in rows.items()},
                     "lengths": {task: lengths for task, (_, lengths) in rows.items()}, "names": names[fmt]},
                    root / "rows.pt")
-        code = f"SITE, ROOT, FORMAT, PAD = {str(SITE)!r}, {str(root)!r}, {fmt!r}, {PAD!r}\n{OPEN}"
-        done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=root, capture_output=True, text=True,
-                              timeout=240)
-        assert done.returncode == 0, done.stderr
-        results[fmt] = torch.load(root / f"{fmt}-results.pt")
+        results[fmt] = run_isolated(root, fmt, OPEN, PAD=PAD)
     return predicted, results
 
 

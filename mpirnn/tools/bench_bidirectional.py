@@ -25,17 +25,16 @@ with mpirun itself.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from mpirnn.perf.processes import KEEP_MEMORY
 from mpirnn.tools import side_by_side
-from mpirnn.tools.side_by_side import calibration, exact
+from mpirnn.tools.side_by_side import exact
 
 W6 = dict(cell="lstm", hidden=128, layers=2, embed=64, features=40, classes=10, batch=16, seq_len=4096)
 TINY = dict(hidden=16, embed=8, features=4, batch=8, seq_len=64)
@@ -53,34 +52,21 @@ def shape(tiny: bool) -> dict:
 # ------------------------------------------------------------------ one run (an MPI rank)
 
 
-def run_worker(spec: dict) -> dict | None:
-    import numpy as np
+def build_step(s: dict, comms, microbatches: int) -> SimpleNamespace:
+    """W6's step on this rank, built as the trainer's own parts build it: the model cut to the
+    rank's stage, its StepRunner and Adam, the seeded batch (every row full length), this rank's
+    share of its inputs and its `tag` targets, and the loss's divisor. Shared with
+    benchmarks/w6_stages.py, which traces the same step."""
     import torch
-    from mpi4py import MPI
 
-    from mpirnn.config import Config
     from mpirnn.data.labelled_targets import LabelledTargets
-    from mpirnn.distributed.device import flush_denormals
-    from mpirnn.distributed.mesh import Comms
-    from mpirnn.grid import Grid
-    from mpirnn.models import build_model
     from mpirnn.parallel.plan import make_plan
     from mpirnn.parallel.shard import stage_model
     from mpirnn.parallel.step import StepRunner
-    from mpirnn.tools.workloads import SavedBytes
 
-    torch.set_num_threads(1)
-    flush_denormals()   # as training does
-    world = MPI.COMM_WORLD
-    s = shape(spec["tiny"])
-    comms = Comms.create(Grid(world.size, sp=spec["sp"], pp=spec["pp"]), world)
-    cfg = Config()
-    for key in ("cell", "hidden", "layers", "embed"):
-        setattr(cfg.model, key, s[key])
-    cfg.model.bidirectional = True
-    model = build_model(cfg, features=s["features"], outputs=s["classes"])
+    model = side_by_side.worker_model(s, bidirectional=True)
     plan = make_plan(comms.grid, comms.coords, batch_size=s["batch"], seq_len=s["seq_len"], layers=s["layers"],
-                     cell=s["cell"], microbatches=spec["microbatches"], hidden=s["hidden"], bidirectional=True)
+                     cell=s["cell"], microbatches=microbatches, hidden=s["hidden"], bidirectional=True)
     model = stage_model(model, plan, None)
     runner = StepRunner(model, plan, comms, bucket_mb=4.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -90,27 +76,43 @@ def run_worker(spec: dict) -> dict | None:
     lengths = torch.full((s["batch"],), s["seq_len"])   # every row full length
     rows, segment = slice(*plan.rows), slice(*plan.segment)
     targets = LabelledTargets("tag", labels[rows, segment], lengths[rows], plan.segment[0])
-    norm = float(s["batch"] * s["seq_len"])
+    return SimpleNamespace(model=model, plan=plan, runner=runner, optimizer=optimizer, inputs=inputs,
+                           local_inputs=inputs[rows, segment], targets=targets, norm=float(s["batch"] * s["seq_len"]))
+
+
+def run_worker(spec: dict) -> dict | None:
+    import numpy as np
+    import torch
+    from mpi4py import MPI
+
+    from mpirnn.distributed.device import flush_denormals
+    from mpirnn.distributed.mesh import Comms
+    from mpirnn.grid import Grid
+    from mpirnn.tools.workloads import SavedBytes
+
+    torch.set_num_threads(1)
+    flush_denormals()   # as training does
+    world = MPI.COMM_WORLD
+    comms = Comms.create(Grid(world.size, sp=spec["sp"], pp=spec["pp"]), world)
+    step = build_step(shape(spec["tiny"]), comms, spec["microbatches"])
+    model, plan, runner = step.model, step.plan, step.runner
     times, losses, saved = [], [], 0
     for index in range(spec["steps"] + 1):
-        state = model.zero_state(plan.local_rows, inputs, range(*plan.layers))
-        optimizer.zero_grad(set_to_none=True)
+        state = model.zero_state(plan.local_rows, step.inputs, range(*plan.layers))
+        step.optimizer.zero_grad(set_to_none=True)
         world.Barrier()
         started = time.perf_counter()
         if index == 0:   # the warm-up step: what autograd saves for backward
             with SavedBytes(model) as hook:
-                loss, _ = runner(inputs[rows, segment], targets, state, norm)
+                loss, _ = runner(step.local_inputs, step.targets, state, step.norm)
             saved = hook.bytes
         else:
-            loss, _ = runner(inputs[rows, segment], targets, state, norm)
-        optimizer.step()
-        elapsed = np.array([time.perf_counter() - started])
-        world.Allreduce(MPI.IN_PLACE, elapsed, MPI.MAX)   # a step ends when its slowest rank does
-        total = np.array([float(loss)])
-        world.Allreduce(MPI.IN_PLACE, total, MPI.SUM)
-        losses.append(float(total[0]))
+            loss, _ = runner(step.local_inputs, step.targets, state, step.norm)
+        step.optimizer.step()
+        elapsed, total = side_by_side.step_end(world, started, loss)
+        losses.append(total)
         if index:
-            times.append(float(elapsed[0]))
+            times.append(elapsed)
     every = np.zeros(world.size)
     world.Allgather(np.array([float(saved)]), every)
     runner.reducer.remove()
@@ -189,22 +191,17 @@ def verdicts(results: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpirnn.tools.bench_bidirectional", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    side_by_side.add_arguments(parser, steps=3, out="runs/bench/w6.json")
+    parser = side_by_side.parser_for("mpirnn.tools.bench_bidirectional", __doc__, steps=3, out="runs/bench/w6.json")
     parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
                         help="keep (default, as python -m mpirnn.bench): glibc keeps freed memory, so no step faults "
                              "its activations in again (training does the same); default: glibc's defaults")
     args = parser.parse_args(argv)
-    if side_by_side.run_as_worker(args, run_worker):
+    driven = side_by_side.drive(args, "mpirnn.tools.bench_bidirectional", run_worker, shape, RUNS, launch,
+                                ("step_times_s",), malloc=args.malloc)
+    if driven is None:
         return 0
     from mpirnn.host import cpu_model
-    s = shape(args.tiny)
-    cal = calibration(args, s)
-    pooled = side_by_side.run_interleaved(
-        "mpirnn.tools.bench_bidirectional", RUNS, args.repeat,
-        lambda spec, workdir: launch({**spec, "steps": args.steps, "tiny": args.tiny, "malloc": args.malloc}, workdir),
-        ("step_times_s",))
+    s, cal, pooled = driven
     results = []
     for r in pooled:
         r["median_step_s"] = statistics.median(r["step_times_s"])
@@ -213,12 +210,10 @@ def main(argv=None) -> int:
     text = table(results)
     print(text)
     print("\n".join(verdicts(results)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"shape": s, "cpu": cpu_model(), "malloc": args.malloc, "runs": results, "table": text,
-                               "verdicts": verdicts(results), "calibration": cal.path if cal else None,
-                               "load_avg_end": os.getloadavg()}, indent=1) + "\n")
-    print(f"{cpu_model()}; results in {out}")
+    side_by_side.write_results(args.out, {"shape": s, "cpu": cpu_model(), "malloc": args.malloc, "runs": results,
+                                          "table": text, "verdicts": verdicts(results),
+                                          "calibration": cal.path if cal else None,
+                                          "load_avg_end": os.getloadavg()})
     return 0
 
 

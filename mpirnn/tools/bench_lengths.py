@@ -20,8 +20,6 @@ seconds per thousand valid elements; the driver starts each run with mpirun itse
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,7 +29,7 @@ import numpy as np
 
 from mpirnn.host import cpu_model
 from mpirnn.tools import side_by_side
-from mpirnn.tools.side_by_side import calibration, exact
+from mpirnn.tools.side_by_side import exact
 
 W7 = dict(cell="lstm", hidden=256, layers=2, embed=64, features=12, classes=10, batch=64, shortest=100,
           longest=1400, rows=64 * 32)
@@ -74,12 +72,10 @@ def run_worker(spec: dict) -> dict | None:
     import torch
     from mpi4py import MPI
 
-    from mpirnn.config import Config
     from mpirnn.data.labelled_targets import LabelledTargets
     from mpirnn.distributed.device import flush_denormals, keep_freed_memory
     from mpirnn.distributed.mesh import Comms
     from mpirnn.grid import Grid
-    from mpirnn.models import build_model
     from mpirnn.parallel.plan import make_plan
     from mpirnn.parallel.shard import stage_model
     from mpirnn.parallel.step import StepRunner
@@ -90,10 +86,7 @@ def run_worker(spec: dict) -> dict | None:
     world = MPI.COMM_WORLD
     s = shape(spec["tiny"])
     comms = Comms.create(Grid(world.size, dp=spec["dp"], sp=spec["sp"]), world)
-    cfg = Config()
-    for key in ("cell", "hidden", "layers", "embed"):
-        setattr(cfg.model, key, s[key])
-    model = build_model(cfg, features=s["features"], outputs=s["classes"])
+    model = side_by_side.worker_model(s)
     lengths_all = row_lengths(s)
     if spec["fixed"]:   # every row the mean length of the bucketed batches: a fixed-length run
         lengths_all = np.full_like(lengths_all, int(np.mean([lengths_all[b].mean() for b in
@@ -121,13 +114,10 @@ def run_worker(spec: dict) -> dict | None:
         started = time.perf_counter()
         loss, _ = runner(inputs_all[mine, segment], targets, state, float(len(rows)), local_lengths, plan=step_plan)
         optimizer.step()
-        elapsed = np.array([time.perf_counter() - started])
-        world.Allreduce(MPI.IN_PLACE, elapsed, MPI.MAX)   # a step ends when its slowest rank does
-        total = np.array([float(loss)])
-        world.Allreduce(MPI.IN_PLACE, total, MPI.SUM)
-        losses.append(float(total[0]))
+        elapsed, total = side_by_side.step_end(world, started, loss)
+        losses.append(total)
         if index:   # the first step warms up
-            times.append(float(elapsed[0]))
+            times.append(elapsed)
             elements.append(int(lengths.sum()))
             longest_rows.append(int(lengths.max()))
     runner.reducer.remove()
@@ -193,18 +183,13 @@ def table(results: list[dict], s: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpirnn.tools.bench_lengths", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    side_by_side.add_arguments(parser, steps=4, out="runs/bench/w7.json")
+    parser = side_by_side.parser_for("mpirnn.tools.bench_lengths", __doc__, steps=4, out="runs/bench/w7.json")
     args = parser.parse_args(argv)
-    if side_by_side.run_as_worker(args, run_worker):
+    driven = side_by_side.drive(args, "mpirnn.tools.bench_lengths", run_worker, shape, RUNS, launch,
+                                ("step_times_s", "valid_elements", "longest"))
+    if driven is None:
         return 0
-    s = shape(args.tiny)
-    cal = calibration(args, s)
-    pooled = side_by_side.run_interleaved(
-        "mpirnn.tools.bench_lengths", RUNS, args.repeat,
-        lambda spec, workdir: launch({**spec, "steps": args.steps, "tiny": args.tiny}, workdir),
-        ("step_times_s", "valid_elements", "longest"))
+    s, cal, pooled = driven
     results = []
     for r in pooled:
         r["median_s_per_1000_elements"] = statistics.median(1000 * t / e for t, e in zip(r["step_times_s"],
@@ -213,13 +198,10 @@ def main(argv=None) -> int:
         results.append(r)
     text = table(results, s)
     print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"shape": s, "cpu": cpu_model(), "runs": results, "table": text,
-                               "calibration": cal.path if cal else None,
-                               "padding_bucketed": padding_share(s, True),
-                               "padding_unbucketed": padding_share(s, False)}, indent=1) + "\n")
-    print(f"{cpu_model()}; results in {out}")
+    side_by_side.write_results(args.out, {"shape": s, "cpu": cpu_model(), "runs": results, "table": text,
+                                          "calibration": cal.path if cal else None,
+                                          "padding_bucketed": padding_share(s, True),
+                                          "padding_unbucketed": padding_share(s, False)})
     return 0
 
 

@@ -1,7 +1,7 @@
 """What the side-by-side benchmarks W6 and W7 (bench_bidirectional.py, bench_lengths.py) share:
-their options, starting one run's MPI worker processes and running the rows interleaved, the
-calibration for the predicted column, and the exactness check of a run's losses against the
-1-rank run's.
+their options, starting one run's MPI worker processes and running the rows interleaved, a
+worker's model and the timing of its steps, the calibration for the predicted column, the
+exactness check of a run's losses against the 1-rank run's, and writing the results.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -50,6 +51,14 @@ def exact(run: dict, serial: dict) -> bool:
     return all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(run["losses"], serial["losses"]))
 
 
+def parser_for(module: str, doc: str, steps: int, out: str) -> argparse.ArgumentParser:
+    """`python -m module`'s parser, with the options both benchmarks take (add_arguments)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, steps=steps, out=out)
+    return parser
+
+
 def add_arguments(parser, steps: int, out: str) -> None:
     """The options both benchmarks take."""
     parser.add_argument("--steps", type=int, default=steps, help="timed steps per run (after one warm-up step)")
@@ -71,6 +80,22 @@ def run_as_worker(args, run_worker) -> bool:
     return True
 
 
+def drive(args, module: str, run_worker, shape, runs: list[dict], launch, pooled_lists: tuple[str, ...],
+          **spec) -> tuple | None:
+    """A benchmark's main after parsing: None on a worker rank (--worker: run_worker ran, see
+    run_as_worker); else (its shape, the calibration, the pooled runs) after every run of `runs`,
+    interleaved, each started by `launch(spec, workdir)` with --steps, --tiny and `spec` added."""
+    if run_as_worker(args, run_worker):
+        return None
+    s = shape(args.tiny)
+    cal = calibration(args, s)
+    pooled = run_interleaved(module, runs, args.repeat,
+                             lambda run, workdir: launch({**run, "steps": args.steps, "tiny": args.tiny, **spec},
+                                                         workdir),
+                             pooled_lists)
+    return s, cal, pooled
+
+
 def run_interleaved(module: str, runs: list[dict], repeat: int, start, pooled_lists: tuple[str, ...]) -> list[dict]:
     """Every run `repeat` times, interleaved (a burst of load elsewhere spoils one share of each
     row); one record per run with the lists named in `pooled_lists` joined over the repeats.
@@ -85,3 +110,38 @@ def run_interleaved(module: str, runs: list[dict], repeat: int, start, pooled_li
                 for key in pooled_lists:
                     first[key] += got[key]
     return list(pooled.values())
+
+
+def worker_model(s: dict, bidirectional: bool = False):
+    """The workload's model as training builds it from its config: the shape's cell, hidden,
+    layers and embed, its features in and one output per class."""
+    from mpirnn.config import Config
+    from mpirnn.models import build_model
+    cfg = Config()
+    for key in ("cell", "hidden", "layers", "embed"):
+        setattr(cfg.model, key, s[key])
+    cfg.model.bidirectional = bidirectional
+    return build_model(cfg, features=s["features"], outputs=s["classes"])
+
+
+def step_end(world, started: float, loss) -> tuple[float, float]:
+    """Where a timed step (begun at `started`, after a barrier) has run its optimizer: its seconds,
+    the slowest rank's (a step ends when its slowest rank does), and its loss summed over the ranks
+    (each holds its share of the global batch's)."""
+    seconds = time.perf_counter() - started   # first: the imports below are not the step's
+    import numpy as np
+    from mpi4py import MPI
+    elapsed = np.array([seconds])
+    world.Allreduce(MPI.IN_PLACE, elapsed, MPI.MAX)
+    total = np.array([float(loss)])
+    world.Allreduce(MPI.IN_PLACE, total, MPI.SUM)
+    return float(elapsed[0]), float(total[0])
+
+
+def write_results(out: str, record: dict) -> None:
+    """The benchmark's record as JSON at out (its folder made where missing), saying where."""
+    from mpirnn.host import cpu_model
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{cpu_model()}; results in {path}")
