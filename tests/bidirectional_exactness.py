@@ -23,12 +23,13 @@ from mpi4py import MPI
 from torch.nn import functional as F
 
 from exactness import HIDDEN, grids
-from labelled_exactness import (FUSED, ROWS, STEPS, check_grids, fused_stack, make_labelled_batch,
+from labelled_exactness import (EMBED, FUSED, ROWS, STEPS, check_grids, fused_stack, make_labelled_batch,
                                 make_labelled_model, on_grid as labelled_on_grid, packed_labels, stacked_grads,
                                 valid_elements)
 from mpirnn.errors import ConfigError
 from mpirnn.grid import Grid
 from mpirnn.parallel.plan import make_plan
+from mpirnn.parallel.shard import take_rows
 
 world = MPI.COMM_WORLD
 
@@ -95,6 +96,32 @@ def on_grid(cell, task, layers, grid_shape, microbatches=0):
     """One step on this grid, unweighted and without time chunks (refused with bidirectional layers):
     tests/labelled_exactness.py's on_grid with bidirectional layers."""
     return labelled_on_grid(cell, task, layers, grid_shape, False, microbatches, bidirectional=True)
+
+
+def offloading_grids(cell, layers, microbatches=0):
+    """The grids of this world size whose plan offloads reverse directions to the stage below
+    (pipelines at sp = tp = 1 whose upper stages do more work: mpirnn/parallel/plan.py)."""
+    found = []
+    for dp, sp, pp, tp in grids(layers):
+        if microbatches > ROWS // dp:
+            continue
+        grid = Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp)
+        plan = make_plan(grid, grid.coords(world.rank), batch_size=ROWS, seq_len=STEPS, layers=layers, cell=cell,
+                         microbatches=microbatches, hidden=HIDDEN, bidirectional=True, embed=EMBED)
+        if plan.offloaded:
+            found.append((dp, sp, pp, tp))
+    return found
+
+
+def check_gradients_differ(cell, task, grid_shape, layers=2, microbatches=0):
+    """Under a mutation that leaves the loss alone (the caller's monkeypatch), some rank's
+    gradients must NOT equal the reference's; every rank asserts the world's verdict."""
+    _, expected_grads = reference(cell, task, layers)
+    _, grads, _ = on_grid(cell, task, layers, grid_shape, microbatches)
+    differs = any(not torch.allclose(grad, take_rows(expected_grads[name], blocks), rtol=1e-6, atol=1e-9)
+                  for name, (grad, blocks) in grads.items())
+    assert world.allreduce(differs, op=MPI.LOR), \
+        f"rank {world.rank}, {grid_shape}, {cell} {task}: a mutated step still gave the reference's gradients"
 
 
 def check_bidirectional(cell, task, layers=2, microbatches=0, grid_list=None):

@@ -34,6 +34,9 @@ from support import TEST_DEVICE
 
 world = MPI.COMM_WORLD
 ROWS, STEPS, VOCAB, FEATURES, CLASSES, TARGETS = 6, 23, 11, 3, 4, 2
+# Narrower than a bidirectional layer's 2 x HIDDEN outputs, so that bidirectional pipelines offload
+# reverse directions to the stage below (mpirnn/parallel/plan.py `offload_reverse`).
+EMBED = 5
 # Unsorted, one row of a single step, one full row: segments and chunks that are all padding
 # for some rows and for whole microbatches.
 LENGTHS = torch.tensor([9, 23, 1, 17, 4, 12])
@@ -45,7 +48,7 @@ KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 def make_labelled_model(cell, task, layers, dtype=torch.float64, bidirectional=False):
     tokens = task == "tag"   # token inputs for tag (DNA-like), features for the others
     torch.manual_seed(1234)
-    model = RecurrentModel(cell, hidden=HIDDEN, layers=layers, embed=5, vocab_size=VOCAB if tokens else None,
+    model = RecurrentModel(cell, hidden=HIDDEN, layers=layers, embed=EMBED, vocab_size=VOCAB if tokens else None,
                            features=None if tokens else FEATURES, outputs=TARGETS if task == "regress" else CLASSES,
                            bidirectional=bidirectional)
     return model.to(device=TEST_DEVICE, dtype=dtype)
@@ -157,7 +160,8 @@ def on_grid(cell, task, layers, grid_shape, weighted, microbatches=0, chunks=0, 
     comms = Comms.create(Grid(world.size, dp=dp, sp=sp, pp=pp, tp=tp))
     try:
         plan = make_plan(comms.grid, comms.coords, batch_size=ROWS, seq_len=STEPS, layers=layers, cell=cell,
-                         microbatches=microbatches, chunks=chunks, hidden=HIDDEN, bidirectional=bidirectional)
+                         microbatches=microbatches, chunks=chunks, hidden=HIDDEN, bidirectional=bidirectional,
+                         embed=EMBED)
         group = TensorGroup(comms.axis["tp"], HIDDEN, comms.timer) if tp > 1 else None
         model = stage_model(make_labelled_model(cell, task, layers, bidirectional=bidirectional), plan, group)
         inputs, labels, lengths = make_labelled_batch(task)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 from test_perf_model import toy_calibration
@@ -15,7 +16,7 @@ from mpirnn.parallel.bidirectional_schedule import task_ticks
 from mpirnn.perf.bidirectional_chain import replay
 from mpirnn.perf.calibration import Calibration, _extra_per_unit
 from mpirnn.perf.ranking import best_microbatches, candidates
-from mpirnn.perf.step_model import Layout, Shape, invalid, predict, stage_tensors
+from mpirnn.perf.step_model import Layout, Shape, invalid, offloaded_of, predict, stage_tensors
 
 BI = Shape("lstm", layers=2, hidden=16, embed=16, batch=8, seq_len=64, vocab=None, bidirectional=True)
 ONE = Shape("lstm", layers=2, hidden=16, embed=16, batch=8, seq_len=64, vocab=None)
@@ -97,11 +98,29 @@ def test_pp_runs_one_chunk_and_microbatches_overlap_the_stages():
     cal = toy(step_per_row_s=1e-4)
     assert "one chunk" in invalid(BI, Layout(pp=2, microbatches=2, chunks=2))
     assert all(c == 1 for _, c in candidates(BI, dict(dp=1, sp=1, pp=2, tp=1)))
-    serial = predict(BI, Layout(), cal).parts["wavefront"]
-    got = predict(BI, Layout(pp=2, microbatches=4), cal)
+    # layer 0 reads 2H inputs as layer 1 does: equal stages, and the plan offloads nothing
+    even = replace(BI, embed=2 * BI.hidden)
+    assert offloaded_of(even, Layout(pp=2, microbatches=4)) == ()
+    serial = predict(even, Layout(), cal).parts["wavefront"]
+    got = predict(even, Layout(pp=2, microbatches=4), cal)
     assert got.bubble == pytest.approx(1 / 5)                            # (P−1)/(M+P−1)
     assert got.parts["wavefront"] == pytest.approx(serial / 2 / 4 * 5)   # equal stages here
     assert best_microbatches(BI, dict(dp=1, sp=1, pp=2, tp=1), cal).layout.chunks == 1
+
+
+def test_offloaded_reverse_directions_shorten_the_replayed_pipeline():
+    # W6's stages: layer 1 (reading 2H = 256) costs twice layer 0 (reading 64) per direction. By
+    # hand, with task costs 0.5 and 1: stage 1 starts at 1 (microbatch 0's layer 0) and then has
+    # 8 tasks of 1 to run, so the step is 9. With microbatches 1 and 3's reverse direction of layer
+    # 1 on stage 0 (its order: 0/0 f r, 1/0 f r, 1/1 r, 2/0 f r, 3/0 f r, 3/1 r; 6 in all), stage 1
+    # runs 0/1 f r from 1 to 3, 1/1 f to 4, 2/1 f r from 4 (2/0 done) to 6, 3/1 f to 7.
+    stages = [range(0, 1), range(1, 2)]
+    cost = lambda stage, task: 0.5 if task.layer == 0 else 1.0   # noqa: E731
+    assert replay(1, stages, 4, cost) == (9.0, 8.0)
+    assert replay(1, stages, 4, cost, offloaded=((), (1, 3))) == (7.0, 6.0)
+    w6 = Shape("lstm", layers=2, hidden=128, embed=64, batch=16, seq_len=4096, vocab=None, bidirectional=True)
+    assert offloaded_of(w6, Layout(pp=2, microbatches=4)) == ((), (1, 3))
+    assert offloaded_of(w6, Layout(pp=2, microbatches=4, sp=2)) == ()   # sp > 1: two chains instead
 
 
 def test_tp_splits_each_direction():

@@ -10,6 +10,7 @@ import pytest
 from mpirnn.errors import ConfigError
 from mpirnn.grid import Grid
 from mpirnn.parallel.plan import (CHUNKS_PER_STAGE, MAX_UNITS, MIN_AUTO_CHUNK_STEPS, bubble, check_grid_fits,
+                                  offload_reverse, spread,
                                   layers_of, make_plan, resolve_chunks, resolve_microbatches)
 from mpirnn.parallel.schedule import (Position, Unit, activation_grad_tag, activation_tag, backward_order, draw,
                                       forward_order, makespan, state_grad_tag, state_tag, timeline)
@@ -178,3 +179,34 @@ def test_pipeline_with_chunks_overlaps_at_one_microbatch():
     assert starts[(0, 0)] == [0, 1, 2, 3] and starts[(0, 1)] == [1, 2, 3, 4]
     table = draw(1, 2, 1, 4)
     assert "| s0 p1 | · | 0.0 | 0.1 | 0.2 | 0.3 |" in table
+
+
+def test_offloaded_reverse_directions_balance_the_stages():
+    # W6: one direction of layer 0 costs 64 + 128, of layer 1 256 + 128, so stage 1 does twice
+    # stage 0's work; two of four microbatches' reverse direction of layer 1 on stage 0 even them out
+    # (4 x 384 + 2 x 384 on each).
+    w6 = [range(0, 1), range(1, 2)]
+    assert offload_reverse([64, 256], 128, w6, 4) == ((), (1, 3))
+    assert offload_reverse([64, 256], 128, w6, 2) == ((), (1,))
+    assert offload_reverse([64, 256], 128, w6, 1) == ((), ())      # 768 either way: nothing gained
+    assert offload_reverse([256, 256], 128, w6, 4) == ((), ())     # equal stages
+    # three stages of 17, 36, 36 per direction (embed 5, H = 12), 3 microbatches: 102, 216, 216;
+    # moving 2 from stage 1 down and 1 from stage 2 down gives 174, 180, 180, the least busiest
+    # stage, which no single boundary's move reaches.
+    assert offload_reverse([5, 24, 24], 12, [range(0, 1), range(1, 2), range(2, 3)], 3) == ((), (1, 2), (2,))
+    assert spread(4, 8) == (1, 3, 5, 7) and spread(1, 4) == (3,) and spread(5, 5) == (0, 1, 2, 3, 4)
+
+
+def test_only_bidirectional_pipelines_of_fused_cells_at_sp_1_offload():
+    def plan(cell="lstm", bidirectional=True, embed=64, **axes):
+        axes = {"pp": 2, **axes}
+        ranks = axes["pp"] * axes.get("sp", 1) * axes.get("tp", 1)
+        grid = Grid(ranks, **axes)
+        return make_plan(grid, grid.coords(ranks - 1), batch_size=16, seq_len=64, layers=2, cell=cell,
+                         microbatches=4, hidden=128, bidirectional=bidirectional, embed=embed)
+    assert plan().offloaded == ((), (1, 3))
+    assert plan(embed=0).offloaded == ()              # no width given: nothing to balance by
+    assert plan(bidirectional=False).offloaded == ()
+    assert plan(cell="mingru").offloaded == ()
+    assert plan(sp=2).offloaded == ()
+    assert plan(tp=2).offloaded == ()

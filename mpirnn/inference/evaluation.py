@@ -178,7 +178,7 @@ def score_checkpoint(args, world, done, keep: bool = False, check=None):
         # One row per data-parallel group and one microbatch always fit; each batch's own plan follows.
         plan = agree(world, make_plan, grid, comms.coords, batch_size=grid.dp, seq_len=cfg.data.seq_len,
                      layers=cfg.model.layers, cell=cfg.model.cell, microbatches=1, chunks=cfg.parallel.chunks,
-                     hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional)
+                     hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional, embed=cfg.model.embed)
         model, _, _ = agree(world, build, located, device, cfg.model.dtype)
         group = TensorGroup(comms.axis["tp"], cfg.model.hidden, comms.timer) if grid.tp > 1 else None
         model = stage_model(model, plan, group)

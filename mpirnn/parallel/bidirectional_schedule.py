@@ -1,4 +1,4 @@
-"""The schedule of bidirectional layers under sequence parallelism, as data: tasks, their order, the bubble.
+"""The schedule of bidirectional layers across ranks, as data: tasks, their order, the bubble.
 
 A *task* is one direction of one layer over one microbatch on one segment. The forward
 direction of (microbatch m, layer l) on segment s needs the forward state of segment s-1; the
@@ -14,6 +14,10 @@ order can never deadlock (the earliest unfinished task in tick order can always 
 backward walks them in reverse. At sp = 2 this is the Deep Speech swap: segment 0 runs the
 forward direction of its half while segment 1 runs the reverse of its half, then each runs the
 other direction from the state the other sent, with no idle tick.
+
+A pipeline at sp = 1 may move the reverse direction of stage p's first layer, for some
+microbatches, onto stage p-1 (the plan's `offloaded`, `stage_of`): there it needs only the
+stage's own top layer of that microbatch, and it runs beside stage p's forward direction.
 
 Linear cells (the cross-rank scan, "scan" mode) run each direction of a layer as one collective
 of all segments of a stage, so every segment of a stage walks the same fixed order
@@ -40,14 +44,35 @@ class Task:
     direction: int   # FORWARD or REVERSE
 
 
-def task_ticks(segments: int, stage_layers: list[range], microbatches: int, scan: bool = False) -> dict:
+def stage_of(task: Task, stage_layers: list[range], offloaded: tuple = ()) -> int:
+    """The pipeline stage that runs `task`: its layer's, or the one below where the plan offloaded
+    the reverse direction of a stage's first layer for this microbatch (mpirnn/parallel/plan.py)."""
+    for p, layers in enumerate(stage_layers):
+        if task.layer in layers:
+            lent = (task.direction == REVERSE and task.layer == layers.start and p < len(offloaded)
+                    and task.microbatch in offloaded[p])
+            return p - 1 if lent else p
+    raise ValueError(f"layer {task.layer} is on no stage")
+
+
+def task_ticks(segments: int, stage_layers: list[range], microbatches: int, scan: bool = False,
+               offloaded: tuple = ()) -> dict:
     """{(segment, task): start tick} of every task of every rank, a task costing one tick.
 
-    `stage_layers`: each pipeline stage's layers. scan: no state edges between segments, and each
-    rank keeps the fixed (microbatch, layer, direction) order.
+    `stage_layers`: each pipeline stage's layers; `offloaded`: the plan's offloaded reverse
+    directions (each runs on the stage below its layer's). scan: no state edges between segments,
+    and each rank keeps the fixed (microbatch, layer, direction) order.
     """
-    pending = {(s, p): sorted(Task(m, l, d) for m in range(microbatches) for l in layers for d in (FORWARD, REVERSE))
-               for s in range(segments) for p, layers in enumerate(stage_layers)}
+    pending = {(s, p): [] for s in range(segments) for p in range(len(stage_layers))}
+    for m in range(microbatches):
+        for layers in stage_layers:
+            for l in layers:
+                for d in (FORWARD, REVERSE):
+                    task = Task(m, l, d)
+                    for s in range(segments):
+                        pending[(s, stage_of(task, stage_layers, offloaded))].append(task)
+    for tasks in pending.values():
+        tasks.sort()
     start: dict = {}
 
     def done(segment, task, tick):
@@ -83,29 +108,33 @@ def task_ticks(segments: int, stage_layers: list[range], microbatches: int, scan
 
 
 def rank_order(segment: int, segments: int, stage_layers: list[range], stage: int, microbatches: int,
-               scan: bool = False) -> list[Task]:
+               scan: bool = False, offloaded: tuple = ()) -> list[Task]:
     """The tasks rank (segment, stage) runs, in the order it runs them (backward: reversed)."""
-    return list(_rank_order(segment, segments, tuple(stage_layers), stage, microbatches, scan))
+    return list(_rank_order(segment, segments, tuple(stage_layers), stage, microbatches, scan, offloaded))
 
 
 @functools.lru_cache(maxsize=64)   # a run builds an executor per distinct step length (Plan.for_length)
-def _rank_order(segment, segments, stage_layers, stage, microbatches, scan) -> tuple:
-    ticks = task_ticks(segments, list(stage_layers), microbatches, scan)
-    mine = [(tick, task) for (s, task), tick in ticks.items() if s == segment and task.layer in stage_layers[stage]]
+def _rank_order(segment, segments, stage_layers, stage, microbatches, scan, offloaded) -> tuple:
+    ticks = task_ticks(segments, list(stage_layers), microbatches, scan, offloaded)
+    mine = [(tick, task) for (s, task), tick in ticks.items()
+            if s == segment and stage_of(task, list(stage_layers), offloaded) == stage]
     return tuple(task for _, task in sorted(mine))
 
 
-def bubble(segments: int, stage_layers: list[range], microbatches: int, scan: bool = False) -> float:
+def bubble(segments: int, stage_layers: list[range], microbatches: int, scan: bool = False,
+           offloaded: tuple = ()) -> float:
     """Idle fraction of the forward pass (backward mirrors it) with equal task costs: one minus the
     busiest rank's work over the makespan."""
-    ticks = task_ticks(segments, stage_layers, microbatches, scan)
-    work = 2 * microbatches * max(len(layers) for layers in stage_layers)
+    ticks = task_ticks(segments, stage_layers, microbatches, scan, offloaded)
+    work = max(sum(1 for (s, task) in ticks if stage_of(task, stage_layers, offloaded) == p)
+               for p in range(len(stage_layers))) // segments
     return 1 - work / (max(ticks.values()) + 1)
 
 
-def draw(segments: int, stage_layers: list[range], microbatches: int, scan: bool = False) -> str:
+def draw(segments: int, stage_layers: list[range], microbatches: int, scan: bool = False,
+         offloaded: tuple = ()) -> str:
     """A text table: one row per rank, one column per tick, `m/l f|r` where a task runs."""
-    ticks = task_ticks(segments, stage_layers, microbatches, scan)
+    ticks = task_ticks(segments, stage_layers, microbatches, scan, offloaded)
     length = max(ticks.values()) + 1
     lines = ["| rank (segment, stage) | " + " | ".join(f"t{t}" for t in range(length)) + " |",
              "|---|" + "---|" * length]
@@ -113,7 +142,7 @@ def draw(segments: int, stage_layers: list[range], microbatches: int, scan: bool
         for p, layers in enumerate(stage_layers):
             cells = ["·"] * length
             for (s_, task), tick in ticks.items():
-                if s_ == s and task.layer in layers:
+                if s_ == s and stage_of(task, stage_layers, offloaded) == p:
                     cells[tick] = f"{task.microbatch}/{task.layer} {'fr'[task.direction]}"
             lines.append(f"| s{s} p{p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -128,11 +157,19 @@ def main(argv=None) -> int:
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--layers", type=int, default=2, help="layers of the whole stack")
     parser.add_argument("--scan", action="store_true", help="linear cells: each direction a collective of the segments")
+    parser.add_argument("--embed", type=int, default=0,
+                        help="the first layer's input width; with --hidden, a pipeline at sp = 1 offloads "
+                             "reverse directions to balance its stages as the plan does")
+    parser.add_argument("--hidden", type=int, default=0)
     args = parser.parse_args(argv)
-    from mpirnn.parallel.plan import layers_of
+    from mpirnn.parallel.plan import layers_of, offload_reverse
     stages = [range(*layers_of(args.layers, args.pp, p)) for p in range(args.pp)]
-    print(draw(args.sp, stages, args.microbatches, args.scan))
-    print(f"\nbubble: {bubble(args.sp, stages, args.microbatches, args.scan):.3f}")
+    offloaded = ()
+    if args.embed and args.hidden and args.sp == 1 and not args.scan:
+        widths = [args.embed] + [2 * args.hidden] * (args.layers - 1)
+        offloaded = offload_reverse(widths, args.hidden, stages, args.microbatches)
+    print(draw(args.sp, stages, args.microbatches, args.scan, offloaded))
+    print(f"\nbubble: {bubble(args.sp, stages, args.microbatches, args.scan, offloaded):.3f}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The executor for bidirectional layers under sequence parallelism (sp > 1): two opposite wavefronts.
+"""The executor for bidirectional layers under sequence parallelism (sp > 1): two opposite
+wavefronts; and for bidirectional pipelines whose plan offloads reverse directions (below).
 
 A rank (segment s, stage p) runs *tasks*: one direction of one of its layers over one microbatch
 (mpirnn/parallel/bidirectional_schedule.py gives their order). The forward direction of a layer
@@ -22,6 +23,14 @@ reverse direction at step 0 (segment 0): the last stage's segments sum their sha
 onto segment 0 (`Reduce`), which takes the loss of every row; backward broadcasts the gradient of
 the ends back (docs/parallelism.md, "Bidirectional layers").
 
+Offloaded reverse directions (pipelines at sp = 1, the plan's `offloaded`): for some
+microbatches stage p-1 runs the reverse direction of stage p's first layer, which it can start
+as soon as its own top layer is done for that microbatch, beside stage p's forward direction.
+Stage p owns those weights (its optimizer, checkpoints and gradient sums are unchanged): it sends
+them to p-1 at the start of each step, receives the outputs of each lent task and sends back
+their gradient, and adds the weight gradients p-1 sends back to its own, one microbatch at a time
+as its own backward passes would (so the gradient reducer's count per parameter holds).
+
     mpirun -n 4 python -m pytest -q --with-mpi -m mpi tests/mpi/test_bidirectional_exact.py
 """
 
@@ -32,6 +41,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from mpirnn.distributed.transport import irecv, isend, reduce_sum
+from mpirnn.models.bidirectional import run_direction
 from mpirnn.models.objectives import ends_loss_sum, partial_ends
 from mpirnn.models.precision import FLOAT32
 from mpirnn.parallel.bidirectional_schedule import FORWARD, REVERSE, Task, rank_order
@@ -54,6 +64,30 @@ def state_tag(task: Task, offset: int, stage_layers: int) -> int:
     return 4 * (task.microbatch * stage_layers + offset) + 2 * task.direction
 
 
+# What an offloaded reverse direction sends on the pp communicator, per lent microbatch.
+LENT_OUTPUTS, LENT_OUTPUT_GRAD, LENT_WEIGHT_GRAD, LENT_WEIGHTS = range(4)
+WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def lent_tag(microbatches: int, index: int, kind: int) -> int:
+    """After the activations' tags (2m, 2m+1 for m < M): 4 per lent microbatch (`index` among
+    them); the weights, once a step, take kind LENT_WEIGHTS of index 0."""
+    return 2 * microbatches + 4 * index + kind
+
+
+class LentLayer:
+    """The reverse direction of a layer the stage above owns, as mpirnn/models/bidirectional.py
+    `run_direction` reads it: views of one flat copy of its weights (sent each step)."""
+
+    def __init__(self, flat: torch.Tensor, shapes: list[tuple], hidden: int, training: bool):
+        self.flat, self.hidden_size, self.training, self.nonlinearity = flat, hidden, training, "tanh"
+        offset = 0
+        for kind, shape in zip(WEIGHT_KINDS, shapes):
+            size = torch.Size(shape).numel()
+            setattr(self, f"{kind}_l0_reverse", flat[offset:offset + size].view(shape))
+            offset += size
+
+
 class BidirectionalWavefront:
     """One rank's part of a step with bidirectional layers and sp > 1; the Wavefront's interface."""
 
@@ -66,7 +100,16 @@ class BidirectionalWavefront:
         self.rows = plan.microbatch_rows()
         self.scan = plan.mode == "scan"
         stages = [range(*layers_of(model.depth, self.stages, p)) for p in range(self.stages)]
-        self.tasks = rank_order(self.segment, self.segments, stages, self.stage, plan.microbatches, self.scan)
+        offloaded = plan.offloaded or ((),) * self.stages
+        self.tasks = rank_order(self.segment, self.segments, stages, self.stage, plan.microbatches, self.scan,
+                                plan.offloaded)
+        # Microbatches whose reverse direction of our first layer the stage below runs, and those
+        # whose reverse direction of the next stage's first layer we run (offloaded, plan.py).
+        self.run_below = list(offloaded[self.stage])
+        self.run_for_above = list(offloaded[self.stage + 1]) if self.stage + 1 < self.stages else []
+        if self.run_for_above:
+            above = self.layers.stop
+            self.lent_shapes = [model.serial_shapes[f"layers.{above}.{kind}_l0_reverse"] for kind in WEIGHT_KINDS]
 
     # -- where states come from and go ---------------------------------------------------
 
@@ -85,10 +128,20 @@ class BidirectionalWavefront:
         rows = self.rows[task.microbatch]
         return self.model.zero_state(rows.stop - rows.start, self._like, range(1))[0, 0::2]
 
-    def _activation_like(self, m: int) -> torch.Tensor:
+    def _activation_like(self, m: int, width: int | None = None) -> torch.Tensor:
         rows = self.rows[m].stop - self.rows[m].start
-        return torch.empty(rows, self.plan.local_steps, self.model.output_width, dtype=self.model.dtype,
+        return torch.empty(rows, self.plan.local_steps, width or self.model.output_width, dtype=self.model.dtype,
                            device=self._like.device)
+
+    def _lent_tag(self, m: int, kind: int, lending: bool) -> int:
+        """The tag of lent microbatch m's message of `kind` (lending: we run it for the stage above)."""
+        lent = self.run_for_above if lending else self.run_below
+        return lent_tag(self.plan.microbatches, lent.index(m), kind)
+
+    def _reverse_weights(self) -> list[torch.Tensor]:
+        """Our first layer's reverse-direction weights, the ones the stage below borrows."""
+        layer = self.model.layers[self.layers.start]
+        return [getattr(layer, f"{kind}_l0_reverse") for kind in WEIGHT_KINDS]
 
     # -- one step ------------------------------------------------------------------------
 
@@ -121,7 +174,10 @@ class BidirectionalWavefront:
         inputs_in = {m: irecv(self.pp, self._activation_like(m), self.stage - 1, activation_tag(Unit(m, 0), 1), timer,
                               f"receive inputs {m} from stage {self.stage - 1}")
                      for m in range(self.plan.microbatches)} if self.stage > 0 else {}
-        run = {"sends": [], "halves": {}, "below": {}, "embedded": {}, "head_in": {}, "losses": {}, "ends": {}}
+        run = {"sends": [], "halves": {}, "below": {}, "embedded": {}, "head_in": {}, "losses": {}, "ends": {},
+               "leaf": leaf, "lent_in": {}}
+        self._start_lending(run)
+        deferred = []   # last stage: microbatches whose offloaded reverse direction had not arrived yet
         for task in self.tasks:
             m, l, d = task.microbatch, task.layer, task.direction
             rows = self.rows[m]
@@ -129,30 +185,88 @@ class BidirectionalWavefront:
                 run["below"][(m, l)] = self._layer_input(run, m, l, inputs, inputs_in, leaf)
             here = None if noise is None else noise.at(self.plan.rows[0] + rows.start, self.plan.segment[0])
             x = self.model.layer_input(l, run["below"][(m, l)], here)
-            if task in states_in:
+            lent = l == self.layers.stop   # the stage above's first layer, run for it
+            if lent:   # bidirectional layers start from zero states (train.stateful is refused with them)
+                start = self._state_like(task)
+            elif task in states_in:
                 start = leaf(states_in.pop(task).wait())
             else:
                 start = state[l - first, d::2, rows]
             with timer.tracer.span(f"{'forward' if d == FORWARD else 'reverse'} {m}/{l}"):
-                outputs, final = self._run(l, x, start, d, self._valid(lengths, rows))
+                outputs, final = self._run(l, x, start, d, self._valid(lengths, rows),
+                                           self._lent_layer(run, train) if lent else None)
+            run["halves"][task] = DirectionGraph(start, outputs, final)
+            if lent:
+                run["sends"].append(isend(self.pp, outputs, self.stage + 1, self._lent_tag(m, LENT_OUTPUTS, True),
+                                          timer, f"send reverse outputs {m}/{l}"))
+                continue
             peer = self._state_peer(task, sending=True)
             if peer is not None:
                 run["sends"].append(isend(self.sp, final, peer, self._tag(task), timer, "send state"))
-            run["halves"][task] = DirectionGraph(start, outputs, final)
-            other = run["halves"].get(Task(m, l, 1 - d))
-            if l == self.layers.stop - 1 and other is not None:
-                self._top_done(run, m, targets, norm, observe, train)
+            if l == self.layers.stop - 1 and self._has_half(run, m, l, 1 - d):
+                if self.plan.last_stage and m in run["lent_in"] and not run["lent_in"][m].arrived():
+                    deferred.append(m)
+                else:
+                    self._top_done(run, m, targets, norm, observe, train)
+        for m in deferred:
+            self._top_done(run, m, targets, norm, observe, train)
         self._finish_sequence_loss(run, targets, norm, observe, train)
-        finals = [torch.stack([torch.stack([run["halves"][Task(m, l, FORWARD)].final.detach(),
-                                            run["halves"][Task(m, l, REVERSE)].final.detach()], 1).flatten(0, 1)
+        finals = [torch.stack([torch.stack([self._final(run, Task(m, l, FORWARD)),
+                                            self._final(run, Task(m, l, REVERSE))], 1).flatten(0, 1)
                                for l in self.layers]) for m in range(self.plan.microbatches)]
         run["finals"] = torch.cat(finals, dim=2)
         return run
 
+    # -- offloaded reverse directions (the plan's `offloaded`) ---------------------------
+
+    def _start_lending(self, run):
+        """At the start of a step: send our first layer's reverse weights to the stage below if it
+        runs that direction for some microbatches, and expect its outputs; or expect the weights
+        of the stage above's first layer if we run its reverse direction."""
+        timer, M = self.comms.timer, self.plan.microbatches
+        if self.run_below:
+            flat = torch.cat([w.detach().reshape(-1) for w in self._reverse_weights()])
+            run["sends"].append(isend(self.pp, flat, self.stage - 1, lent_tag(M, 0, LENT_WEIGHTS), timer,
+                                      "send reverse weights"))
+            run["lent_in"] = {m: irecv(self.pp, self._activation_like(m, self.model.hidden), self.stage - 1,
+                                       self._lent_tag(m, LENT_OUTPUTS, False), timer,
+                                       f"receive reverse outputs {m}/{self.layers.start}")
+                              for m in self.run_below}
+        if self.run_for_above:
+            size = sum(torch.Size(shape).numel() for shape in self.lent_shapes)
+            like = torch.empty(size, dtype=self.model.dtype, device=self._like.device)
+            run["weights_in"] = irecv(self.pp, like, self.stage + 1, lent_tag(M, 0, LENT_WEIGHTS), timer,
+                                      "receive reverse weights")
+
+    def _lent_layer(self, run, train: bool) -> LentLayer:
+        """The stage above's reverse weights for this step (received once, on first use)."""
+        if "lent_layer" not in run:
+            flat = run.pop("weights_in").wait()
+            run["lent_layer"] = LentLayer(flat.requires_grad_() if train else flat, self.lent_shapes,
+                                          self.model.hidden, self.model.training)
+        return run["lent_layer"]
+
+    def _has_half(self, run, m, l, d) -> bool:
+        """Whether direction d of (m, l) is done here, or runs on the stage below."""
+        return Task(m, l, d) in run["halves"] or (d == REVERSE and l == self.layers.start and m in self.run_below)
+
+    def _half(self, run, m, l, d) -> DirectionGraph:
+        """Direction d of (m, l): ours, or the outputs the stage below ran for us (a leaf of our graph)."""
+        task = Task(m, l, d)
+        if task not in run["halves"]:
+            run["halves"][task] = DirectionGraph(None, run["leaf"](run["lent_in"].pop(m).wait()), None)
+        return run["halves"][task]
+
+    def _final(self, run, task: Task) -> torch.Tensor:
+        final = run["halves"][task].final
+        # An offloaded direction's final state stays on the stage below; it is never carried
+        # (train.stateful is refused with bidirectional layers), so zeros stand in for it.
+        return self._state_like(task) if final is None else final.detach()
+
     def _layer_input(self, run, m, l, inputs, inputs_in, leaf):
         """What both directions of layer l read for microbatch m, as a leaf of their graphs."""
         if l > self.layers.start:
-            below = [run["halves"][Task(m, l - 1, d)].outputs for d in (FORWARD, REVERSE)]
+            below = [self._half(run, m, l - 1, d).outputs for d in (FORWARD, REVERSE)]
             return leaf(torch.cat(below, dim=-1))
         if self.stage > 0:
             return leaf(inputs_in.pop(m).wait())
@@ -167,7 +281,7 @@ class BidirectionalWavefront:
             return None
         return (lengths[rows] - self.plan.segment[0]).clamp(0, self.plan.local_steps)
 
-    def _run(self, index, x, start, direction, valid):
+    def _run(self, index, x, start, direction, valid, lent: LentLayer | None = None):
         if self.scan:
             run = lambda x, s: scan_direction(self.model, index, x, s, direction == REVERSE, valid,  # noqa: E731
                                               self.sp, self.comms.timer)
@@ -176,7 +290,10 @@ class BidirectionalWavefront:
         limit = width if valid is None else int(valid.max())
         if limit == 0:   # all padding for these rows: nothing runs, the state passes through
             return x.new_zeros(x.shape[0], width, self.model.hidden).to(start.dtype), start
-        run = lambda x, s: self.model.run_direction(index, x, s, direction == REVERSE, valid)  # noqa: E731
+        if lent is None:
+            run = lambda x, s: self.model.run_direction(index, x, s, direction == REVERSE, valid)  # noqa: E731
+        else:
+            run = lambda x, s: run_direction(lent, self.model.cell, x, s, direction == REVERSE, valid)  # noqa: E731
         outputs, final = self.precision.run_layers(self.model.cell, run, x[:, :limit], start)
         if limit < width:
             outputs = torch.cat([outputs, outputs.new_zeros(outputs.shape[0], width - limit, outputs.shape[2])], 1)
@@ -184,7 +301,7 @@ class BidirectionalWavefront:
 
     def _top_done(self, run, m, targets, norm, observe, train):
         """Both directions of the stage's top layer are done for microbatch m: pass them on, or score them."""
-        top = torch.cat([run["halves"][Task(m, self.layers.stop - 1, d)].outputs for d in (FORWARD, REVERSE)], -1)
+        top = torch.cat([self._half(run, m, self.layers.stop - 1, d).outputs for d in (FORWARD, REVERSE)], -1)
         if not self.plan.last_stage:
             run["sends"].append(isend(self.pp, top, self.stage + 1, activation_tag(Unit(m, 0), 1),
                                       self.comms.timer, "send outputs"))
@@ -238,16 +355,31 @@ class BidirectionalWavefront:
                                     activation_grad_tag(Unit(m, 0), 1), timer, f"receive output gradient {m}")
                            for m in range(self.plan.microbatches)} if not self.plan.last_stage else {}
         hidden, sends, done = self.model.hidden, run["sends"], set()
+        lent_grads_in, weight_grads_in = self._expect_lent_gradients()
+        sent = set()   # microbatches whose offloaded direction's output gradient went to the stage below
+        if self.layers.start == self.layers.stop - 1:   # known now for the last stage: send them at once
+            for m in self.run_below:
+                if m in top_grads:
+                    self._send_lent_gradient(m, top_grads[m], sends, sent)
         for task in reversed(self.tasks):
             m, l, d = task.microbatch, task.layer, task.direction
             graph = halves.pop(task)
-            if l == self.layers.stop - 1:
-                if m not in top_grads:
-                    top_grads[m] = output_grads_in.pop(m).wait()
-                above = top_grads[m]
+            if l == self.layers.stop:   # a direction we ran for the stage above
+                above = lent_grads_in.pop(m).wait()
+                grads = [above]
             else:
-                above = _grad_of(run["below"][(m, l + 1)])
-            roots, grads = [graph.outputs], [above[..., d * hidden:(d + 1) * hidden]]
+                if l == self.layers.stop - 1:
+                    if m not in top_grads:
+                        top_grads[m] = output_grads_in.pop(m).wait()
+                        if m in self.run_for_above:   # plus what the direction we ran for stage p+1 read
+                            top_grads[m] = top_grads[m] + _grad_of(run["below"][(m, l + 1)])
+                    above = top_grads[m]
+                else:
+                    above = _grad_of(run["below"][(m, l + 1)])
+                if l == self.layers.start and m in self.run_below and m not in sent:
+                    self._send_lent_gradient(m, above, sends, sent)
+                grads = [above[..., d * hidden:(d + 1) * hidden]]
+            roots = [graph.outputs]
             if task in state_grads_in:
                 roots.append(graph.final)
                 grads.append(state_grads_in.pop(task).wait())
@@ -255,14 +387,58 @@ class BidirectionalWavefront:
             with timer.tracer.span(f"backward {'forward' if d == FORWARD else 'reverse'} {m}/{l}"):
                 if live:
                     torch.autograd.backward(*map(list, zip(*live)))
+            if l == self.layers.stop:   # its weights' gradient goes back to the stage that owns them
+                flat = run["lent_layer"].flat
+                sends.append(isend(self.pp, _grad_of(flat), self.stage + 1, self._lent_tag(m, LENT_WEIGHT_GRAD, True),
+                                   timer, f"send reverse weight gradient {m}/{l}"))
+                flat.grad = None
+                continue
             peer = self._state_peer(task, sending=False)
             if peer is not None:
                 sends.append(isend(self.sp, _grad_of(graph.start), peer, self._tag(task) + 1, timer,
                                    "send state gradient"))
-            if (m, l, 1 - d) in done and l == self.layers.start:   # both directions are through the stage's inputs
-                self._inputs_backward(run, m, sends)
+            if l == self.layers.start and ((m, l, 1 - d) in done or m in self.run_below):
+                self._inputs_backward(run, m, sends)   # both directions are through the stage's inputs
             done.add((m, l, d))
+        self._add_lent_weight_gradients(weight_grads_in)
         return total
+
+    def _expect_lent_gradients(self):
+        """Receives for the gradients of the directions we ran for the stage above, and for those
+        of our reverse weights from the stage below."""
+        timer = self.comms.timer
+        outputs = {m: irecv(self.pp, self._activation_like(m, self.model.hidden), self.stage + 1,
+                            self._lent_tag(m, LENT_OUTPUT_GRAD, True), timer, f"receive reverse output gradient {m}")
+                   for m in self.run_for_above}
+        if not self.run_below:
+            return outputs, {}
+        flat = torch.cat([w.detach().reshape(-1) for w in self._reverse_weights()])
+        weights = {m: irecv(self.pp, flat, self.stage - 1, self._lent_tag(m, LENT_WEIGHT_GRAD, False), timer,
+                            f"receive reverse weight gradient {m}") for m in self.run_below}
+        return outputs, weights
+
+    def _send_lent_gradient(self, m, above, sends, sent):
+        """The gradient of the reverse outputs the stage below computed for us, back to it."""
+        hidden = self.model.hidden
+        sends.append(isend(self.pp, above[..., hidden:2 * hidden], self.stage - 1,
+                           self._lent_tag(m, LENT_OUTPUT_GRAD, False), self.comms.timer,
+                           f"send reverse output gradient {m}"))
+        sent.add(m)
+
+    def _add_lent_weight_gradients(self, weight_grads_in):
+        """Our reverse weights' gradients from the directions the stage below ran, accumulated one
+        microbatch at a time as our own backward passes are (each fires the gradient reducer's
+        hook once, so its count per parameter holds: mpirnn/parallel/gradients.py)."""
+        if not self.run_below:
+            return
+        weights = self._reverse_weights()
+        for m in self.run_below:
+            flat = weight_grads_in.pop(m).wait()
+            grads, offset = [], 0
+            for w in weights:
+                grads.append(flat[offset:offset + w.numel()].view_as(w))
+                offset += w.numel()
+            accumulate(weights, grads)
 
     def _inputs_backward(self, run, m, sends):
         grad = _grad_of(run["below"][(m, self.layers.start)])
@@ -271,6 +447,11 @@ class BidirectionalWavefront:
                                "send input gradient"))
         else:
             run["embedded"][m].backward(grad)
+
+
+def accumulate(weights: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """Add `grads` to the weights' gradients as a backward pass does (their hooks fire)."""
+    torch.autograd.backward(weights, grads)
 
 
 def _grad_of(leaf: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,14 @@ of the stack and hidden units [k*H/K, (k+1)*H/K) of each of those layers. It cut
 Bidirectional layers run one chunk per segment (`check_bidirectional`); with sp > 1 their two
 directions are two opposite chains ("chain") or two cross-rank scans ("scan") per layer
 (mpirnn/parallel/bidirectional_wavefront.py; docs/parallelism.md, "Bidirectional layers").
+A bidirectional stage hands a microbatch on only once both directions covered it, so time
+chunks cannot even out stages of unequal cost; instead stage p-1 may run the reverse direction
+of stage p's first layer for some microbatches (`offload_reverse`, the plan's `offloaded`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -46,6 +50,60 @@ MAX_UNITS = 16_000
 def layers_of(layers: int, pp: int, stage: int) -> tuple[int, int]:
     """The layers [start, stop) pipeline stage `stage` owns (stage sizes differ by at most one)."""
     return chunk(layers, pp, stage)
+
+
+# Offloaded reverse directions add four kinds of message per microbatch on the pp communicator,
+# tagged after the activations' 2M tags (mpirnn/parallel/bidirectional_wavefront.py `lent_tag`).
+MAX_OFFLOAD_MICROBATCHES = 4000   # 2M + 4M tags stay under MPI's guaranteed 32767
+
+
+def offload_reverse(input_widths: list[int], hidden: int, stage_layers: list[range],
+                    microbatches: int) -> tuple[tuple[int, ...], ...]:
+    """Per stage p, the microbatches whose reverse direction of p's first layer stage p-1 runs.
+
+    One direction of layer l costs about (its input width + hidden) x gates x hidden per row and
+    step, so with one layer per stage the stage above a layer that reads 2H wide outputs does
+    about twice the work of a first stage reading a narrow input (issue W6: 64 against 256).
+    Stage p-1 can run the reverse direction of p's first layer as soon as its own top layer is
+    done, in parallel with p's forward direction, using a copy of those weights that p sends
+    each step (and whose gradients it sends back). Counts are chosen to minimize the busiest
+    stage's work (coordinate descent over the boundaries, fewest offloads on a tie), and spread
+    evenly over the microbatches so that neither stage waits long for the other.
+
+        python -m mpirnn.parallel.bidirectional_schedule --pp 2 --microbatches 4 --embed 64 --hidden 128
+    """
+    P = len(stage_layers)
+    if P < 2 or microbatches < 2 or microbatches > MAX_OFFLOAD_MICROBATCHES:
+        return ((),) * P
+    cost = [width + hidden for width in input_widths]
+    base = [2 * microbatches * sum(cost[l] for l in layers) for layers in stage_layers]
+
+    def busiest(counts: list[int]) -> int:
+        loads = list(base)
+        for p in range(1, P):
+            moved = counts[p] * cost[stage_layers[p].start]
+            loads[p] -= moved
+            loads[p - 1] += moved
+        return max(loads)
+
+    choices = range(microbatches + 1)
+    if (microbatches + 1) ** (P - 1) <= 20_000:   # every combination (pp <= 5 at 8 microbatches)
+        counts = min(([0, *c] for c in itertools.product(choices, repeat=P - 1)),
+                     key=lambda c: (busiest(c), sum(c), c))
+    else:   # coordinate descent: each boundary's best count given the others, until none changes
+        counts = [0] * P
+        for _ in range(2 * P):
+            before = list(counts)
+            for p in range(1, P):
+                counts[p] = min(choices, key=lambda k: (busiest(counts[:p] + [k] + counts[p + 1:]), k))
+            if counts == before:
+                break
+    return tuple(spread(k, microbatches) for k in counts)
+
+
+def spread(count: int, microbatches: int) -> tuple[int, ...]:
+    """`count` of the microbatches, evenly spaced and ending with the last (4 of 8: 1, 3, 5, 7)."""
+    return tuple(math.floor((i + 1) * microbatches / count + 0.5) - 1 for i in range(count))
 
 
 def mode_of(cell: str, sp: int) -> str:
@@ -180,6 +238,9 @@ class Plan:
     microbatches: int
     chunks: int
     mode: str                   # "chain" or "scan"
+    # Bidirectional pipelines: per stage, the microbatches whose reverse direction of that stage's
+    # first layer the stage below runs (`offload_reverse`); empty everywhere otherwise.
+    offloaded: tuple = ()
 
     @property
     def first_stage(self) -> bool:
@@ -241,8 +302,11 @@ def make_grid(cfg, world_size: int) -> Grid:
 
 def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers: int, cell: str,
               microbatches: int = 0, chunks: int = 0, hidden: int | None = None,
-              bidirectional: bool = False) -> Plan:
+              bidirectional: bool = False, embed: int = 0) -> Plan:
     """This rank's plan; raises ConfigError (with what to change) when the grid cannot be run exactly.
+
+    `embed`: the first layer's input width; with it (and `hidden`), a bidirectional pipeline of
+    rnn / lstm / gru layers at sp = tp = 1 balances its stages (`offload_reverse`).
 
     Every rank of a run computes every rank's choices from the same numbers, so refusals are
     the same everywhere (microbatches depend on the smallest data-parallel group).
@@ -267,6 +331,11 @@ def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers
     if bidirectional:
         check_bidirectional(grid, c, most, -(-layers // grid.pp))
     width = (hidden or 0) // grid.tp
+    offloaded = ()
+    if bidirectional and embed and hidden and grid.sp == grid.tp == 1 and cell not in LINEAR_CELLS:
+        stages = [range(*layers_of(layers, grid.pp, p)) for p in range(grid.pp)]
+        widths = [embed] + [2 * hidden] * (layers - 1)
+        offloaded = offload_reverse(widths, hidden, stages, m)
     return Plan(grid, dict(coords), rows, segment_of(seq_len, grid, coords["sp"]),
                 layers_of(layers, grid.pp, coords["pp"]), (coords["tp"] * width, (coords["tp"] + 1) * width),
-                m, c, mode)
+                m, c, mode, offloaded if any(offloaded) else ())

@@ -18,8 +18,9 @@ from mpirnn.parallel.wavefront import Wavefront
 
 def executor(model, plan, comms, precision=FLOAT32):
     """The executor of a plan: bidirectional layers under sequence parallelism run two opposite
-    wavefronts (mpirnn/parallel/bidirectional_wavefront.py), everything else the one wavefront."""
-    if model.bidirectional and plan.grid.sp > 1:
+    wavefronts (mpirnn/parallel/bidirectional_wavefront.py), as do bidirectional pipelines whose
+    plan offloads reverse directions to the stage below; everything else the one wavefront."""
+    if model.bidirectional and (plan.grid.sp > 1 or plan.offloaded):
         return BidirectionalWavefront(model, plan, comms, precision)
     return Wavefront(model, plan, comms, precision)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from mpirnn.parallel.plan import offload_reverse
 from mpirnn.perf import links
 from mpirnn.perf.bidirectional_chain import replay
 from mpirnn.perf.calibration import GATES, PROJECTIONS, STATE_PARTS, Calibration
@@ -271,8 +272,9 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
     hop = segment_hop_share(shape, layout, cal)
     wavefront = chain_time(units, M, C, S, shape.linear, hop)
     bubble = bubble_fraction(M, C, S, P, shape.linear, hop)
-    two_chains = shape.bidirectional and S > 1 and not shape.linear
-    if two_chains:   # two opposite wavefronts, replayed task by task (mpirnn/perf/bidirectional_chain.py)
+    two_chains = shape.bidirectional and (S > 1 or bool(offloaded_of(shape, layout))) and not shape.linear
+    if two_chains:   # two opposite wavefronts, or offloaded reverse directions, replayed task by task
+        # (mpirnn/perf/bidirectional_chain.py)
         wavefront, bubble = bidirectional_wavefront(shape, layout, cal, units)
 
     # The fill also waits for each hop's first message (forward) and its gradient (backward).
@@ -305,6 +307,16 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
     return Prediction(layout, step, shape.tokens / step, bubble, parts)
 
 
+def offloaded_of(shape: Shape, layout: Layout) -> tuple:
+    """The reverse directions the plan offloads to the stage below (mpirnn/parallel/plan.py)."""
+    if not shape.bidirectional or shape.linear or layout.sp > 1 or layout.tp > 1 or layout.pp < 2:
+        return ()
+    stages = [range(*split(shape.layers, layout.pp, p)) for p in range(layout.pp)]
+    widths = [shape.embed] + [shape.width] * (shape.layers - 1)
+    offloaded = offload_reverse(widths, shape.hidden, stages, layout.microbatches)
+    return offloaded if any(offloaded) else ()
+
+
 def bidirectional_wavefront(shape: Shape, layout: Layout, cal: Calibration, units: list[float]) -> tuple[float, float]:
     """(seconds, bubble) of the two opposite wavefronts under sp (rnn / lstm / gru).
 
@@ -324,7 +336,8 @@ def bidirectional_wavefront(shape: Shape, layout: Layout, cal: Calibration, unit
     activation = rows * steps * shape.width // layout.tp * shape.dtype_bytes
     activation_hop = 2 * links.p2p(axis_link(cal, layout, "pp"), activation) if layout.pp > 1 else 0.0
     step, busiest = replay(layout.sp, stages, layout.microbatches,
-                           lambda stage, task: units[stage] * share[task.layer] / 2, state_hop, activation_hop)
+                           lambda stage, task: units[stage] * share[task.layer] / 2, state_hop, activation_hop,
+                           offloaded_of(shape, layout))
     return step, 1 - busiest / step
 
 

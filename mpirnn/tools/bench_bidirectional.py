@@ -66,7 +66,8 @@ def build_step(s: dict, comms, microbatches: int) -> SimpleNamespace:
 
     model = side_by_side.worker_model(s, bidirectional=True)
     plan = make_plan(comms.grid, comms.coords, batch_size=s["batch"], seq_len=s["seq_len"], layers=s["layers"],
-                     cell=s["cell"], microbatches=microbatches, hidden=s["hidden"], bidirectional=True)
+                     cell=s["cell"], microbatches=microbatches, hidden=s["hidden"], bidirectional=True,
+                     embed=s["embed"])
     model = stage_model(model, plan, None)
     runner = StepRunner(model, plan, comms, bucket_mb=4.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -129,7 +129,8 @@ def plan_the_run(cfg, grid, comms, vocab, features):
     cfg.parallel.microbatches, cfg.parallel.chunks = int(counts[0]), int(counts[1])
     plan = agree(world, make_plan, grid, comms.coords, batch_size=cfg.data.batch_size, seq_len=cfg.data.seq_len,
                  layers=cfg.model.layers, cell=cfg.model.cell, microbatches=cfg.parallel.microbatches,
-                 chunks=cfg.parallel.chunks, hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional)
+                 chunks=cfg.parallel.chunks, hidden=cfg.model.hidden, bidirectional=cfg.model.bidirectional,
+                 embed=cfg.model.embed)
     if world.rank == 0 and chooser:
         said = [f"{plan.microbatches} microbatch{'es' if plan.microbatches > 1 else ''}"
                 + (" (parallel.microbatches)" if by_hand["microbatches"] else ""),

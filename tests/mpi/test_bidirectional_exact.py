@@ -5,7 +5,9 @@ on every rank, in float64 (tests/bidirectional_exactness.py); sequence paralleli
 (sp = 2, 3, 4 and sp x dp, sp x pp, sp x tp at -n 4), with rows whose last valid step lies in an
 earlier segment, so that later segments are all padding for them. Time chunks are refused before
 compute. A mutated reverse chain (its state dropped, or sent the way of the forward one) must
-fail the same comparison.
+fail the same comparison. Pipelines whose upper stage does more work run some reverse directions
+on the stage below (offloaded, mpirnn/parallel/plan.py); they too equal the reference, and
+dropping the weight gradients the stage below sends back must fail it.
 
     mpirun -n K python -m pytest --with-mpi -m mpi tests/mpi/test_bidirectional_exact.py   (K = 1, 2, 3, 4)
 """
@@ -17,7 +19,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bidirectional_exactness import check_bidirectional, check_mutation_fails, check_refused, world
+from bidirectional_exactness import (check_bidirectional, check_gradients_differ, check_mutation_fails, check_refused,
+                                     offloading_grids, world)
 from exactness import CELLS, grids
 from mpirnn.parallel import bidirectional_scan, bidirectional_wavefront
 from mpirnn.parallel.bidirectional_schedule import FORWARD, REVERSE
@@ -88,3 +91,32 @@ def test_a_mutated_reverse_scan_fails(cell, mutation, monkeypatch):
 
     monkeypatch.setattr(bidirectional_scan, "reverse_incoming", mutated)
     check_mutation_fails(cell, "tag", _sequence_grid())
+
+
+@pytest.mark.parametrize("task", ["tag", "classify"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_offloaded_reverse_directions_equal_the_reference(cell, task):
+    # 2 layers: pp = 2 (one stage lends, one borrows); 3 layers and 3 microbatches: at -n 3 the
+    # middle stage both borrows from the top stage and lends to the first.
+    checked = []
+    for layers, microbatches in ((2, 0), (3, 3)):
+        shapes = offloading_grids(cell, layers, microbatches)
+        if shapes:
+            checked += check_bidirectional(cell, task, layers, microbatches, grid_list=shapes)
+    if world.size == 1:
+        assert not checked
+        pytest.skip("a pipeline needs mpirun -n 2 or more")
+    assert checked, f"no grid of {world.size} ranks offloaded a reverse direction"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_dropping_the_offloaded_weight_gradients_fails(cell, monkeypatch):
+    # The loss cannot see this mutation (the stage below's outputs are right): only the weights'
+    # gradients can.
+    found = [(layers, microbatches, shapes[0]) for layers, microbatches in ((2, 0), (3, 3))
+             if (shapes := offloading_grids(cell, layers, microbatches))]
+    if not found:
+        pytest.skip(f"no grid of {world.size} rank(s) offloads a reverse direction (it needs parallel.pp > 1)")
+    layers, microbatches, shape = found[0]
+    monkeypatch.setattr(bidirectional_wavefront, "accumulate", lambda weights, grads: None)
+    check_gradients_differ(cell, "tag", shape, layers, microbatches)
