@@ -32,7 +32,7 @@ from mpirnn.inference.generation import prompt_ids
 from mpirnn.inference.model_info import ModelInfo
 from mpirnn.models import build_model
 from mpirnn.models.precision import for_device as precision_for
-from mpirnn.parallel.plan import make_plan
+from mpirnn.parallel.plan import layers_of, make_plan
 from mpirnn.parallel.shard import stage_model
 from mpirnn.parallel.tensor import TensorGroup
 from mpirnn.training import resume, tasks
@@ -142,6 +142,12 @@ def plan_the_run(cfg, grid, comms, vocab, features):
         print(f"mpirnn: one microbatch: {cfg.data.batch_size} row(s) per step over {grid.dp} data-parallel "
               f"group(s) cannot be split; the {grid.sp} segments overlap only where a segment starts a layer "
               f"behind the one before it (exact either way; docs/parallelism.md)", flush=True)
+    if world.rank == 0 and plan.offloaded:
+        moved = "; ".join(f"microbatch{'es' if len(ms) > 1 else ''} {', '.join(map(str, ms))} of layer "
+                          f"{layers_of(cfg.model.layers, grid.pp, p)[0]} on stage {p - 1}"
+                          for p, ms in enumerate(plan.offloaded) if ms)
+        print(f"mpirnn: balancing the pipeline's stages, reverse directions run one stage down: {moved} "
+              f"(docs/parallelism.md, \"Bidirectional layers\")", flush=True)
     return plan
 
 
