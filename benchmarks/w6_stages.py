@@ -11,8 +11,9 @@ features projected to 64, 10 classes per step, batch 16. Builds the step as the 
 turns the tracer on (mpirnn/distributed/trace.py), and prints each rank's median step and the
 last step's compute by kind and waits by what they wait for (mpirnn/tools/pipeline_trace.py's
 breakdown). A pipeline's step can be no shorter than its busiest stage's compute: at pp=2 the
-stage holding layer 1 (it reads 256 inputs where layer 0 reads 64) and the head carries about
-two thirds of the work (docs/performance.md, "W6").
+stage holding layer 1 (it reads 256 inputs where layer 0 reads 64) and the head carried about
+two thirds of the work until the plan moved some of its reverse directions to the first stage
+(docs/performance.md, "W6").
 """
 
 import json

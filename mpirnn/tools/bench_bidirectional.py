@@ -10,7 +10,9 @@ one thread. Rows:
 
     1 rank                  the baseline
     sp=2 (-n 2)             two opposite wavefronts, one microbatch (the Deep Speech swap)
-    pp=2, M=4 (-n 2)        one layer per stage, one chunk, 4 microbatches overlap the stages
+    pp=2, M=4 (-n 2)        one layer per stage, one chunk, 4 microbatches overlap the stages, and
+                            stage 0 runs microbatches 1 and 3's reverse direction of layer 1 (the
+                            plan balances the stages: docs/parallelism.md)
     sp=4 (-n 4)             for memory: activations saved for backward per rank (4 ranks on
                             this machine's 2 cores, so its time is oversubscribed)
 
