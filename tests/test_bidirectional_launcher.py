@@ -52,3 +52,17 @@ def test_bidirectional_trains_on_two_ranks_with_defaults_on(tmp_path, task, axis
     if axis == "pp":   # the performance model picks the microbatches; some run layer 1's reverse direction on stage 0
         assert re.search(r"reverse directions run one stage down: microbatch(es)? [\d, ]+ of layer 1 on stage 0",
                          job.stdout), job.report()
+
+
+def test_validation_batches_with_fewer_rows_than_microbatches_at_pp2(tmp_path):
+    # 8 microbatches of 4 rows, five of them moved to stage 0 (embed 64 against 2 x 256); the val
+    # split (6 of the 64 rows) has fewer rows than 8, so validation runs 6 microbatches and only the
+    # offloaded ones it still has (mpirnn/parallel/plan.py `Plan.with_microbatches`).
+    data = labelled(tmp_path, "classify")
+    job = Job(2, {"data.path": data, "model.bidirectional": "true", "parallel.pp": 2, "parallel.microbatches": 8,
+                  "train.steps": 2, "train.eval_every": 1, "output.metrics": tmp_path / "m.jsonl"},
+              base={}, cwd=tmp_path)
+    status = job.wait(timeout=240)
+    assert status == 0, job.report()
+    assert "one stage down: microbatches 1, 2, 4, 5, 7 of layer 1 on stage 0" in job.stdout, job.report()
+    assert sum("val_accuracy" in r for r in records(tmp_path / "m.jsonl")) >= 2, job.report()

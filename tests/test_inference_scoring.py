@@ -52,6 +52,22 @@ def test_microbatches_shrink_to_the_rows_there_are():
     assert [p.microbatches for p in auto] == [1, 1]
 
 
+def test_a_short_batch_keeps_only_the_offloaded_microbatches_it_has():
+    # A bidirectional pipeline whose training plan runs microbatches 1 and 3's reverse direction of
+    # layer 1 on stage 0: a validation batch of 3 rows has 3 microbatches, so only 1 moves, and a
+    # batch of 1 row has one microbatch, so nothing does (and both stages agree).
+    cfg = load_config(None, ["data.seq_len=40", "data.batch_size=16", "parallel.pp=2", "parallel.microbatches=4",
+                             "model.bidirectional=true", "model.hidden=128", "model.embed=64"])
+    grid = Grid(2, 1, 1, 2)
+    bases = [make_plan(grid, grid.coords(rank), batch_size=16, seq_len=40, layers=2, cell="lstm", microbatches=4,
+                       hidden=128, bidirectional=True, embed=64) for rank in range(2)]
+    assert [b.offloaded for b in bases] == [((), (1, 3))] * 2
+    assert [evaluation_plan(b, cfg, 16).offloaded for b in bases] == [((), (1, 3))] * 2
+    three = [evaluation_plan(b, cfg, 3) for b in bases]
+    assert [(p.microbatches, p.offloaded) for p in three] == [(3, ((), (1,)))] * 2
+    assert [evaluation_plan(b, cfg, 1).offloaded for b in bases] == [(), ()]
+
+
 def test_a_split_too_short_for_one_sequence_is_refused(tmp_path):
     data = make_series_dataset(tmp_path / "s", length=600, val_fraction=0.1)
     val = load_manifest(data, split="val")

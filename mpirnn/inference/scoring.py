@@ -64,7 +64,7 @@ def evaluation_plan(base: Plan, cfg, batch_rows: int) -> Plan:
         microbatches = 1
     microbatches = max(1, microbatches)
     chunks = resolve_chunks(cfg.parallel.chunks, cfg.data.seq_len // grid.sp, grid.pp, microbatches, base.mode)
-    return replace(base, rows=rows, microbatches=microbatches, chunks=chunks)
+    return replace(base.with_microbatches(microbatches, chunks), rows=rows)
 
 
 class SplitScorer:

@@ -89,7 +89,8 @@ class LentLayer:
 
 
 class BidirectionalWavefront:
-    """One rank's part of a step with bidirectional layers and sp > 1; the Wavefront's interface."""
+    """One rank's part of a step with bidirectional layers and sp > 1, or with offloaded reverse
+    directions; the Wavefront's interface."""
 
     def __init__(self, model, plan, comms, precision=FLOAT32):
         self.model, self.plan, self.comms, self.precision = model, plan, comms, precision
@@ -177,7 +178,10 @@ class BidirectionalWavefront:
         run = {"sends": [], "halves": {}, "below": {}, "embedded": {}, "head_in": {}, "losses": {}, "ends": {},
                "leaf": leaf, "lent_in": {}}
         self._start_lending(run)
-        deferred = []   # last stage: microbatches whose offloaded reverse direction had not arrived yet
+        # A last stage that borrows directions scores every microbatch after its forward loop, in
+        # microbatch order: it never waits there for a direction the stage below runs, and the
+        # order of the losses (and so of the head's gradient sums) is the same in every run.
+        deferred = []
         for task in self.tasks:
             m, l, d = task.microbatch, task.layer, task.direction
             rows = self.rows[m]
@@ -204,7 +208,7 @@ class BidirectionalWavefront:
             if peer is not None:
                 run["sends"].append(isend(self.sp, final, peer, self._tag(task), timer, "send state"))
             if l == self.layers.stop - 1 and self._has_half(run, m, l, 1 - d):
-                if self.plan.last_stage and m in run["lent_in"] and not run["lent_in"][m].arrived():
+                if self.plan.last_stage and self.run_below:
                     deferred.append(m)
                 else:
                     self._top_done(run, m, targets, norm, observe, train)
@@ -357,7 +361,7 @@ class BidirectionalWavefront:
         hidden, sends, done = self.model.hidden, run["sends"], set()
         lent_grads_in, weight_grads_in = self._expect_lent_gradients()
         sent = set()   # microbatches whose offloaded direction's output gradient went to the stage below
-        if self.layers.start == self.layers.stop - 1:   # known now for the last stage: send them at once
+        if self.layers.start == self.layers.stop - 1:   # a one-layer last stage knows them now: send at once
             for m in self.run_below:
                 if m in top_grads:
                     self._send_lent_gradient(m, top_grads[m], sends, sent)
@@ -412,7 +416,8 @@ class BidirectionalWavefront:
                    for m in self.run_for_above}
         if not self.run_below:
             return outputs, {}
-        flat = torch.cat([w.detach().reshape(-1) for w in self._reverse_weights()])
+        mine = self._reverse_weights()
+        flat = torch.empty(sum(w.numel() for w in mine), dtype=mine[0].dtype, device=mine[0].device)
         weights = {m: irecv(self.pp, flat, self.stage - 1, self._lent_tag(m, LENT_WEIGHT_GRAD, False), timer,
                             f"receive reverse weight gradient {m}") for m in self.run_below}
         return outputs, weights

@@ -67,8 +67,9 @@ def offload_reverse(input_widths: list[int], hidden: int, stage_layers: list[ran
     Stage p-1 can run the reverse direction of p's first layer as soon as its own top layer is
     done, in parallel with p's forward direction, using a copy of those weights that p sends
     each step (and whose gradients it sends back). Counts are chosen to minimize the busiest
-    stage's work (coordinate descent over the boundaries, fewest offloads on a tie), and spread
-    evenly over the microbatches so that neither stage waits long for the other.
+    stage's work (every combination where there are at most 20,000, else coordinate descent over
+    the boundaries; fewest offloads on a tie), and spread evenly over the microbatches so that
+    neither stage waits long for the other. Nothing is offloaded with one microbatch.
 
         python -m mpirnn.parallel.bidirectional_schedule --pp 2 --microbatches 4 --embed 64 --hidden 128
     """
@@ -282,6 +283,13 @@ class Plan:
         shortest = steps // self.grid.sp
         return replace(self, segment=segment_of(steps, self.grid, self.coords["sp"]),
                        chunks=min(self.chunks, shortest))
+
+    def with_microbatches(self, microbatches: int, chunks: int) -> "Plan":
+        """This plan with another microbatch count (an evaluation batch too short for the run's):
+        offloaded reverse directions of microbatches it no longer has are dropped (any subset
+        runs exactly, and every stage of a pipeline drops the same ones)."""
+        kept = tuple(tuple(m for m in lent if m < microbatches) for lent in self.offloaded)
+        return replace(self, microbatches=microbatches, chunks=chunks, offloaded=kept if any(kept) else ())
 
     def microbatch_rows(self) -> list[slice]:
         """Each microbatch's rows, relative to this rank's rows."""

@@ -97,9 +97,11 @@ def test_a_mutated_reverse_scan_fails(cell, mutation, monkeypatch):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_offloaded_reverse_directions_equal_the_reference(cell, task):
     # 2 layers: pp = 2 (one stage lends, one borrows); 3 layers and 3 microbatches: at -n 3 the
-    # middle stage both borrows from the top stage and lends to the first.
+    # middle stage both borrows from the top stage and lends to the first; 4 layers: at pp = 2 two
+    # layers per stage (the lent direction reads the lower stage's top layer, and the upper
+    # stage's second layer reads the borrowed direction).
     checked = []
-    for layers, microbatches in ((2, 0), (3, 3)):
+    for layers, microbatches in ((2, 0), (3, 3), (4, 0)):
         shapes = offloading_grids(cell, layers, microbatches)
         if shapes:
             checked += check_bidirectional(cell, task, layers, microbatches, grid_list=shapes)
