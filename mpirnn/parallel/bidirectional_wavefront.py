@@ -26,10 +26,9 @@ the ends back (docs/parallelism.md, "Bidirectional layers").
 Offloaded reverse directions (pipelines at sp = 1, the plan's `offloaded`): for some
 microbatches stage p-1 runs the reverse direction of stage p's first layer, which it can start
 as soon as its own top layer is done for that microbatch, beside stage p's forward direction.
-Stage p owns those weights (its optimizer, checkpoints and gradient sums are unchanged): it sends
-them to p-1 at the start of each step, receives the outputs of each lent task and sends back
-their gradient, and adds the weight gradients p-1 sends back to its own, one microbatch at a time
-as its own backward passes would (so the gradient reducer's count per parameter holds).
+Here that is one more task on stage p-1 (layer = its layers' stop) and a half that stage p
+receives instead of running; the messages and the weights' ownership are
+mpirnn/parallel/reverse_offload.py's.
 
     mpirun -n 4 python -m pytest -q --with-mpi -m mpi tests/mpi/test_bidirectional_exact.py
 """
@@ -47,6 +46,7 @@ from mpirnn.models.precision import FLOAT32
 from mpirnn.parallel.bidirectional_schedule import FORWARD, REVERSE, Task, rank_order
 from mpirnn.parallel.bidirectional_scan import scan_direction
 from mpirnn.parallel.plan import layers_of
+from mpirnn.parallel.reverse_offload import LentLayer, Lending
 from mpirnn.parallel.schedule import Unit, activation_grad_tag, activation_tag
 
 
@@ -64,30 +64,6 @@ def state_tag(task: Task, offset: int, stage_layers: int) -> int:
     return 4 * (task.microbatch * stage_layers + offset) + 2 * task.direction
 
 
-# What an offloaded reverse direction sends on the pp communicator, per lent microbatch.
-LENT_OUTPUTS, LENT_OUTPUT_GRAD, LENT_WEIGHT_GRAD, LENT_WEIGHTS = range(4)
-WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-def lent_tag(microbatches: int, index: int, kind: int) -> int:
-    """After the activations' tags (2m, 2m+1 for m < M): 4 per lent microbatch (`index` among
-    them); the weights, once a step, take kind LENT_WEIGHTS of index 0."""
-    return 2 * microbatches + 4 * index + kind
-
-
-class LentLayer:
-    """The reverse direction of a layer the stage above owns, as mpirnn/models/bidirectional.py
-    `run_direction` reads it: views of one flat copy of its weights (sent each step)."""
-
-    def __init__(self, flat: torch.Tensor, shapes: list[tuple], hidden: int, training: bool):
-        self.flat, self.hidden_size, self.training, self.nonlinearity = flat, hidden, training, "tanh"
-        offset = 0
-        for kind, shape in zip(WEIGHT_KINDS, shapes):
-            size = torch.Size(shape).numel()
-            setattr(self, f"{kind}_l0_reverse", flat[offset:offset + size].view(shape))
-            offset += size
-
-
 class BidirectionalWavefront:
     """One rank's part of a step with bidirectional layers and sp > 1, or with offloaded reverse
     directions; the Wavefront's interface."""
@@ -101,16 +77,9 @@ class BidirectionalWavefront:
         self.rows = plan.microbatch_rows()
         self.scan = plan.mode == "scan"
         stages = [range(*layers_of(model.depth, self.stages, p)) for p in range(self.stages)]
-        offloaded = plan.offloaded or ((),) * self.stages
         self.tasks = rank_order(self.segment, self.segments, stages, self.stage, plan.microbatches, self.scan,
                                 plan.offloaded)
-        # Microbatches whose reverse direction of our first layer the stage below runs, and those
-        # whose reverse direction of the next stage's first layer we run (offloaded, plan.py).
-        self.run_below = list(offloaded[self.stage])
-        self.run_for_above = list(offloaded[self.stage + 1]) if self.stage + 1 < self.stages else []
-        if self.run_for_above:
-            above = self.layers.stop
-            self.lent_shapes = [model.serial_shapes[f"layers.{above}.{kind}_l0_reverse"] for kind in WEIGHT_KINDS]
+        self.lending = Lending(model, plan, self.pp, comms.timer)
 
     # -- where states come from and go ---------------------------------------------------
 
@@ -134,15 +103,9 @@ class BidirectionalWavefront:
         return torch.empty(rows, self.plan.local_steps, width or self.model.output_width, dtype=self.model.dtype,
                            device=self._like.device)
 
-    def _lent_tag(self, m: int, kind: int, lending: bool) -> int:
-        """The tag of lent microbatch m's message of `kind` (lending: we run it for the stage above)."""
-        lent = self.run_for_above if lending else self.run_below
-        return lent_tag(self.plan.microbatches, lent.index(m), kind)
-
-    def _reverse_weights(self) -> list[torch.Tensor]:
-        """Our first layer's reverse-direction weights, the ones the stage below borrows."""
-        layer = self.model.layers[self.layers.start]
-        return [getattr(layer, f"{kind}_l0_reverse") for kind in WEIGHT_KINDS]
+    def _direction_like(self, m: int) -> torch.Tensor:
+        """An empty [rows, T, H]: one direction's outputs of microbatch m."""
+        return self._activation_like(m, self.model.hidden)
 
     # -- one step ------------------------------------------------------------------------
 
@@ -176,8 +139,8 @@ class BidirectionalWavefront:
                               f"receive inputs {m} from stage {self.stage - 1}")
                      for m in range(self.plan.microbatches)} if self.stage > 0 else {}
         run = {"sends": [], "halves": {}, "below": {}, "embedded": {}, "head_in": {}, "losses": {}, "ends": {},
-               "leaf": leaf, "lent_in": {}}
-        self._start_lending(run)
+               "leaf": leaf}
+        run["lent_in"], run["weights_in"] = self.lending.start(run["sends"], self._direction_like)
         # A last stage that borrows directions scores every microbatch after its forward loop, in
         # microbatch order: it never waits there for a direction the stage below runs, and the
         # order of the losses (and so of the head's gradient sums) is the same in every run.
@@ -201,14 +164,13 @@ class BidirectionalWavefront:
                                            self._lent_layer(run, train) if lent else None)
             run["halves"][task] = DirectionGraph(start, outputs, final)
             if lent:
-                run["sends"].append(isend(self.pp, outputs, self.stage + 1, self._lent_tag(m, LENT_OUTPUTS, True),
-                                          timer, f"send reverse outputs {m}/{l}"))
+                self.lending.send_outputs(m, outputs, run["sends"])
                 continue
             peer = self._state_peer(task, sending=True)
             if peer is not None:
                 run["sends"].append(isend(self.sp, final, peer, self._tag(task), timer, "send state"))
             if l == self.layers.stop - 1 and self._has_half(run, m, l, 1 - d):
-                if self.plan.last_stage and self.run_below:
+                if self.plan.last_stage and self.lending.borrowed:
                     deferred.append(m)
                 else:
                     self._top_done(run, m, targets, norm, observe, train)
@@ -223,36 +185,16 @@ class BidirectionalWavefront:
 
     # -- offloaded reverse directions (the plan's `offloaded`) ---------------------------
 
-    def _start_lending(self, run):
-        """At the start of a step: send our first layer's reverse weights to the stage below if it
-        runs that direction for some microbatches, and expect its outputs; or expect the weights
-        of the stage above's first layer if we run its reverse direction."""
-        timer, M = self.comms.timer, self.plan.microbatches
-        if self.run_below:
-            flat = torch.cat([w.detach().reshape(-1) for w in self._reverse_weights()])
-            run["sends"].append(isend(self.pp, flat, self.stage - 1, lent_tag(M, 0, LENT_WEIGHTS), timer,
-                                      "send reverse weights"))
-            run["lent_in"] = {m: irecv(self.pp, self._activation_like(m, self.model.hidden), self.stage - 1,
-                                       self._lent_tag(m, LENT_OUTPUTS, False), timer,
-                                       f"receive reverse outputs {m}/{self.layers.start}")
-                              for m in self.run_below}
-        if self.run_for_above:
-            size = sum(torch.Size(shape).numel() for shape in self.lent_shapes)
-            like = torch.empty(size, dtype=self.model.dtype, device=self._like.device)
-            run["weights_in"] = irecv(self.pp, like, self.stage + 1, lent_tag(M, 0, LENT_WEIGHTS), timer,
-                                      "receive reverse weights")
-
     def _lent_layer(self, run, train: bool) -> LentLayer:
         """The stage above's reverse weights for this step (received once, on first use)."""
         if "lent_layer" not in run:
-            flat = run.pop("weights_in").wait()
-            run["lent_layer"] = LentLayer(flat.requires_grad_() if train else flat, self.lent_shapes,
-                                          self.model.hidden, self.model.training)
+            run["lent_layer"] = self.lending.layer(run["weights_in"], train)
         return run["lent_layer"]
 
     def _has_half(self, run, m, l, d) -> bool:
         """Whether direction d of (m, l) is done here, or runs on the stage below."""
-        return Task(m, l, d) in run["halves"] or (d == REVERSE and l == self.layers.start and m in self.run_below)
+        return Task(m, l, d) in run["halves"] or (d == REVERSE and l == self.layers.start
+                                                  and m in self.lending.borrowed)
 
     def _half(self, run, m, l, d) -> DirectionGraph:
         """Direction d of (m, l): ours, or the outputs the stage below ran for us (a leaf of our graph)."""
@@ -359,12 +301,14 @@ class BidirectionalWavefront:
                                     activation_grad_tag(Unit(m, 0), 1), timer, f"receive output gradient {m}")
                            for m in range(self.plan.microbatches)} if not self.plan.last_stage else {}
         hidden, sends, done = self.model.hidden, run["sends"], set()
-        lent_grads_in, weight_grads_in = self._expect_lent_gradients()
-        sent = set()   # microbatches whose offloaded direction's output gradient went to the stage below
+        lending = self.lending
+        lent_grads_in, weight_grads_in = lending.expect_gradients(self._direction_like)
+        sent = set()   # microbatches whose borrowed direction's output gradient went to the stage below
         if self.layers.start == self.layers.stop - 1:   # a one-layer last stage knows them now: send at once
-            for m in self.run_below:
+            for m in lending.borrowed:
                 if m in top_grads:
-                    self._send_lent_gradient(m, top_grads[m], sends, sent)
+                    lending.send_output_gradient(m, top_grads[m], sends)
+                    sent.add(m)
         for task in reversed(self.tasks):
             m, l, d = task.microbatch, task.layer, task.direction
             graph = halves.pop(task)
@@ -375,13 +319,14 @@ class BidirectionalWavefront:
                 if l == self.layers.stop - 1:
                     if m not in top_grads:
                         top_grads[m] = output_grads_in.pop(m).wait()
-                        if m in self.run_for_above:   # plus what the direction we ran for stage p+1 read
+                        if m in lending.lent:   # plus what the direction we ran for stage p+1 read
                             top_grads[m] = top_grads[m] + _grad_of(run["below"][(m, l + 1)])
                     above = top_grads[m]
                 else:
                     above = _grad_of(run["below"][(m, l + 1)])
-                if l == self.layers.start and m in self.run_below and m not in sent:
-                    self._send_lent_gradient(m, above, sends, sent)
+                if l == self.layers.start and m in lending.borrowed and m not in sent:
+                    lending.send_output_gradient(m, above, sends)
+                    sent.add(m)
                 grads = [above[..., d * hidden:(d + 1) * hidden]]
             roots = [graph.outputs]
             if task in state_grads_in:
@@ -392,58 +337,17 @@ class BidirectionalWavefront:
                 if live:
                     torch.autograd.backward(*map(list, zip(*live)))
             if l == self.layers.stop:   # its weights' gradient goes back to the stage that owns them
-                flat = run["lent_layer"].flat
-                sends.append(isend(self.pp, _grad_of(flat), self.stage + 1, self._lent_tag(m, LENT_WEIGHT_GRAD, True),
-                                   timer, f"send reverse weight gradient {m}/{l}"))
-                flat.grad = None
+                lending.send_weight_gradient(m, run["lent_layer"], sends)
                 continue
             peer = self._state_peer(task, sending=False)
             if peer is not None:
                 sends.append(isend(self.sp, _grad_of(graph.start), peer, self._tag(task) + 1, timer,
                                    "send state gradient"))
-            if l == self.layers.start and ((m, l, 1 - d) in done or m in self.run_below):
+            if l == self.layers.start and ((m, l, 1 - d) in done or m in lending.borrowed):
                 self._inputs_backward(run, m, sends)   # both directions are through the stage's inputs
             done.add((m, l, d))
-        self._add_lent_weight_gradients(weight_grads_in)
+        lending.add_weight_gradients(weight_grads_in)
         return total
-
-    def _expect_lent_gradients(self):
-        """Receives for the gradients of the directions we ran for the stage above, and for those
-        of our reverse weights from the stage below."""
-        timer = self.comms.timer
-        outputs = {m: irecv(self.pp, self._activation_like(m, self.model.hidden), self.stage + 1,
-                            self._lent_tag(m, LENT_OUTPUT_GRAD, True), timer, f"receive reverse output gradient {m}")
-                   for m in self.run_for_above}
-        if not self.run_below:
-            return outputs, {}
-        mine = self._reverse_weights()
-        flat = torch.empty(sum(w.numel() for w in mine), dtype=mine[0].dtype, device=mine[0].device)
-        weights = {m: irecv(self.pp, flat, self.stage - 1, self._lent_tag(m, LENT_WEIGHT_GRAD, False), timer,
-                            f"receive reverse weight gradient {m}") for m in self.run_below}
-        return outputs, weights
-
-    def _send_lent_gradient(self, m, above, sends, sent):
-        """The gradient of the reverse outputs the stage below computed for us, back to it."""
-        hidden = self.model.hidden
-        sends.append(isend(self.pp, above[..., hidden:2 * hidden], self.stage - 1,
-                           self._lent_tag(m, LENT_OUTPUT_GRAD, False), self.comms.timer,
-                           f"send reverse output gradient {m}"))
-        sent.add(m)
-
-    def _add_lent_weight_gradients(self, weight_grads_in):
-        """Our reverse weights' gradients from the directions the stage below ran, accumulated one
-        microbatch at a time as our own backward passes are (each fires the gradient reducer's
-        hook once, so its count per parameter holds: mpirnn/parallel/gradients.py)."""
-        if not self.run_below:
-            return
-        weights = self._reverse_weights()
-        for m in self.run_below:
-            flat = weight_grads_in.pop(m).wait()
-            grads, offset = [], 0
-            for w in weights:
-                grads.append(flat[offset:offset + w.numel()].view_as(w))
-                offset += w.numel()
-            accumulate(weights, grads)
 
     def _inputs_backward(self, run, m, sends):
         grad = _grad_of(run["below"][(m, self.layers.start)])
@@ -452,11 +356,6 @@ class BidirectionalWavefront:
                                "send input gradient"))
         else:
             run["embedded"][m].backward(grad)
-
-
-def accumulate(weights: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-    """Add `grads` to the weights' gradients as a backward pass does (their hooks fire)."""
-    torch.autograd.backward(weights, grads)
 
 
 def _grad_of(leaf: torch.Tensor) -> torch.Tensor:
