@@ -162,12 +162,10 @@ def main(argv=None) -> int:
                              "reverse directions to balance its stages as the plan does")
     parser.add_argument("--hidden", type=int, default=0)
     args = parser.parse_args(argv)
-    from mpirnn.parallel.plan import layers_of, offload_reverse
+    from mpirnn.parallel.plan import layers_of, pipeline_offloads
     stages = [range(*layers_of(args.layers, args.pp, p)) for p in range(args.pp)]
-    offloaded = ()
-    if args.embed and args.hidden and args.sp == 1 and not args.scan:
-        widths = [args.embed] + [2 * args.hidden] * (args.layers - 1)
-        offloaded = offload_reverse(widths, args.hidden, stages, args.microbatches)
+    offloaded = () if args.scan else pipeline_offloads("lstm", args.layers, args.embed, args.hidden, args.sp,
+                                                       args.pp, 1, args.microbatches)
     print(draw(args.sp, stages, args.microbatches, args.scan, offloaded))
     print(f"\nbubble: {bubble(args.sp, stages, args.microbatches, args.scan, offloaded):.3f}")
     return 0

@@ -71,7 +71,7 @@ def offload_reverse(input_widths: list[int], hidden: int, stage_layers: list[ran
     the boundaries; fewest offloads on a tie), and spread evenly over the microbatches so that
     neither stage waits long for the other. Nothing is offloaded with one microbatch.
 
-        python -m mpirnn.parallel.bidirectional_schedule --pp 2 --microbatches 4 --embed 64 --hidden 128
+        python -m mpirnn.parallel.bidirectional_schedule --sp 1 --pp 2 --microbatches 4 --embed 64 --hidden 128
     """
     P = len(stage_layers)
     if P < 2 or microbatches < 2 or microbatches > MAX_OFFLOAD_MICROBATCHES:
@@ -100,6 +100,19 @@ def offload_reverse(input_widths: list[int], hidden: int, stage_layers: list[ran
             if counts == before:
                 break
     return tuple(spread(k, microbatches) for k in counts)
+
+
+def pipeline_offloads(cell: str, layers: int, embed: int, hidden: int, sp: int, pp: int, tp: int,
+                      microbatches: int) -> tuple:
+    """A bidirectional stack's `offloaded` (`offload_reverse` over its stages, the first layer
+    reading `embed` inputs and the others 2 x hidden): () where nothing moves, which is always at
+    sp > 1, tp > 1, for the linear cells, and without the widths. What the plan, the performance
+    model and the schedule's drawing all use."""
+    if cell in LINEAR_CELLS or sp > 1 or tp > 1 or pp < 2 or not (embed and hidden):
+        return ()
+    stages = [range(*layers_of(layers, pp, p)) for p in range(pp)]
+    offloaded = offload_reverse([embed] + [2 * hidden] * (layers - 1), hidden, stages, microbatches)
+    return offloaded if any(offloaded) else ()
 
 
 def spread(count: int, microbatches: int) -> tuple[int, ...]:
@@ -339,11 +352,8 @@ def make_plan(grid: Grid, coords: dict, *, batch_size: int, seq_len: int, layers
     if bidirectional:
         check_bidirectional(grid, c, most, -(-layers // grid.pp))
     width = (hidden or 0) // grid.tp
-    offloaded = ()
-    if bidirectional and embed and hidden and grid.sp == grid.tp == 1 and cell not in LINEAR_CELLS:
-        stages = [range(*layers_of(layers, grid.pp, p)) for p in range(grid.pp)]
-        widths = [embed] + [2 * hidden] * (layers - 1)
-        offloaded = offload_reverse(widths, hidden, stages, m)
+    offloaded = pipeline_offloads(cell, layers, embed, hidden or 0, grid.sp, grid.pp, grid.tp, m) \
+        if bidirectional else ()
     return Plan(grid, dict(coords), rows, segment_of(seq_len, grid, coords["sp"]),
                 layers_of(layers, grid.pp, coords["pp"]), (coords["tp"] * width, (coords["tp"] + 1) * width),
-                m, c, mode, offloaded if any(offloaded) else ())
+                m, c, mode, offloaded)

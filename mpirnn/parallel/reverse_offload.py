@@ -89,7 +89,8 @@ class Lending:
             outputs_in = {m: irecv(self.comm, outputs_like(m), self.stage - 1, self._tag(m, OUTPUTS, False),
                                    self.timer, f"receive reverse outputs {m}/{self.first}") for m in self.borrowed}
         if self.lent:
-            like = outputs_like(self.lent[0]).new_empty(sum(torch.Size(s).numel() for s in self.lent_shapes))
+            like = torch.empty(sum(torch.Size(s).numel() for s in self.lent_shapes), dtype=self.model.dtype,
+                               device=self.model.device)
             weights_in = irecv(self.comm, like, self.stage + 1, lent_tag(self.microbatches, 0, WEIGHTS), self.timer,
                                "receive reverse weights")
         return outputs_in, weights_in

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from mpirnn.parallel.plan import offload_reverse
+from mpirnn.parallel.plan import pipeline_offloads
 from mpirnn.perf import links
 from mpirnn.perf.bidirectional_chain import replay
 from mpirnn.perf.calibration import GATES, PROJECTIONS, STATE_PARTS, Calibration
@@ -309,12 +309,10 @@ def predict(shape: Shape, layout: Layout, cal: Calibration, bucket_mb: float = 4
 
 def offloaded_of(shape: Shape, layout: Layout) -> tuple:
     """The reverse directions the plan offloads to the stage below (mpirnn/parallel/plan.py)."""
-    if not shape.bidirectional or shape.linear or layout.sp > 1 or layout.tp > 1 or layout.pp < 2:
+    if not shape.bidirectional:
         return ()
-    stages = [range(*split(shape.layers, layout.pp, p)) for p in range(layout.pp)]
-    widths = [shape.embed] + [shape.width] * (shape.layers - 1)
-    offloaded = offload_reverse(widths, shape.hidden, stages, layout.microbatches)
-    return offloaded if any(offloaded) else ()
+    return pipeline_offloads(shape.cell, shape.layers, shape.embed, shape.hidden, layout.sp, layout.pp, layout.tp,
+                             layout.microbatches)
 
 
 def bidirectional_wavefront(shape: Shape, layout: Layout, cal: Calibration, units: list[float]) -> tuple[float, float]:
